@@ -1,0 +1,45 @@
+# Barista. `make up` runs it on embedded defaults; `make test` runs the tests.
+# Both create and reuse .venv with a Python >= 3.12 they find themselves.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: up test lint bench chromium clean
+
+$(PY):
+	@python=$${PYTHON:-$$(scripts/find-python)} || exit 1; \
+	echo "Creating $(VENV) with $$python"; \
+	"$$python" -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+up: $(STAMP)
+	$(PY) manage.py up
+
+# Browser tests drive Debian's chromium; install it when missing (root + apt only).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); \
+	  else \
+	    echo "The browser tests need chromium (apt-get install chromium), or set BARISTA_CHROMIUM."; exit 1; \
+	  fi; }
+
+test: $(STAMP) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var/test-db.sqlite3* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,20 @@
+"""Chooses the backend for a prompt.
+
+The walking skeleton's rule: weighted random choice among the enabled backends of the
+alias. The scoring balancer of DESIGN.md decision 4 replaces it in the backends issue.
+"""
+
+from __future__ import annotations
+
+import random
+
+from apps.backends.models import Backend
+from apps.backends.selectors import backend_list_enabled
+
+
+def backend_pick(*, alias: str, rng: random.Random | None = None) -> Backend | None:
+    candidates = list(backend_list_enabled(alias=alias))
+    if not candidates:
+        return None
+    chooser = rng or random
+    return chooser.choices(candidates, weights=[b.weight for b in candidates], k=1)[0]

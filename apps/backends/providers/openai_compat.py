@@ -1,0 +1,92 @@
+"""Client for OpenAI-compatible chat completion servers (OpenAI, vLLM, Ollama, llama.cpp,
+TGI, and Barista's simulator)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from apps.backends.models import Backend
+
+
+class BackendError(Exception):
+    """A backend failed to answer. ``message`` is safe to show a person: it never carries
+    the backend's URL or credentials, only what went wrong."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+
+
+@dataclass(slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+
+
+StreamEvent = Delta | Usage
+
+
+async def stream_chat(
+    client: httpx.AsyncClient,
+    backend: Backend,
+    *,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+) -> AsyncIterator[StreamEvent]:
+    """Stream a chat completion: yields ``Delta`` per content chunk, then one ``Usage``."""
+    url = backend.base_url.rstrip("/") + "/chat/completions"
+    body = {
+        **params,
+        "model": backend.model_name,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    finish_reason: str | None = None
+    usage: dict[str, Any] = {}
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise BackendError(
+                    f"backend {backend.name} answered HTTP {response.status_code}",
+                    status=response.status_code,
+                )
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise BackendError(
+                        f"backend {backend.name} sent a malformed stream", retryable=False
+                    ) from None
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield Delta(text)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+    except httpx.TimeoutException:
+        raise BackendError(f"backend {backend.name} timed out") from None
+    except httpx.TransportError:
+        raise BackendError(f"could not reach backend {backend.name}") from None
+    yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)

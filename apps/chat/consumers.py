@@ -1,0 +1,159 @@
+"""The chat websocket (/ws/chat/): prompts in, the owner's answers out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from apps.backends.selectors import alias_exists
+from apps.chat.services import ConversationNotFound, chat_prompt_submit
+from apps.gateway import delivery
+from apps.gateway.models import PromptRequest
+from apps.gateway.selectors import request_get_owned
+
+logger = logging.getLogger(__name__)
+
+# Close codes in the 4000 range are ours; the page reads them.
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class InvalidInput(Exception):
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user_id: int = user.pk
+        self.groups_joined: set[str] = set()
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", set()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        payload: Any = None
+        try:
+            if text_data is None:
+                raise InvalidInput("Send JSON text frames, not binary.", "invalid_json")
+            if len(text_data.encode()) > settings.BARISTA_MAX_SOCKET_MESSAGE_BYTES:
+                raise InvalidInput("Message too large.", "message_too_large")
+            try:
+                payload = json.loads(text_data)
+            except ValueError:
+                raise InvalidInput("Message is not valid JSON.", "invalid_json") from None
+            if not isinstance(payload, dict):
+                raise InvalidInput("Message must be a JSON object.", "invalid_json")
+            kind = payload.get("type")
+            if kind == "prompt":
+                await self.handle_prompt(payload)
+            elif kind == "follow":
+                await self.handle_follow(payload)
+            else:
+                raise InvalidInput("Unknown message type; expected 'prompt' or 'follow'.",
+                                   "unknown_type")
+        except InvalidInput as exc:
+            await self.send_json({"type": "error", "error": exc.message, "code": exc.code,
+                                  "ref": _ref(payload)})
+
+    async def handle_prompt(self, payload: dict[str, Any]) -> None:
+        content, model = payload.get("content"), payload.get("model")
+        conversation = payload.get("conversation")
+        if not isinstance(content, str) or not content.strip():
+            raise InvalidInput("The prompt is empty.", "empty_prompt")
+        if len(content) > settings.BARISTA_MAX_PROMPT_CHARS:
+            raise InvalidInput(
+                f"The prompt is too long ({len(content):,} characters; the limit is "
+                f"{settings.BARISTA_MAX_PROMPT_CHARS:,}).",
+                "prompt_too_long",
+            )
+        if not isinstance(model, str) or not await database_sync_to_async(alias_exists)(model):
+            raise InvalidInput("Unknown or unavailable model.", "unknown_model")
+        if conversation is not None and (type(conversation) is not int):
+            raise InvalidInput("Conversation must be an id or null.", "invalid_conversation")
+
+        # Join the request's group before the job exists, so no early token is missed.
+        request_id = uuid.uuid4()
+        group = delivery.group_name(request_id)
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined.add(group)
+        try:
+            request = await database_sync_to_async(chat_prompt_submit)(
+                user=self.scope["user"], model=model, content=content,
+                conversation_id=conversation, request_id=request_id,
+            )
+        except ConversationNotFound:
+            await self._leave(group)
+            raise InvalidInput("Conversation not found.", "not_found") from None
+        except Exception:
+            await self._leave(group)
+            raise
+        await self.send_json({
+            "type": "accepted", "request": str(request.id), "ref": payload.get("ref"),
+            "conversation": request.conversation_id, "status": request.status,
+        })
+
+    async def handle_follow(self, payload: dict[str, Any]) -> None:
+        """Re-attach to an in-flight request after a reload or reconnect (owner only)."""
+        request = await database_sync_to_async(request_get_owned)(
+            user=self.scope["user"], request_id=payload.get("request", "")
+        )
+        if request is None:
+            raise InvalidInput("Request not found.", "not_found")
+        group = delivery.group_name(request.id)
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined.add(group)
+        # It may have finished between the page render and now: send the final state.
+        request = await database_sync_to_async(PromptRequest.objects.get)(id=request.id)
+        if request.status == PromptRequest.Status.DONE:
+            await self._deliver({"event": "done", "request": str(request.id),
+                                 "content": request.answer})
+        elif request.status in (PromptRequest.Status.FAILED, PromptRequest.Status.CANCELLED):
+            await self._deliver({"event": "failed", "request": str(request.id),
+                                 "error": request.error or request.status})
+        else:
+            await self.send_json({"type": "status", "request": str(request.id),
+                                  "status": request.status})
+
+    async def request_event(self, event: dict[str, Any]) -> None:
+        """A progress event from a worker. Re-check the owner before anything is sent."""
+        if event.get("owner") != self.user_id:
+            delivery.refused_frames += 1
+            logger.error("refused a frame for request %s: owner mismatch", event.get("request"))
+            return
+        await self._deliver(event)
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
+        frame["type"] = event["event"]
+        await self.send_json(frame)
+        if event["event"] in {"done", "failed"}:
+            await self._leave(delivery.group_name(event["request"]))
+
+    async def _leave(self, group: str) -> None:
+        if group in self.groups_joined:
+            self.groups_joined.discard(group)
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content))
+
+
+def _ref(payload: Any) -> Any:
+    """Echo the client's own correlation id (if any) so the page knows what failed."""
+    if isinstance(payload, dict) and isinstance(payload.get("ref"), (str, int)):
+        return payload["ref"]
+    return None

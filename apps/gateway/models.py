@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class PromptRequest(models.Model):
+    """The ledger: one row per prompt, whichever door it came through.
+
+    The id is an unguessable UUID: it names the channel group the answer streams to and
+    is how an owner fetches a result again. Nothing a person must get back lives only in
+    a channel (DESIGN.md, decision 2): the final answer is stored here.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class CacheOutcome(models.TextChoices):
+        MISS = "miss"
+        HIT = "hit"
+        COALESCED = "coalesced"
+
+    class Source(models.TextChoices):
+        CHAT = "chat"
+        API = "api"
+
+    FINAL_STATUSES = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompt_requests"
+    )
+    conversation = models.ForeignKey(
+        "chat.Conversation",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="requests",
+    )
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT)
+    model = models.CharField(max_length=100, help_text="Public alias asked for.")
+    messages = models.JSONField()
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    backend = models.ForeignKey(
+        "backends.Backend", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cache_outcome = models.CharField(
+        max_length=16, choices=CacheOutcome.choices, default=CacheOutcome.MISS
+    )
+    answer = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [models.Index(fields=["owner", "-queued_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.model} {self.status}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES

@@ -1,0 +1,95 @@
+"""What a worker does with one prompt: pick a backend, stream from it, deliver, record."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import httpx
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from apps.backends.balancer import backend_pick
+from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
+from apps.gateway import services
+from apps.gateway.delivery import TokenBatcher, push
+
+logger = logging.getLogger(__name__)
+
+
+def backend_timeout() -> httpx.Timeout:
+    return httpx.Timeout(
+        settings.BARISTA_BACKEND_READ_TIMEOUT,
+        connect=settings.BARISTA_BACKEND_CONNECT_TIMEOUT,
+    )
+
+
+async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
+    """Answer one ledger row. Safe to run twice: a final row is never touched again."""
+    request = await database_sync_to_async(services.request_start)(request_id=request_id)
+    if request is None:
+        logger.info("request %s is already final; nothing to do", request_id)
+        return
+    owner_id = request.owner_id
+
+    async def fail(message: str) -> None:
+        if await database_sync_to_async(services.request_fail)(
+            request_id=request_id, error=message
+        ):
+            await push(
+                request_id=request_id, owner_id=owner_id, event={"event": "failed", "error": message}
+            )
+
+    await push(
+        request_id=request_id, owner_id=owner_id, event={"event": "status", "status": "running"}
+    )
+    backend = await database_sync_to_async(backend_pick)(alias=request.model)
+    if backend is None:
+        await fail(f"No backend is available for model {request.model!r}.")
+        return
+
+    batcher = TokenBatcher(request_id=request_id, owner_id=owner_id)
+    parts: list[str] = []
+    usage = Usage(None, None, None)
+    try:
+        async for event in stream_chat(
+            client, backend, messages=request.messages, params=request.params
+        ):
+            if isinstance(event, Delta):
+                if not parts:
+                    await database_sync_to_async(services.request_first_token)(
+                        request_id=request_id, backend_id=backend.pk
+                    )
+                parts.append(event.text)
+                await batcher.add(event.text)
+            else:
+                usage = event
+    except BackendError as exc:
+        await batcher.flush()
+        logger.warning("request %s failed: %s", request_id, exc.message)
+        await fail(f"The model backend failed: {exc.message}.")
+        return
+    await batcher.flush()
+    answer = "".join(parts)
+    recorded = await database_sync_to_async(services.request_complete)(
+        request_id=request_id,
+        answer=answer,
+        backend_id=backend.pk,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+    )
+    if recorded:
+        await push(
+            request_id=request_id,
+            owner_id=owner_id,
+            event={
+                "event": "done",
+                "content": answer,
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                },
+                "backend": backend.name,
+                "simulated": backend.simulated,
+            },
+        )

