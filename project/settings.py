@@ -171,6 +171,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing folder
 # Serve app static files straight from their folders (no collectstatic needed for a local
 # run or the tests); production runs collectstatic and gets compressed, hashed files.
 WHITENOISE_USE_FINDERS = True

@@ -104,6 +104,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({
             "type": "accepted", "request": str(request.id), "ref": payload.get("ref"),
             "conversation": request.conversation_id, "status": request.status,
+            "title": request.conversation.title if request.conversation else None,
         })
 
     async def handle_follow(self, payload: dict[str, Any]) -> None:

@@ -60,6 +60,7 @@ def chat_prompt_submit(
     Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content, request=request
     )
+    request.conversation = conversation  # callers in async code read it without a query
     return request
 
 

@@ -26,10 +26,18 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_WORDS = (
-    "the barista steams milk while the grinder hums and orders move along the counter "
-    "every cup is made once and served warm to the person who asked for it quickly"
-).split()
+_SENTENCES = [
+    "The barista steams the milk while the grinder hums.",
+    "Orders move along the counter in the order they arrived.",
+    "Every cup is made once and served warm to the person who asked for it.",
+    "When the same order comes twice, the second cup is poured from the first.",
+    "A long line is calmer when everyone can see their place in it.",
+    "Three espresso machines share the work, and the fastest takes the most.",
+    "If one machine sputters, the others carry on until it is fixed.",
+    "This reply comes from a simulator, so its content is only an example.",
+    "Good coffee, like a good answer, is worth a short wait.",
+    "Nothing ordered is forgotten, even when the shop is busy.",
+]
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 MAX_BODY = 8 * 1024 * 1024
 
@@ -85,11 +93,13 @@ def compose_answer(request: dict[str, Any], length: int) -> list[str]:
     ).digest()
     rng = random.Random(digest)
     quoted = last_user_message(request.get("messages") or [])
-    head = _TOKEN_RE.findall(f'You said: "{quoted}". ')
-    filler = [rng.choice(_WORDS) + " " for _ in range(max(length - len(head), 8))]
-    filler[0] = "Here is a simulated answer: " + filler[0]
-    filler[-1] = filler[-1].strip() + "."
-    return head + filler
+    tokens = _TOKEN_RE.findall(f'You said: "{quoted}". Here is a simulated answer. ')
+    target = max(length, len(tokens) + 8)
+    while len(tokens) < target:
+        tokens += _TOKEN_RE.findall(rng.choice(_SENTENCES) + " ")
+    tokens = tokens[:target]
+    tokens[-1] = tokens[-1].rstrip()
+    return tokens
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:

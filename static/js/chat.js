@@ -58,6 +58,20 @@
     return view;
   }
 
+  function addToSidebar(id, title) {
+    const sidebar = document.getElementById("conversations");
+    const empty = sidebar.querySelector(".empty");
+    if (empty) empty.remove();
+    for (const link of sidebar.querySelectorAll("a[aria-current]")) link.removeAttribute("aria-current");
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = "/c/" + id + "/";
+    link.textContent = title || "Untitled";
+    link.setAttribute("aria-current", "page");
+    item.appendChild(link);
+    sidebar.prepend(item);
+  }
+
   function showBanner(text, bad) {
     banner.hidden = !text;
     banner.textContent = text || "";
@@ -81,6 +95,7 @@
           conversation = frame.conversation;
           thread.dataset.conversation = String(conversation);
           history.replaceState(null, "", "/c/" + conversation + "/");
+          addToSidebar(conversation, frame.title);
         }
         if (v) setMeta(v, STATUS_TEXT[frame.status] || "Queued…");
         break;

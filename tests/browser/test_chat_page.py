@@ -1,0 +1,57 @@
+"""A person in a real headless Chromium: sign in, send a prompt, watch it stream."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import OUTPUT_DIR, make_user
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_sign_in_send_a_prompt_and_watch_the_answer_stream(
+    browser, start_simulator, start_worker, start_web
+):
+    sim = start_simulator("--ttft", "0.3", "--tps", "25", "--tokens", "50")
+    sim.register(alias="sim-chat")
+    make_user("carol")
+    start_worker()
+    url = start_web()
+    word = f"walrus-{uuid.uuid4().hex[:8]}"
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{url}/")
+    expect(page).to_have_url(f"{url}/accounts/login/?next=/")
+    page.get_by_label("Username").fill("carol")
+    page.get_by_label("Password").fill("carol-pw")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
+    expect(page.get_by_label("Model")).to_contain_text("sim-chat (simulated)")
+
+    prompt = page.get_by_label("Your prompt")
+    prompt.fill(f"Tell me about the {word}")
+    prompt.press("Enter")
+
+    answer = page.locator(".message.assistant .bubble").last
+    # While streaming, the bubble holds part of the answer and shows the typing cursor.
+    expect(answer).to_have_class("bubble typing", timeout=10_000)
+    expect(answer).to_contain_text(word, timeout=10_000)
+    expect(page.locator(".message.assistant .meta").last).to_contain_text("Streaming")
+    expect(answer).to_have_class("bubble", timeout=15_000)
+    expect(page.locator(".message.assistant .meta").last).to_contain_text("(simulated)")
+    assert f'"Tell me about the {word}"' in answer.inner_text()
+    assert "/c/" in page.url
+    # The new conversation appears in the sidebar at once, titled by the prompt.
+    expect(page.locator(".conversations a[aria-current=page]")).to_contain_text(word)
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT_DIR / "chat-desktop.png"))
+
+    # Reloading shows the conversation from the database.
+    page.reload()
+    expect(page.locator(".message.user .bubble")).to_have_text(f"Tell me about the {word}")
+    expect(page.locator(".message.assistant .bubble")).to_contain_text(word)
+    expect(page.locator(".conversations a[aria-current=page]")).to_contain_text("Tell me about")
+    page.close()

