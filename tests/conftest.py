@@ -68,7 +68,9 @@ def session_cookie(user: User) -> str:
 def ws_headers(user: User | None, origin: str = "http://127.0.0.1") -> list[tuple[bytes, bytes]]:
     headers = [(b"origin", origin.encode())]
     if user is not None:
-        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}".encode()))
+        headers.append(
+            (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}".encode())
+        )
     return headers
 
 
@@ -85,8 +87,14 @@ def child_env(**extra: str) -> dict[str, str]:
         if db["PASSWORD"]:
             auth += f":{db['PASSWORD']}"
         url = f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
-           "PYTHONUNBUFFERED": "1", "DEBUG": "1", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "PYTHONUNBUFFERED": "1",
+        "DEBUG": "1",
+        "LOG_LEVEL": "WARNING",
+    }
     env.update(extra)
     return env
 
@@ -120,10 +128,16 @@ class Simulator:
     def control(self, **changes: Any) -> None:
         httpx.post(f"http://127.0.0.1:{self.port}/control", json=changes).raise_for_status()
 
-    def register(self, *, alias: str = "sim-chat", name: str | None = None, **fields: Any) -> Backend:
+    def register(
+        self, *, alias: str = "sim-chat", name: str | None = None, **fields: Any
+    ) -> Backend:
         return Backend.objects.create(
-            name=name or f"sim-{self.port}", alias=alias, model_name=self.model,
-            base_url=self.base_url, simulated=True, **fields,
+            name=name or f"sim-{self.port}",
+            alias=alias,
+            model_name=self.model,
+            base_url=self.base_url,
+            simulated=True,
+            **fields,
         )
 
 
@@ -182,8 +196,16 @@ def start_web(processes: Processes) -> Callable[..., str]:
     def start() -> str:
         port = free_port()
         process = processes.spawn(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "project.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "project.asgi:application",
+            ],
         )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", proc=process)

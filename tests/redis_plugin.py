@@ -13,7 +13,8 @@ if not os.environ.get("REDIS_URL"):
     from apps.gateway.embedded_redis import EmbeddedRedis, free_port
 
     _server = EmbeddedRedis(
-        port=free_port(), data_dir=Path(tempfile.mkdtemp(prefix="barista-test-redis-")),
+        port=free_port(),
+        data_dir=Path(tempfile.mkdtemp(prefix="barista-test-redis-")),
         persist=False,
     )
     _server.start()

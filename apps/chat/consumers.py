@@ -63,11 +63,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             elif kind == "follow":
                 await self.handle_follow(payload)
             else:
-                raise InvalidInput("Unknown message type; expected 'prompt' or 'follow'.",
-                                   "unknown_type")
+                raise InvalidInput(
+                    "Unknown message type; expected 'prompt' or 'follow'.", "unknown_type"
+                )
         except InvalidInput as exc:
-            await self.send_json({"type": "error", "error": exc.message, "code": exc.code,
-                                  "ref": _ref(payload)})
+            await self.send_json(
+                {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
+            )
 
     async def handle_prompt(self, payload: dict[str, Any]) -> None:
         content, model = payload.get("content"), payload.get("model")
@@ -92,8 +94,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.groups_joined.add(group)
         try:
             request = await database_sync_to_async(chat_prompt_submit)(
-                user=self.scope["user"], model=model, content=content,
-                conversation_id=conversation, request_id=request_id,
+                user=self.scope["user"],
+                model=model,
+                content=content,
+                conversation_id=conversation,
+                request_id=request_id,
             )
         except ConversationNotFound:
             await self._leave(group)
@@ -101,11 +106,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             await self._leave(group)
             raise
-        await self.send_json({
-            "type": "accepted", "request": str(request.id), "ref": payload.get("ref"),
-            "conversation": request.conversation_id, "status": request.status,
-            "title": request.conversation.title if request.conversation else None,
-        })
+        await self.send_json(
+            {
+                "type": "accepted",
+                "request": str(request.id),
+                "ref": payload.get("ref"),
+                "conversation": request.conversation_id,
+                "status": request.status,
+                "title": request.conversation.title if request.conversation else None,
+            }
+        )
 
     async def handle_follow(self, payload: dict[str, Any]) -> None:
         """Re-attach to an in-flight request after a reload or reconnect (owner only)."""
@@ -120,14 +130,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # It may have finished between the page render and now: send the final state.
         request = await database_sync_to_async(PromptRequest.objects.get)(id=request.id)
         if request.status == PromptRequest.Status.DONE:
-            await self._deliver({"event": "done", "request": str(request.id),
-                                 "content": request.answer})
+            await self._deliver(
+                {"event": "done", "request": str(request.id), "content": request.answer}
+            )
         elif request.status in (PromptRequest.Status.FAILED, PromptRequest.Status.CANCELLED):
-            await self._deliver({"event": "failed", "request": str(request.id),
-                                 "error": request.error or request.status})
+            await self._deliver(
+                {
+                    "event": "failed",
+                    "request": str(request.id),
+                    "error": request.error or request.status,
+                }
+            )
         else:
-            await self.send_json({"type": "status", "request": str(request.id),
-                                  "status": request.status})
+            await self.send_json(
+                {"type": "status", "request": str(request.id), "status": request.status}
+            )
 
     async def request_event(self, event: dict[str, Any]) -> None:
         """A progress event from a worker. Re-check the owner before anything is sent."""

@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from apps.chat.models import Conversation, Message
 from apps.gateway.models import PromptRequest
 
 
-def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
+def conversation_list(*, user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user)
 
 
-def conversation_get(*, user: AbstractBaseUser, pk: int) -> Conversation | None:
+def conversation_get(*, user: User, pk: int) -> Conversation | None:
     """The conversation if ``user`` owns it; None whether it is missing or someone else's."""
     return Conversation.objects.filter(owner=user, pk=pk).first()
 

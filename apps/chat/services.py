@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,7 +26,7 @@ def _title_from(content: str) -> str:
 @transaction.atomic
 def chat_prompt_submit(
     *,
-    user: AbstractBaseUser,
+    user: User,
     model: str,
     content: str,
     conversation_id: int | None = None,
@@ -67,6 +67,7 @@ def chat_prompt_submit(
 def message_record_answer(*, request: PromptRequest) -> Message:
     """Add a finished answer to its conversation (called inside request_complete's
     transaction, so the ledger and the conversation never disagree)."""
+    assert request.conversation_id is not None
     message = Message.objects.create(
         conversation_id=request.conversation_id,
         role=Message.Role.ASSISTANT,

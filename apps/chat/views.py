@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -8,8 +9,12 @@ from apps.backends.selectors import alias_list
 from apps.chat import selectors
 
 
+class AuthenticatedHttpRequest(HttpRequest):
+    user: User
+
+
 @login_required
-def home(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpResponse:
     conversation = None
     messages: list[object] = []
     pending: list[dict[str, str]] = []

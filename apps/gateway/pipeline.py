@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from apps.backends.balancer import backend_pick
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
@@ -15,13 +14,6 @@ from apps.gateway import services
 from apps.gateway.delivery import TokenBatcher, push
 
 logger = logging.getLogger(__name__)
-
-
-def backend_timeout() -> httpx.Timeout:
-    return httpx.Timeout(
-        settings.BARISTA_BACKEND_READ_TIMEOUT,
-        connect=settings.BARISTA_BACKEND_CONNECT_TIMEOUT,
-    )
 
 
 async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
@@ -37,7 +29,9 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
             request_id=request_id, error=message
         ):
             await push(
-                request_id=request_id, owner_id=owner_id, event={"event": "failed", "error": message}
+                request_id=request_id,
+                owner_id=owner_id,
+                event={"event": "failed", "error": message},
             )
 
     await push(

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from apps.gateway.models import PromptRequest
 
 
-def request_get_owned(*, user: AbstractBaseUser, request_id: str | uuid.UUID) -> PromptRequest | None:
+def request_get_owned(*, user: User, request_id: str | uuid.UUID) -> PromptRequest | None:
     """The ledger row if ``user`` owns it; None if missing, malformed or someone else's."""
     try:
         parsed = uuid.UUID(str(request_id))

@@ -7,7 +7,7 @@ from typing import Any
 
 import django_rq
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -18,7 +18,7 @@ Status = PromptRequest.Status
 
 def request_submit(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     model: str,
     messages: list[dict[str, Any]],
     params: dict[str, Any] | None = None,

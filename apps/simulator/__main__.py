@@ -13,25 +13,46 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Barista's simulated LLM backend.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9101)
-    parser.add_argument("--model", action="append", dest="models",
-                        help="model name served (repeatable); default sim-model")
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        help="model name served (repeatable); default sim-model",
+    )
     parser.add_argument("--ttft", type=float, default=0.2, help="seconds to first token")
-    parser.add_argument("--tps", type=float, default=50.0,
-                        help="tokens per second after the first (0 = all at once)")
+    parser.add_argument(
+        "--tps",
+        type=float,
+        default=50.0,
+        help="tokens per second after the first (0 = all at once)",
+    )
     parser.add_argument("--tokens", type=int, default=60, help="answer length in tokens")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share answered with 500")
     parser.add_argument("--hang-rate", type=float, default=0.0, help="share never answered")
-    parser.add_argument("--max-concurrency", type=int, default=0,
-                        help="in-flight cap, 429 beyond it (0 = none)")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=0, help="in-flight cap, 429 beyond it (0 = none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = SimulatorConfig(
-        models=args.models or ["sim-model"], ttft=args.ttft, tps=args.tps, tokens=args.tokens,
-        error_rate=args.error_rate, hang_rate=args.hang_rate,
-        max_concurrency=args.max_concurrency, seed=args.seed,
+        models=args.models or ["sim-model"],
+        ttft=args.ttft,
+        tps=args.tps,
+        tokens=args.tokens,
+        error_rate=args.error_rate,
+        hang_rate=args.hang_rate,
+        max_concurrency=args.max_concurrency,
+        seed=args.seed,
     )
-    uvicorn.run(Simulator(config), host=args.host, port=args.port, log_level="warning",
-                access_log=False, lifespan="on", timeout_keep_alive=30)
+    uvicorn.run(
+        Simulator(config),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
 
 
 if __name__ == "__main__":

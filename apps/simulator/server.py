@@ -127,8 +127,10 @@ class Simulator:
         if method == "POST" and path == "/v1/chat/completions":
             await self._completions(receive, send)
         elif method == "GET" and path == "/v1/models":
-            data = [{"id": m, "object": "model", "owned_by": "barista-simulator"} for m in
-                    self.config.models]
+            data = [
+                {"id": m, "object": "model", "owned_by": "barista-simulator"}
+                for m in self.config.models
+            ]
             await _json(send, 200, {"object": "list", "data": data})
         elif method == "GET" and path == "/stats":
             await _json(send, 200, dataclasses.asdict(self.stats))
@@ -167,8 +169,12 @@ class Simulator:
             return
         if config.max_concurrency and stats.in_flight >= config.max_concurrency:
             stats.rejected_total += 1
-            await _json(send, 429, _error("Simulator at capacity.", "rate_limit_exceeded"),
-                        [(b"retry-after", b"1")])
+            await _json(
+                send,
+                429,
+                _error("Simulator at capacity.", "rate_limit_exceeded"),
+                [(b"retry-after", b"1")],
+            )
             return
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -207,18 +213,33 @@ class Simulator:
         if not request.get("stream"):
             if config.tps > 0 and len(tokens) > 1:
                 await asyncio.sleep((len(tokens) - 1) / config.tps)
-            await _json(send, 200, {
-                "id": ident, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "finish_reason": finish_reason,
-                             "message": {"role": "assistant", "content": "".join(tokens)}}],
-                "usage": usage,
-            })
+            await _json(
+                send,
+                200,
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": finish_reason,
+                            "message": {"role": "assistant", "content": "".join(tokens)},
+                        }
+                    ],
+                    "usage": usage,
+                },
+            )
             return
 
-        def chunk(delta: dict[str, Any], finish: str | None = None,
-                  with_usage: bool = False) -> bytes:
+        def chunk(
+            delta: dict[str, Any], finish: str | None = None, with_usage: bool = False
+        ) -> bytes:
             payload: dict[str, Any] = {
-                "id": ident, "object": "chat.completion.chunk", "created": created,
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
@@ -226,14 +247,23 @@ class Simulator:
                 payload["choices"], payload["usage"] = [], usage
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
         parts = [chunk({"role": "assistant", "content": ""})]
         for index, token in enumerate(tokens):
             parts.append(chunk({"content": token}))
             if config.tps > 0 and index < len(tokens) - 1:
-                await send({"type": "http.response.body", "body": b"".join(parts),
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                )
                 parts = []
                 await asyncio.sleep(1 / config.tps)
         parts.append(chunk({}, finish_reason))
@@ -265,13 +295,24 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: bytes,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), *(headers or [])]})
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), *(headers or [])],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-async def _json(send: Send, status: int, payload: Any,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     await _send(send, status, json.dumps(payload).encode(), b"application/json", headers)

@@ -13,8 +13,10 @@ from playwright.sync_api import Browser, sync_playwright
 def chromium_path() -> str:
     path = os.environ.get("BARISTA_CHROMIUM") or shutil.which("chromium")
     if not path:
-        pytest.fail("Browser tests need Debian's chromium: run `make test` (it installs it) "
-                    "or set BARISTA_CHROMIUM to a Chromium binary.")
+        pytest.fail(
+            "Browser tests need Debian's chromium: run `make test` (it installs it) "
+            "or set BARISTA_CHROMIUM to a Chromium binary."
+        )
     return path
 
 
@@ -29,9 +31,15 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
             executable_path=chromium_path(),
             headless=True,
             # The machine has no network beyond loopback: keep Chromium from trying.
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         yield browser
         browser.close()

@@ -26,8 +26,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def chat_backend(db):
     from apps.backends.models import Backend
 
-    return Backend.objects.create(name="sim-a", alias="sim-chat", model_name="sim-model",
-                                  base_url="http://127.0.0.1:9/v1", simulated=True)
+    return Backend.objects.create(
+        name="sim-a",
+        alias="sim-chat",
+        model_name="sim-model",
+        base_url="http://127.0.0.1:9/v1",
+        simulated=True,
+    )
 
 
 async def connect(user, origin="http://127.0.0.1"):
@@ -58,14 +63,22 @@ async def test_socket_from_a_foreign_origin_is_refused(alice):
         ("this is not json", "invalid_json"),
         ("[1, 2]", "invalid_json"),
         (json.dumps({"type": "dance"}), "unknown_type"),
-        (json.dumps({"type": "prompt", "model": "no-such-model", "content": "hi"}),
-         "unknown_model"),
+        (
+            json.dumps({"type": "prompt", "model": "no-such-model", "content": "hi"}),
+            "unknown_model",
+        ),
         (json.dumps({"type": "prompt", "model": "sim-chat", "content": "   "}), "empty_prompt"),
         (json.dumps({"type": "prompt", "model": "sim-chat"}), "empty_prompt"),
-        (json.dumps({"type": "prompt", "model": "sim-chat", "content": "x" * 101}),
-         "prompt_too_long"),
-        (json.dumps({"type": "prompt", "model": "sim-chat", "content": "hi",
-                     "conversation": "1; drop"}), "invalid_conversation"),
+        (
+            json.dumps({"type": "prompt", "model": "sim-chat", "content": "x" * 101}),
+            "prompt_too_long",
+        ),
+        (
+            json.dumps(
+                {"type": "prompt", "model": "sim-chat", "content": "hi", "conversation": "1; drop"}
+            ),
+            "invalid_conversation",
+        ),
     ],
 )
 async def test_bad_input_gets_a_clear_error_and_changes_nothing(
@@ -88,8 +101,9 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
 async def test_oversized_frame_is_refused(alice, chat_backend, settings):
     settings.BARISTA_MAX_SOCKET_MESSAGE_BYTES = 1000
     communicator, _, _ = await connect(alice)
-    await communicator.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "y" * 2000}))
+    await communicator.send_to(
+        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "y" * 2000})
+    )
     reply = await communicator.receive_json_from(timeout=5)
     assert reply["code"] == "message_too_large"
     assert await database_sync_to_async(PromptRequest.objects.count)() == 0
@@ -98,13 +112,17 @@ async def test_oversized_frame_is_refused(alice, chat_backend, settings):
 
 async def test_a_prompt_is_recorded_and_queued_for_a_worker(alice, chat_backend):
     communicator, _, _ = await connect(alice)
-    await communicator.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "hello there", "ref": 7}))
+    await communicator.send_to(
+        text_data=json.dumps(
+            {"type": "prompt", "model": "sim-chat", "content": "hello there", "ref": 7}
+        )
+    )
     reply = await communicator.receive_json_from(timeout=5)
     assert reply["type"] == "accepted"
     assert reply["ref"] == 7
     request = await database_sync_to_async(
-        PromptRequest.objects.select_related("conversation").get)(id=reply["request"])
+        PromptRequest.objects.select_related("conversation").get
+    )(id=reply["request"])
     assert request.owner_id == alice.pk
     assert request.status == "queued"
     assert request.messages == [{"role": "user", "content": "hello there"}]
@@ -115,14 +133,26 @@ async def test_a_prompt_is_recorded_and_queued_for_a_worker(alice, chat_backend)
 
 async def test_bob_cannot_post_into_alices_conversation(alice, bob, chat_backend):
     conversation = await database_sync_to_async(Conversation.objects.create)(
-        owner=alice, title="private")
+        owner=alice, title="private"
+    )
     communicator, _, _ = await connect(bob)
-    await communicator.send_to(text_data=json.dumps({
-        "type": "prompt", "model": "sim-chat", "content": "let me in",
-        "conversation": conversation.pk}))
+    await communicator.send_to(
+        text_data=json.dumps(
+            {
+                "type": "prompt",
+                "model": "sim-chat",
+                "content": "let me in",
+                "conversation": conversation.pk,
+            }
+        )
+    )
     reply = await communicator.receive_json_from(timeout=5)
-    assert reply == {"type": "error", "error": "Conversation not found.", "code": "not_found",
-                     "ref": None}
+    assert reply == {
+        "type": "error",
+        "error": "Conversation not found.",
+        "code": "not_found",
+        "ref": None,
+    }
     assert await database_sync_to_async(PromptRequest.objects.count)() == 0
     assert queued_jobs() == 0
     await communicator.disconnect()
@@ -130,21 +160,26 @@ async def test_bob_cannot_post_into_alices_conversation(alice, bob, chat_backend
 
 async def test_bob_cannot_follow_alices_request(alice, bob):
     request = await database_sync_to_async(PromptRequest.objects.create)(
-        owner=alice, model="sim-chat", messages=[{"role": "user", "content": "secret"}])
+        owner=alice, model="sim-chat", messages=[{"role": "user", "content": "secret"}]
+    )
     communicator, _, _ = await connect(bob)
     await communicator.send_to(text_data=json.dumps({"type": "follow", "request": str(request.id)}))
     reply = await communicator.receive_json_from(timeout=5)
     assert reply["code"] == "not_found"
     # Bob's socket did not join the group: an event for it never reaches him.
-    await delivery.push(request_id=request.id, owner_id=alice.pk,
-                        event={"event": "tokens", "text": "secret answer", "offset": 0})
+    await delivery.push(
+        request_id=request.id,
+        owner_id=alice.pk,
+        event={"event": "tokens", "text": "secret answer", "offset": 0},
+    )
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
 
 
 async def test_alice_can_follow_her_finished_request_and_gets_the_answer(alice):
     request = await database_sync_to_async(PromptRequest.objects.create)(
-        owner=alice, model="sim-chat", messages=[], status="done", answer="forty-two")
+        owner=alice, model="sim-chat", messages=[], status="done", answer="forty-two"
+    )
     communicator, _, _ = await connect(alice)
     await communicator.send_to(text_data=json.dumps({"type": "follow", "request": str(request.id)}))
     reply = await communicator.receive_json_from(timeout=5)
@@ -164,10 +199,15 @@ async def test_a_frame_whose_owner_is_not_the_socket_user_is_refused(alice, bob)
     async def capture(text_data=None, bytes_data=None, close=False):
         sent.append(text_data)
 
-    consumer.send = capture  # type: ignore[method-assign]
+    consumer.send = capture
     before = delivery.refused_frames
-    event = {"type": delivery.EVENT_TYPE, "event": "tokens", "request": str(uuid.uuid4()),
-             "text": "bob's words", "offset": 0}
+    event = {
+        "type": delivery.EVENT_TYPE,
+        "event": "tokens",
+        "request": str(uuid.uuid4()),
+        "text": "bob's words",
+        "offset": 0,
+    }
     await consumer.request_event({**event, "owner": bob.pk})
     assert sent == []
     assert delivery.refused_frames == before + 1

@@ -48,14 +48,22 @@ async def test_two_people_at_once_each_get_only_their_own_answer(
     start_worker()
     start_worker()
     alice_socket, bob_socket = await open_socket(alice), await open_socket(bob)
-    await alice_socket.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "alice canary APRICOT-1"}))
-    await bob_socket.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "bob canary BLUEBERRY-2"}))
+    await alice_socket.send_to(
+        text_data=json.dumps(
+            {"type": "prompt", "model": "sim-chat", "content": "alice canary APRICOT-1"}
+        )
+    )
+    await bob_socket.send_to(
+        text_data=json.dumps(
+            {"type": "prompt", "model": "sim-chat", "content": "bob canary BLUEBERRY-2"}
+        )
+    )
     alice_frames, bob_frames = await asyncio.gather(collect(alice_socket), collect(bob_socket))
 
-    for frames, mine, theirs in [(alice_frames, "APRICOT-1", "BLUEBERRY-2"),
-                                 (bob_frames, "BLUEBERRY-2", "APRICOT-1")]:
+    for frames, mine, theirs in [
+        (alice_frames, "APRICOT-1", "BLUEBERRY-2"),
+        (bob_frames, "BLUEBERRY-2", "APRICOT-1"),
+    ]:
         assert [f["type"] for f in frames][:2] == ["accepted", "status"]
         done = frames[-1]
         assert done["type"] == "done"
@@ -84,8 +92,11 @@ async def test_a_prompt_sent_while_no_worker_runs_waits_and_is_answered_later(
     sim = start_simulator("--ttft", "0", "--tps", "0")
     await database_sync_to_async(sim.register)(alias="sim-chat")
     socket = await open_socket(alice)
-    await socket.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "patience CHERRY-3"}))
+    await socket.send_to(
+        text_data=json.dumps(
+            {"type": "prompt", "model": "sim-chat", "content": "patience CHERRY-3"}
+        )
+    )
     accepted = await socket.receive_json_from(timeout=5)
     assert accepted["type"] == "accepted"
     assert await socket.receive_nothing(timeout=1.0)
@@ -106,8 +117,9 @@ async def test_a_failing_backend_gives_a_clear_error_and_a_failed_row(
     await database_sync_to_async(sim.register)(alias="sim-chat", name="flaky")
     start_worker()
     socket = await open_socket(alice)
-    await socket.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "doomed"}))
+    await socket.send_to(
+        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "doomed"})
+    )
     frames = await collect(socket)
     assert frames[-1]["type"] == "failed"
     assert "HTTP 500" in frames[-1]["error"]
@@ -124,12 +136,20 @@ async def test_a_second_prompt_carries_the_conversation_history(
     await database_sync_to_async(sim.register)(alias="sim-chat")
     start_worker()
     socket = await open_socket(alice)
-    await socket.send_to(text_data=json.dumps(
-        {"type": "prompt", "model": "sim-chat", "content": "first"}))
+    await socket.send_to(
+        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "first"})
+    )
     first = await collect(socket)
-    await socket.send_to(text_data=json.dumps({
-        "type": "prompt", "model": "sim-chat", "content": "second",
-        "conversation": first[0]["conversation"]}))
+    await socket.send_to(
+        text_data=json.dumps(
+            {
+                "type": "prompt",
+                "model": "sim-chat",
+                "content": "second",
+                "conversation": first[0]["conversation"],
+            }
+        )
+    )
     second = await collect(socket)
     assert second[0]["conversation"] == first[0]["conversation"]
     request = await database_sync_to_async(PromptRequest.objects.get)(id=second[0]["request"])

@@ -7,12 +7,15 @@ import json
 import httpx
 import pytest
 
-PROMPT = {"model": "sim-model", "messages": [
-    {"role": "system", "content": "be brief"},
-    {"role": "user", "content": "first question"},
-    {"role": "assistant", "content": "first answer"},
-    {"role": "user", "content": "What about <b>kiwi-7731</b>?"},
-]}
+PROMPT = {
+    "model": "sim-model",
+    "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "What about <b>kiwi-7731</b>?"},
+    ],
+}
 
 
 @pytest.fixture
@@ -31,7 +34,8 @@ def test_answer_quotes_the_last_user_message_verbatim_and_reports_usage(sim):
     assert "first question" not in content
     assert body["usage"]["completion_tokens"] > 0
     assert body["usage"]["total_tokens"] == (
-        body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"])
+        body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     assert body["object"] == "chat.completion"
 
 

@@ -37,21 +37,28 @@ class Command(BaseCommand):
             password = password or secrets.token_urlsafe(12)
             user_model.objects.create_superuser(username=username, email="", password=password)
             if generated:
-                self.stdout.write(self.style.SUCCESS(
-                    f"Created admin user {username!r} with password: {password}\n"
-                    "  (shown once; change it with: .venv/bin/python manage.py "
-                    f"changepassword {username})"
-                ))
+                self.stdout.write(
+                    self.style.SUCCESS(
+                        f"Created admin user {username!r} with password: {password}\n"
+                        "  (shown once; change it with: .venv/bin/python manage.py "
+                        f"changepassword {username})"
+                    )
+                )
             else:
-                self.stdout.write(f"Created admin user {username!r} (password from "
-                                  "BARISTA_ADMIN_PASSWORD).")
+                self.stdout.write(
+                    f"Created admin user {username!r} (password from BARISTA_ADMIN_PASSWORD)."
+                )
         if not Backend.objects.exists():
             base = simulator_port_base()
             for name, alias, offset, _flags in DEMO_BACKENDS:
                 Backend.objects.create(
-                    name=name, alias=alias, model_name=f"{name}-model",
+                    name=name,
+                    alias=alias,
+                    model_name=f"{name}-model",
                     base_url=f"http://127.0.0.1:{base + offset}/v1",
-                    weight=2 if name == "sim-fast" else 1, simulated=True,
+                    weight=2 if name == "sim-fast" else 1,
+                    simulated=True,
                 )
-            self.stdout.write("Registered three simulated backends (sim-fast, sim-medium, "
-                              "sim-slow).")
+            self.stdout.write(
+                "Registered three simulated backends (sim-fast, sim-medium, sim-slow)."
+            )

@@ -22,8 +22,12 @@ class Command(BaseCommand):
     help = "Start Redis (embedded unless REDIS_URL is set), simulators, workers and daphne."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--workers", type=int, default=None,
-                            help="worker processes (default: BARISTA_WORKERS or one per core)")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="worker processes (default: BARISTA_WORKERS or one per core)",
+        )
         parser.add_argument("--no-simulators", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -45,8 +49,9 @@ class Command(BaseCommand):
 
     def _start(self, options: dict[str, Any]) -> None:
         if not os.environ.get("REDIS_URL"):
-            self.redis = EmbeddedRedis(port=settings.EMBEDDED_REDIS_PORT,
-                                       data_dir=settings.VAR_DIR / "redis")
+            self.redis = EmbeddedRedis(
+                port=settings.EMBEDDED_REDIS_PORT, data_dir=settings.VAR_DIR / "redis"
+            )
             try:
                 self.redis.start()
             except RuntimeError as exc:
@@ -63,28 +68,53 @@ class Command(BaseCommand):
         if not options["no_simulators"]:
             base = simulator_port_base()
             for name, _alias, offset, flags in DEMO_BACKENDS:
-                self._spawn(f"simulator {name}", [
-                    python, "-m", "apps.simulator", "--port", str(base + offset),
-                    "--model", f"{name}-model", *flags])
+                self._spawn(
+                    f"simulator {name}",
+                    [
+                        python,
+                        "-m",
+                        "apps.simulator",
+                        "--port",
+                        str(base + offset),
+                        "--model",
+                        f"{name}-model",
+                        *flags,
+                    ],
+                )
             self.stdout.write(f"• Simulated backends on 127.0.0.1:{base}-{base + 2}")
         count = options["workers"] or int(os.environ.get("BARISTA_WORKERS", os.cpu_count() or 1))
         for index in range(count):
             self._spawn(f"worker {index + 1}", [python, manage, "run_worker"])
         self.stdout.write(f"• {count} gateway worker(s)")
         port = settings.PORT
-        self._spawn("web (daphne)", [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                     "--proxy-headers", "project.asgi:application"])
+        self._spawn(
+            "web (daphne)",
+            [
+                python,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--proxy-headers",
+                "project.asgi:application",
+            ],
+        )
         self._wait_healthy(port)
-        self.stdout.write(self.style.SUCCESS(
-            f"\nBarista is up: http://127.0.0.1:{port}/   (admin: http://127.0.0.1:{port}/admin/)"
-            "\nPress Ctrl-C to stop everything.\n"
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nBarista is up: http://127.0.0.1:{port}/   (admin: http://127.0.0.1:{port}/admin/)"
+                "\nPress Ctrl-C to stop everything.\n"
+            )
+        )
 
     def _spawn(self, label: str, argv: list[str]) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
-        process = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env,  # noqa: S603
-                                   start_new_session=True)
+        process = subprocess.Popen(  # noqa: S603 - argv is built here, never from input
+            argv, cwd=settings.BASE_DIR, env=env, start_new_session=True
+        )
         self.children.append((label, process))
 
     def _wait_healthy(self, port: int, timeout: float = 30.0) -> None:

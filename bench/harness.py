@@ -1,0 +1,150 @@
+"""Shared plumbing: an isolated Barista (own Redis, own database) with real processes,
+and the docs/benchmarks.md writer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DOC = BASE_DIR / "docs" / "benchmarks.md"
+
+
+def setup_django() -> dict[str, str]:
+    """Point this process at a fresh database and a fresh embedded Redis, then set Django up.
+
+    Returns the environment that child processes (workers, daphne) must run with."""
+    from apps.gateway.embedded_redis import EmbeddedRedis, free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="barista-bench-"))
+    redis = EmbeddedRedis(port=free_port(), data_dir=workdir / "redis", persist=False)
+    redis.start()
+    env = {
+        "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+        "REDIS_URL": redis.url,
+        "BARISTA_VAR_DIR": str(workdir),
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DEBUG": "1",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    _cleanup.append(redis.stop)
+    return {**os.environ, **env}
+
+
+_cleanup: list[object] = []
+
+
+class Fleet:
+    """Child processes started for one benchmark; all stopped on exit."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *argv: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, *argv], cwd=BASE_DIR, env=self.env, stdout=subprocess.DEVNULL
+        )
+        self.processes.append(process)
+        return process
+
+    def simulator(self, port: int, *flags: str, model: str = "sim-model") -> str:
+        self.spawn("-m", "apps.simulator", "--port", str(port), "--model", model, *flags)
+        wait_http(f"http://127.0.0.1:{port}/stats")
+        return f"http://127.0.0.1:{port}/v1"
+
+    def worker(self) -> None:
+        self.spawn("manage.py", "run_worker")
+
+    def web(self, port: int) -> str:
+        self.spawn("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application")
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def fleet(env: dict[str, str]) -> Iterator[Fleet]:
+    running = Fleet(env)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def record(name: str, markdown: str) -> None:
+    """Replace this benchmark's section in docs/benchmarks.md (or append it)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = f"<!-- bench:{name} -->\n{markdown.strip()}\n\n_Measured {stamp} on {machine()}._\n"
+    body += f"<!-- /bench:{name} -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text + "\n" + body + "\n"
+    DOC.write_text(text)
