@@ -110,6 +110,7 @@ def main() -> dict[str, float]:
         "barista_p90": percentile(barista, 0.9),
     }
     ratio = result["barista_p50"] / result["direct_p50"]
+    added = ms(result["barista_p50"] - result["direct_p50"])
     table = f"""## One prompt, end to end (walking skeleton)
 
 `bench/e2e_latency.py` — one streamed prompt (60 tokens, simulator on instant settings),
@@ -123,7 +124,7 @@ websocket (daphne) and waits for the `done` frame: ledger write, RQ enqueue, one
 | direct to the simulator (baseline) | {ms(result["direct_p50"])} | {ms(result["direct_p90"])} |
 | through Barista | {ms(result["barista_p50"])} | {ms(result["barista_p90"])} |
 
-Ratio of medians: **{ratio:.1f}×**; Barista adds {ms(result["barista_p50"] - result["direct_p50"])} at the median.
+Ratio of medians: **{ratio:.1f}×**; Barista adds {added} at the median.
 
 Where the time goes (medians of the ledger's timestamps):
 
