@@ -32,7 +32,12 @@ class Command(BaseCommand):
         user_model = get_user_model()
         username = os.environ.get("BARISTA_ADMIN_USER", "admin")
         password = os.environ.get("BARISTA_ADMIN_PASSWORD")
-        if not user_model.objects.filter(username=username).exists():
+        if user_model.objects.filter(username=username).exists():
+            self.stdout.write(
+                f"Admin user {username!r} exists (its password was printed on the first run; "
+                f"reset it with: .venv/bin/python manage.py changepassword {username})."
+            )
+        else:
             generated = password is None
             password = password or secrets.token_urlsafe(12)
             user_model.objects.create_superuser(username=username, email="", password=password)
