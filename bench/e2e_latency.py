@@ -79,7 +79,7 @@ def main() -> dict[str, float]:
     from django.test import Client
 
     from apps.backends.models import Backend
-    from apps.gateway.embedded_redis import free_port
+    from apps.gateway.localrun import free_port
 
     with fleet(env) as running:
         sim_url = running.simulator(free_port(), "--ttft", "0", "--tps", "0", "--tokens", "60")

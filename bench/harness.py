@@ -9,14 +9,18 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from apps.gateway.localrun import (
+    simulator_argv,
+    stop_processes,
+    wait_http,
+    web_argv,
+    worker_argv,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DOC = BASE_DIR / "docs" / "benchmarks.md"
@@ -26,7 +30,7 @@ def setup_django() -> dict[str, str]:
     """Point this process at a fresh database and a fresh embedded Redis, then set Django up.
 
     Returns the environment that child processes (workers, daphne) must run with."""
-    from apps.gateway.embedded_redis import EmbeddedRedis, free_port
+    from apps.gateway.localrun import EmbeddedRedis, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="barista-bench-"))
     redis = EmbeddedRedis(port=free_port(), data_dir=workdir / "redis", persist=False)
@@ -61,34 +65,26 @@ class Fleet:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, *argv: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, *argv], cwd=BASE_DIR, env=self.env, stdout=subprocess.DEVNULL
-        )
+    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, cwd=BASE_DIR, env=self.env, stdout=subprocess.DEVNULL)
         self.processes.append(process)
         return process
 
     def simulator(self, port: int, *flags: str, model: str = "sim-model") -> str:
-        self.spawn("-m", "apps.simulator", "--port", str(port), "--model", model, *flags)
-        wait_http(f"http://127.0.0.1:{port}/stats")
+        process = self.spawn(simulator_argv(port, model, *flags))
+        wait_http(f"http://127.0.0.1:{port}/stats", process=process)
         return f"http://127.0.0.1:{port}/v1"
 
     def worker(self) -> None:
-        self.spawn("manage.py", "run_worker")
+        self.spawn(worker_argv())
 
     def web(self, port: int) -> str:
-        self.spawn("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application")
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        process = self.spawn(web_argv(port))
+        wait_http(f"http://127.0.0.1:{port}/healthz", process=process)
         return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes)
 
 
 @contextmanager
@@ -98,17 +94,6 @@ def fleet(env: dict[str, str]) -> Iterator[Fleet]:
         yield running
     finally:
         running.stop()
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 def ms(seconds: float) -> str:

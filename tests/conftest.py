@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,14 @@ from django.db import connection
 from django.test import Client
 
 from apps.backends.models import Backend
-from apps.gateway.embedded_redis import free_port
+from apps.gateway.localrun import (
+    free_port,
+    simulator_argv,
+    stop_processes,
+    wait_http,
+    web_argv,
+    worker_argv,
+)
 
 BASE_DIR = Path(settings.BASE_DIR)
 OUTPUT_DIR = BASE_DIR / "test-output"
@@ -99,19 +105,6 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 @dataclass
 class Simulator:
     port: int
@@ -151,15 +144,7 @@ class Processes:
         return process
 
     def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.started)
 
 
 @pytest.fixture
@@ -174,10 +159,10 @@ def start_simulator(processes: Processes) -> Callable[..., Simulator]:
     def start(*args: str, model: str = "sim-model") -> Simulator:
         port = free_port()
         process = processes.spawn(
-            [sys.executable, "-m", "apps.simulator", "--port", str(port), "--model", model, *args],
+            simulator_argv(port, model, *args),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        wait_http(f"http://127.0.0.1:{port}/stats", proc=process)
+        wait_http(f"http://127.0.0.1:{port}/stats", process=process)
         return Simulator(port=port, model=model, process=process)
 
     return start
@@ -186,7 +171,7 @@ def start_simulator(processes: Processes) -> Callable[..., Simulator]:
 @pytest.fixture
 def start_worker(processes: Processes) -> Callable[..., subprocess.Popen[bytes]]:
     def start(**env: str) -> subprocess.Popen[bytes]:
-        return processes.spawn([sys.executable, "manage.py", "run_worker"], env=child_env(**env))
+        return processes.spawn(worker_argv(), env=child_env(**env))
 
     return start
 
@@ -195,20 +180,9 @@ def start_worker(processes: Processes) -> Callable[..., subprocess.Popen[bytes]]
 def start_web(processes: Processes) -> Callable[..., str]:
     def start() -> str:
         port = free_port()
-        process = processes.spawn(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "project.asgi:application",
-            ],
-        )
+        process = processes.spawn(web_argv(port))
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/healthz", proc=process)
+        wait_http(f"{url}/healthz", process=process)
         return url
 
     return start

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 if not os.environ.get("REDIS_URL"):
-    from apps.gateway.embedded_redis import EmbeddedRedis, free_port
+    from apps.gateway.localrun import EmbeddedRedis, free_port
 
     _server = EmbeddedRedis(
         port=free_port(),

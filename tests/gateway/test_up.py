@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 
 from apps.backends.models import Backend
-from apps.gateway.embedded_redis import free_port, port_in_use
+from apps.gateway.localrun import free_port, port_in_use
 from tests.conftest import BASE_DIR, wait_for
 
 

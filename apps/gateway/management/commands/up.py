@@ -5,16 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.gateway.embedded_redis import EmbeddedRedis
+from apps.gateway.localrun import (
+    EmbeddedRedis,
+    simulator_argv,
+    stop_processes,
+    wait_http,
+    web_argv,
+    worker_argv,
+)
 from apps.gateway.management.commands.barista_setup import DEMO_BACKENDS, simulator_port_base
 
 
@@ -63,45 +68,20 @@ class Command(BaseCommand):
         self.stdout.write("• Database migrated")
         call_command("barista_setup")
 
-        python = sys.executable
-        manage = str(settings.BASE_DIR / "manage.py")
         if not options["no_simulators"]:
             base = simulator_port_base()
             for name, _alias, offset, flags in DEMO_BACKENDS:
                 self._spawn(
-                    f"simulator {name}",
-                    [
-                        python,
-                        "-m",
-                        "apps.simulator",
-                        "--port",
-                        str(base + offset),
-                        "--model",
-                        f"{name}-model",
-                        *flags,
-                    ],
+                    f"simulator {name}", simulator_argv(base + offset, f"{name}-model", *flags)
                 )
             self.stdout.write(f"• Simulated backends on 127.0.0.1:{base}-{base + 2}")
         count = options["workers"] or int(os.environ.get("BARISTA_WORKERS", os.cpu_count() or 1))
         for index in range(count):
-            self._spawn(f"worker {index + 1}", [python, manage, "run_worker"])
+            self._spawn(f"worker {index + 1}", worker_argv())
         self.stdout.write(f"• {count} gateway worker(s)")
         port = settings.PORT
-        self._spawn(
-            "web (daphne)",
-            [
-                python,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "--proxy-headers",
-                "project.asgi:application",
-            ],
-        )
-        self._wait_healthy(port)
+        web = self._spawn("web (daphne)", web_argv(port))
+        self._wait_healthy(port, web)
         self.stdout.write(
             self.style.SUCCESS(
                 f"\nBarista is up: http://127.0.0.1:{port}/   (admin: http://127.0.0.1:{port}/admin/)"
@@ -109,25 +89,20 @@ class Command(BaseCommand):
             )
         )
 
-    def _spawn(self, label: str, argv: list[str]) -> None:
+    def _spawn(self, label: str, argv: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
         process = subprocess.Popen(  # noqa: S603 - argv is built here, never from input
             argv, cwd=settings.BASE_DIR, env=env, start_new_session=True
         )
         self.children.append((label, process))
+        return process
 
-    def _wait_healthy(self, port: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_children()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:  # noqa: S310
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise CommandError(f"The web server did not answer on port {port} within {timeout} s.")
+    def _wait_healthy(self, port: int, web: subprocess.Popen[bytes]) -> None:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, process=web)
+        except RuntimeError as exc:
+            raise CommandError(f"The web server did not start: {exc}") from None
 
     def _check_children(self) -> None:
         for label, process in self.children:
@@ -145,16 +120,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.stdout.write("\nStopping Barista…")
         # Web first (no new prompts), then workers (finish what they hold), then the rest.
-        for _label, process in reversed(self.children):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _label, process in self.children:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes([process for _label, process in reversed(self.children)])
         if self.redis:
             self.redis.stop()
         self.stdout.write("Stopped.")

