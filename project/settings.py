@@ -196,6 +196,15 @@ if not DEBUG:
 BARISTA_MAX_PROMPT_CHARS = envint("BARISTA_MAX_PROMPT_CHARS", 32_000, minimum=1)
 BARISTA_MAX_SOCKET_MESSAGE_BYTES = envint("BARISTA_MAX_SOCKET_MESSAGE_BYTES", 256_000, minimum=1)
 BARISTA_JOB_TIMEOUT = envint("BARISTA_JOB_TIMEOUT", 300, minimum=1)
+# The worker: prompts in flight per process, heartbeats, and how fast the jobs of a dead
+# worker are picked up again (about heartbeat TTL + maintenance interval).
+BARISTA_WORKER_CONCURRENCY = envint("BARISTA_WORKER_CONCURRENCY", 256, minimum=1)
+BARISTA_WORKER_HEARTBEAT = envfloat("BARISTA_WORKER_HEARTBEAT", 5.0, minimum=0.1)
+BARISTA_WORKER_HEARTBEAT_TTL = envint("BARISTA_WORKER_HEARTBEAT_TTL", 20, minimum=1)
+BARISTA_WORKER_MAINTENANCE_INTERVAL = envint("BARISTA_WORKER_MAINTENANCE_INTERVAL", 10, minimum=1)
+BARISTA_WORKER_GRACE = envfloat("BARISTA_WORKER_GRACE", 30.0, minimum=0.0)
+# Times a prompt is re-run after its worker died mid-answer.
+BARISTA_JOB_RETRIES = envint("BARISTA_JOB_RETRIES", 3, minimum=0)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
 # Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).

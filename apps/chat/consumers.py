@@ -16,6 +16,7 @@ from apps.chat.services import ConversationNotFound, chat_prompt_submit
 from apps.gateway import delivery
 from apps.gateway.models import PromptRequest
 from apps.gateway.selectors import request_get_owned
+from apps.gateway.services import request_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.handle_prompt(payload)
             elif kind == "follow":
                 await self.handle_follow(payload)
+            elif kind == "cancel":
+                await self.handle_cancel(payload)
             else:
                 raise InvalidInput(
-                    "Unknown message type; expected 'prompt' or 'follow'.", "unknown_type"
+                    "Unknown message type; expected 'prompt', 'follow' or 'cancel'.",
+                    "unknown_type",
                 )
         except InvalidInput as exc:
             await self.send_json(
@@ -146,6 +150,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 {"type": "status", "request": str(request.id), "status": request.status}
             )
 
+    async def handle_cancel(self, payload: dict[str, Any]) -> None:
+        request = (
+            await database_sync_to_async(request_cancel)(
+                owner=self.scope["user"], request_id=str(payload.get("request", ""))
+            )
+            if _is_uuid(payload.get("request"))
+            else None
+        )
+        if request is None:
+            raise InvalidInput("Request not found.", "not_found")
+        if request.status == PromptRequest.Status.CANCELLED:
+            await self._deliver({"event": "cancelled", "request": str(request.id)})
+
     async def request_event(self, event: dict[str, Any]) -> None:
         """A progress event from a worker. Re-check the owner before anything is sent."""
         if event.get("owner") != self.user_id:
@@ -158,7 +175,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
         frame["type"] = event["event"]
         await self.send_json(frame)
-        if event["event"] in {"done", "failed"}:
+        if event["event"] in {"done", "failed", "cancelled"}:
             await self._leave(delivery.group_name(event["request"]))
 
     async def _leave(self, group: str) -> None:
@@ -168,6 +185,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content))
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
 
 
 def _ref(payload: Any) -> Any:

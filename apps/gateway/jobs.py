@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from apps.gateway.pipeline import request_process
-from apps.gateway.worker import runtime
+from apps.gateway.worker import http_client
 
 
-def process_request_job(request_id: str) -> None:
-    worker_runtime = runtime()
-    worker_runtime.run(request_process(request_id, worker_runtime.client))
+async def process_request_job(request_id: str) -> None:
+    await request_process(request_id, http_client())

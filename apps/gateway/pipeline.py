@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -12,17 +13,50 @@ from apps.backends.balancer import backend_pick
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.gateway import services
 from apps.gateway.delivery import TokenBatcher, push
+from apps.gateway.models import PromptRequest
+from apps.gateway.worker import CANCEL_REQUEUE, CANCEL_STOP
 
 logger = logging.getLogger(__name__)
 
 
 async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
-    """Answer one ledger row. Safe to run twice: a final row is never touched again."""
-    request = await database_sync_to_async(services.request_start)(request_id=request_id)
-    if request is None:
+    """Answer one ledger row. Safe to run twice: a final row is never touched again, and
+    only one run can record the answer (``request_complete``)."""
+    started = await database_sync_to_async(services.request_start)(request_id=request_id)
+    if started is None:
         logger.info("request %s is already final; nothing to do", request_id)
         return
+    request, rerun = started
     owner_id = request.owner_id
+    try:
+        await _answer(request, rerun, client)
+    except asyncio.CancelledError as exc:
+        # The worker says why it stopped us (see apps.gateway.worker).
+        reason = exc.args[0] if exc.args else None
+        if reason == CANCEL_REQUEUE:
+            await database_sync_to_async(services.request_requeue)(request_id=request_id)
+            await push(
+                request_id=request_id,
+                owner_id=owner_id,
+                event={"event": "status", "status": "queued", "restart": True},
+            )
+        elif reason == CANCEL_STOP:
+            await push(request_id=request_id, owner_id=owner_id, event={"event": "cancelled"})
+        else:
+            message = "The answer took too long and was stopped."
+            if await database_sync_to_async(services.request_fail)(
+                request_id=request_id, error=message
+            ):
+                await push(
+                    request_id=request_id,
+                    owner_id=owner_id,
+                    event={"event": "failed", "error": message},
+                )
+        raise
+
+
+async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient) -> None:
+    request_id, owner_id = request.id, request.owner_id
 
     async def fail(message: str) -> None:
         if await database_sync_to_async(services.request_fail)(
@@ -34,8 +68,11 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
                 event={"event": "failed", "error": message},
             )
 
+    # A re-run (its first worker died) tells the page to drop what it showed and start over.
     await push(
-        request_id=request_id, owner_id=owner_id, event={"event": "status", "status": "running"}
+        request_id=request_id,
+        owner_id=owner_id,
+        event={"event": "status", "status": "running", "restart": rerun},
     )
     backend = await database_sync_to_async(backend_pick)(alias=request.model)
     if backend is None:

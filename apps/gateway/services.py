@@ -10,6 +10,10 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
+from rq import Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
 
 from apps.gateway.models import PromptRequest
 
@@ -53,21 +57,66 @@ def request_submit(
             job_timeout=settings.BARISTA_JOB_TIMEOUT,
             result_ttl=60,
             failure_ttl=24 * 3600,
+            # Re-run only when a worker dies holding the job (RQ's abandoned-job cleanup);
+            # the job function records backend failures itself and never raises for them.
+            retry=Retry(max=settings.BARISTA_JOB_RETRIES) if settings.BARISTA_JOB_RETRIES else None,
         )
 
     transaction.on_commit(enqueue)
     return request
 
 
-def request_start(*, request_id: uuid.UUID | str) -> PromptRequest | None:
-    """Mark a queued prompt running. Returns None when it is already final (cancelled, or
-    answered by an earlier run), in which case the caller must not call a backend."""
-    updated = PromptRequest.objects.filter(
-        id=request_id, status__in=[Status.QUEUED, Status.RUNNING]
-    ).update(status=Status.RUNNING, started_at=timezone.now())
-    if not updated:
+@transaction.atomic
+def request_start(*, request_id: uuid.UUID | str) -> tuple[PromptRequest, bool] | None:
+    """Mark a prompt running. Returns None when it is already final (cancelled, or answered
+    by an earlier run): the caller must not call a backend. Otherwise returns the row and
+    whether this is a re-run of a prompt whose earlier run may have shown tokens."""
+    request = (
+        PromptRequest.objects.select_for_update()
+        .filter(id=request_id, status__in=[Status.QUEUED, Status.RUNNING])
+        .first()
+    )
+    if request is None:
         return None
-    return PromptRequest.objects.select_related("owner").get(id=request_id)
+    rerun = request.started_at is not None
+    request.status = Status.RUNNING
+    request.started_at = timezone.now()
+    request.first_token_at = None
+    request.save(update_fields=["status", "started_at", "first_token_at"])
+    return request, rerun
+
+
+def request_requeue(*, request_id: uuid.UUID | str) -> None:
+    """A worker shutting down gave the prompt back to the queue: it waits again."""
+    PromptRequest.objects.filter(id=request_id, status=Status.RUNNING).update(
+        status=Status.QUEUED, first_token_at=None
+    )
+
+
+def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest | None:
+    """Cancel the owner's prompt: a queued job leaves the queue; a running one is stopped
+    (its backend call aborted, its slot freed). Returns the row, or None when it is not
+    the owner's (or not there). A prompt already final stays as it was."""
+    with transaction.atomic():
+        request = (
+            PromptRequest.objects.select_for_update().filter(id=request_id, owner=owner).first()
+        )
+        if request is None or request.is_final:
+            return request
+        request.status = Status.CANCELLED
+        request.error = "Cancelled."
+        request.finished_at = timezone.now()
+        request.save(update_fields=["status", "error", "finished_at"])
+    connection = django_rq.get_connection(settings.BARISTA_QUEUES[0])
+    try:
+        job = Job.fetch(str(request.id), connection=connection)
+        if job.get_status() == JobStatus.STARTED:
+            send_stop_job_command(connection, job.id)
+        else:
+            job.cancel()
+    except (NoSuchJobError, InvalidJobOperation):
+        pass  # already gone: the row's status is what counts, and a worker checks it
+    return request
 
 
 def request_first_token(*, request_id: uuid.UUID | str, backend_id: int) -> None:

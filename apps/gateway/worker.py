@@ -1,72 +1,407 @@
-"""The gateway worker.
+"""The gateway worker: many prompts in flight per process, on RQ's public API.
 
-Walking skeleton: RQ's SimpleWorker (one prompt at a time per process, no fork), one
-process per core. The concurrent asyncio worker of DESIGN.md decision 1 replaces it.
+RQ's stock workers run one job per process (the forking one also forks per job). AI calls
+spend seconds waiting on the network, so this worker keeps up to ``concurrency`` jobs in
+flight on one asyncio loop (DESIGN.md, decision 1). It is an RQ worker all the same: it
+registers itself, answers RQ's commands (shutdown, stop-job) and suspension, and keeps the
+registries truthful — a job in flight sits in the started registry under a live
+heartbeat, and ends in the finished or the failed registry. Its own Redis bookkeeping is
+batched: one pipeline starts a whole batch of jobs, one pipeline heartbeats every job in
+flight, and finished jobs are recorded together.
 
-Jobs run their coroutines on one event loop that lives as long as the process, with one
-shared HTTP client: a fresh loop and client per job cost ~50 ms (loading TLS certificates,
-new Redis connections for the channel layer) — more than everything else on the path.
+Recovery: a job's started-registry entry expires ``heartbeat_ttl`` seconds after its last
+heartbeat. If this process dies (SIGKILL, power loss), every other worker's maintenance
+pass finds those entries expired and RQ re-enqueues the jobs (they are enqueued with
+``Retry``). The job function is safe to run twice: see ``apps.gateway.pipeline``.
+
+Signals: SIGTERM/SIGINT stop taking jobs, let those in flight finish for ``grace``
+seconds, then cancel the rest and put them back at the front of their queue, untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from django.conf import settings
-from rq import SimpleWorker
+from rq import Queue
+from rq.command import parse_payload
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.suspension import is_suspended
+from rq.utils import now
+from rq.worker import BaseWorker, WorkerStatus
 
-T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+# Reasons a job's task is cancelled; the job function sees them as CancelledError.args[0].
+CANCEL_TIMEOUT = "timeout"
+CANCEL_STOP = "stop"  # RQ's stop-job command: the person cancelled
+CANCEL_REQUEUE = "requeue"  # shutting down: the job goes back to its queue
 
 
-class AsyncRuntime:
-    """An event loop on a daemon thread, and the HTTP client that lives on it."""
+@dataclass(eq=False)
+class Running:
+    job: Job
+    queue: Queue
+    execution: Execution
+    task: asyncio.Task[Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+    cancel_reason: str | None = None
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, daemon=True, name="gateway-loop"
-        )
-        self._thread.start()
-        self.client: httpx.AsyncClient = self.run(self._make_client())
 
-    @staticmethod
-    async def _make_client() -> httpx.AsyncClient:
+_client: httpx.AsyncClient | None = None
+
+
+def http_client() -> httpx.AsyncClient:
+    """The process's HTTP client for backends, made on first use on the running loop.
+
+    One client per process keeps connections to backends alive between prompts; making
+    one per prompt (loading TLS certificates) cost ~50 ms."""
+    global _client
+    if _client is None:
         # Redirects are never followed: a backend must not point a worker elsewhere.
-        return httpx.AsyncClient(
+        _client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 settings.BARISTA_BACKEND_READ_TIMEOUT,
                 connect=settings.BARISTA_BACKEND_CONNECT_TIMEOUT,
             ),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+    return _client
+
+
+class GatewayWorker(BaseWorker):
+    def __init__(
+        self,
+        queues: list[Queue],
+        *,
+        concurrency: int,
+        heartbeat_interval: float,
+        heartbeat_ttl: int,
+        grace: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            queues, maintenance_interval=kwargs.pop("maintenance_interval", 10), **kwargs
+        )
+        self.concurrency = concurrency
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_ttl = heartbeat_ttl
+        self.grace = grace
+        self.running: dict[str, Running] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._finished: list[tuple[Running, BaseException | None]] = []
+        self.completed = 0
+        # The blocking pop runs in a thread and needs a connection of its own.
+        pool = self.connection.connection_pool
+        self._blocking_connection = self.connection.__class__(
+            connection_pool=pool.__class__(**pool.connection_kwargs)
         )
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for it. If the wait is interrupted (RQ's job
-        timeout raises in this thread), the coroutine is cancelled, not left running."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+    # --- RQ plumbing ------------------------------------------------------------------
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl
+
+    def handle_payload(self, message: dict[str, Any]) -> None:
+        """RQ commands arrive on a pub/sub thread; hand them to the loop."""
+        payload = parse_payload(message)
+        command = payload.get("command")
+        if command == "stop-job":
+            self._call_soon(self._cancel_job, payload.get("job_id", ""), CANCEL_STOP)
+        elif command == "shutdown":
+            self._call_soon(self._request_stop)
+
+    def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _cancel_job(self, job_id: str, reason: str) -> None:
+        running = self.running.get(job_id)
+        if running and running.task and not running.task.done():
+            running.cancel_reason = reason
+            running.task.cancel(reason)
+
+    def _request_stop(self) -> None:
+        if not self._stopping:
+            logger.info("worker %s: stopping; %d in flight", self.name, len(self.running))
+        self._stopping = True
+        if self._wake:
+            self._wake.set()
+
+    # --- Main loop --------------------------------------------------------------------
+
+    def work(  # type: ignore[override]
+        self, burst: bool = False, logging_level: str | None = "WARNING", **kwargs: Any
+    ) -> bool:
+        self.bootstrap(logging_level)
         try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
+            asyncio.run(self._main(burst))
+        finally:
+            self.teardown()  # type: ignore[no-untyped-call]
+        return self.completed > 0
+
+    async def _main(self, burst: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._request_stop)
+        housekeeping = asyncio.create_task(self._housekeeping())
+        try:
+            await self._dispatch(burst)
+            await self._drain()
+        finally:
+            housekeeping.cancel()
+            self._flush_finished()
+            if _client is not None:
+                await _client.aclose()
+
+    async def _dispatch(self, burst: bool) -> None:
+        assert self._wake is not None
+        suspended_checked, suspended = 0.0, False
+        while not self._stopping:
+            if time.monotonic() - suspended_checked > 1.0:
+                suspended_checked = time.monotonic()
+                suspended = bool(is_suspended(self.connection, self))
+                self.set_state(
+                    WorkerStatus.SUSPENDED
+                    if suspended
+                    else (WorkerStatus.BUSY if self.running else WorkerStatus.IDLE)
+                )
+            free = self.concurrency - len(self.running)
+            started = 0
+            if free > 0 and not suspended:
+                started = await self._start_batch(free)
+            if burst and not started and not self.running:
+                return
+            if started and started == free:
+                continue
+            if started:
+                await asyncio.sleep(0)
+                continue
+            # Nothing to start: wait for a slot, a new job, or a stop — briefly, so new jobs
+            # are picked up fast without a blocking pop stalling the loop.
+            self._wake.clear()
+            if free > 0 and not suspended:
+                first = await self._wait_for_jobs()
+                if first is not None:
+                    await self._start_batch(free, first)
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+
+    async def _wait_for_jobs(self) -> tuple[str, str] | None:
+        """Block (in a thread) until a job id appears in one of our queues, up to 1 s, and
+        pop it (BLPOP takes keys in order, so priority holds). Returns (queue key, job id)."""
+        assert self._wake is not None
+        keys = [queue.key for queue in self.queues]
+        waiter = asyncio.get_running_loop().run_in_executor(None, self._blocking_pop, keys)
+        wake: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+        pending: set[asyncio.Future[Any]] = {waiter, wake}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        wake.cancel()
+        popped = await waiter  # at most 1 s more; a popped id is never left behind
+        if popped and self._stopping:
+            self.connection.lpush(popped[0], popped[1])  # not ours to start any more
+            return None
+        return popped
+
+    def _blocking_pop(self, keys: list[str]) -> tuple[str, str] | None:
+        popped = self._blocking_connection.blpop(keys, timeout=1)
+        if not popped:
+            return None
+        key, job_id = popped
+        return (
+            key.decode() if isinstance(key, bytes) else key,
+            job_id.decode() if isinstance(job_id, bytes) else job_id,
+        )
+
+    async def _start_batch(self, free: int, first: tuple[str, str] | None = None) -> int:
+        """Pop up to ``free`` jobs, queues in priority order, and start them together.
+        ``first`` is a job the blocking wait already popped."""
+        popped: list[tuple[Queue, list[str]]] = []
+        if first is not None:
+            first_queue = next(q for q in self.queues if q.key == first[0])
+            popped.append((first_queue, [first[1]]))
+            free -= 1
+        for queue in self.queues:
+            if free <= 0:
+                break
+            ids: Any = self.connection.lpop(queue.key, free)
+            if ids:
+                decoded = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+                popped.append((queue, decoded))
+                free -= len(decoded)
+        if not popped:
+            return 0
+        all_ids = [job_id for _, ids in popped for job_id in ids]
+        jobs = Job.fetch_many(all_ids, connection=self.connection, serializer=self.serializer)
+        by_id = {job.id: job for job in jobs if job is not None}
+        batch: list[Running] = []
+        with self.connection.pipeline() as pipe:
+            for queue, ids in popped:
+                for job_id in ids:
+                    job = by_id.get(job_id)
+                    if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
+                        continue  # deleted or cancelled while queued
+                    execution = Execution.create(
+                        job, self.heartbeat_ttl, pipeline=pipe, worker_name=self.name
+                    )
+                    job.prepare_for_execution(self.name, pipeline=pipe)
+                    batch.append(Running(job=job, queue=queue, execution=execution))
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            pipe.execute()
+        for running in batch:
+            self.running[running.job.id] = running
+            running.task = asyncio.create_task(self._run(running), name=running.job.id)
+        return len(batch)
+
+    async def _run(self, running: Running) -> None:
+        job = running.job
+        timeout = job.timeout if job.timeout and job.timeout > 0 else None
+        timer = None
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(
+                timeout, self._cancel_job, job.id, CANCEL_TIMEOUT
+            )
+        error: BaseException | None = None
+        try:
+            result = job.func(*job.args, **job.kwargs)
+            if isinstance(result, Awaitable):
+                result = await result
+            job._result = result
+        except asyncio.CancelledError as exc:
+            error = exc
+        except Exception as exc:
+            logger.exception("job %s raised", job.id)
+            error = exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+        job.ended_at = now()
+        self.running.pop(job.id, None)
+        self._finished.append((running, error))
+        if len(self._finished) >= 32:
+            self._flush_finished()
+        if self._wake:
+            self._wake.set()
+
+    def _flush_finished(self) -> None:
+        """Record finished jobs in RQ's registries, all in one pipeline."""
+        if not self._finished:
+            return
+        finished, self._finished = self._finished, []
+        requeue: list[Running] = []
+        with self.connection.pipeline() as pipe:
+            for running, error in finished:
+                job, execution = running.job, running.execution
+                execution.delete(job=job, pipeline=pipe)
+                if error is None:
+                    result_ttl = job.get_result_ttl(self.default_result_ttl)
+                    job._handle_success(
+                        result_ttl,
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=job.ended_at,
+                    )
+                    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                    self.completed += 1
+                elif running.cancel_reason == CANCEL_REQUEUE:
+                    requeue.append(running)
+                else:
+                    reason = running.cancel_reason
+                    if reason == CANCEL_STOP:
+                        job.set_status(JobStatus.STOPPED, pipeline=pipe)
+                        text = "Stopped: the request was cancelled."
+                    elif reason == CANCEL_TIMEOUT:
+                        job.set_status(JobStatus.FAILED, pipeline=pipe)
+                        text = f"Job exceeded its timeout ({job.timeout} s)."
+                    else:
+                        job.set_status(JobStatus.FAILED, pipeline=pipe)
+                        text = f"{type(error).__name__}: {error}"
+                    job._handle_failure(
+                        text,
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=job.ended_at,
+                    )
+            if not self.running:
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            pipe.execute()
+        for running in requeue:
+            # Back to the front of its queue, as it was before this worker took it.
+            running.queue.enqueue_job(running.job, at_front=True)
+
+    async def _housekeeping(self) -> None:
+        """Heartbeats for the worker and every job in flight; finished-job flushes;
+        RQ's maintenance (which re-enqueues the jobs of workers that died)."""
+        last_maintenance = 0.0
+        while True:
+            await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 1.0))
+            self._flush_finished()
+            if time.monotonic() - getattr(self, "_last_beat", 0.0) >= self.heartbeat_interval:
+                self._last_beat = time.monotonic()
+                with self.connection.pipeline() as pipe:
+                    self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
+                    stamp = now()
+                    for running in list(self.running.values()):
+                        running.execution.heartbeat(
+                            running.job.started_job_registry, self.heartbeat_ttl, pipeline=pipe
+                        )
+                        running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
+                    pipe.execute()
+            if time.monotonic() - last_maintenance >= self.maintenance_interval:
+                last_maintenance = time.monotonic()
+                await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
+
+    async def _drain(self) -> None:
+        """Stop: let in-flight jobs finish for ``grace`` s, then requeue the rest."""
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if tasks:
+            logger.warning(
+                "worker %s: waiting up to %.0f s for %d prompts in flight",
+                self.name,
+                self.grace,
+                len(tasks),
+            )
+            await asyncio.wait(tasks, timeout=self.grace)
+        leftover = [r.task for r in self.running.values() if r.task is not None]
+        for job_id in list(self.running):
+            self._cancel_job(job_id, CANCEL_REQUEUE)
+        if leftover:
+            await asyncio.wait(leftover)
+        self._flush_finished()
 
 
-_runtime: AsyncRuntime | None = None
-_runtime_lock = threading.Lock()
+def run_worker(*, queue_names: list[str], name: str | None = None, burst: bool = False) -> None:
+    import django_rq
 
-
-def runtime() -> AsyncRuntime:
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = AsyncRuntime()
-        return _runtime
-
-
-class GatewayWorker(SimpleWorker):
-    pass
+    queues = [django_rq.get_queue(queue_name) for queue_name in queue_names]
+    worker = GatewayWorker(
+        queues,
+        connection=queues[0].connection,
+        name=name or f"gateway-{os.uname().nodename}-{os.getpid()}",
+        concurrency=settings.BARISTA_WORKER_CONCURRENCY,
+        heartbeat_interval=settings.BARISTA_WORKER_HEARTBEAT,
+        heartbeat_ttl=settings.BARISTA_WORKER_HEARTBEAT_TTL,
+        grace=settings.BARISTA_WORKER_GRACE,
+        maintenance_interval=settings.BARISTA_WORKER_MAINTENANCE_INTERVAL,
+    )
+    worker.work(burst=burst)

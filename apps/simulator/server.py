@@ -67,6 +67,7 @@ class SimulatorStats:
     errors_total: int = 0
     hangs_total: int = 0
     rejected_total: int = 0
+    disconnects_total: int = 0
     max_in_flight: int = 0
 
 
@@ -178,20 +179,34 @@ class Simulator:
             return
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        # Like a real server, stop working on a request whose client hung up: the slot
+        # is freed at once (callers that cancel or time out rely on this).
+        work = asyncio.create_task(self._respond(request, send))
+        hangup = asyncio.create_task(_wait_for_disconnect(receive))
         try:
-            roll = self._rng.random()
-            if roll < config.error_rate:
-                stats.errors_total += 1
-                await _json(send, 500, _error("Simulated failure.", "server_error"))
-                return
-            if roll < config.error_rate + config.hang_rate:
-                stats.hangs_total += 1
-                await asyncio.sleep(3600)
-                return
-            await self._answer(request, send)
-            stats.completed_total += 1
+            done, _ = await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if hangup in done:
+                work.cancel()
+                stats.disconnects_total += 1
+            else:
+                hangup.cancel()
+                await work
         finally:
             stats.in_flight -= 1
+
+    async def _respond(self, request: dict[str, Any], send: Send) -> None:
+        stats, config = self.stats, self.config
+        roll = self._rng.random()
+        if roll < config.error_rate:
+            stats.errors_total += 1
+            await _json(send, 500, _error("Simulated failure.", "server_error"))
+            return
+        if roll < config.error_rate + config.hang_rate:
+            stats.hangs_total += 1
+            await asyncio.sleep(3600)
+            return
+        await self._answer(request, send)
+        stats.completed_total += 1
 
     async def _answer(self, request: dict[str, Any], send: Send) -> None:
         config = self.config
@@ -276,6 +291,11 @@ class Simulator:
 
 def _error(message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": code, "param": None, "code": code}}
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(receive: Receive) -> bytes:

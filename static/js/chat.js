@@ -7,11 +7,14 @@
   const input = document.getElementById("prompt");
   const modelSelect = document.getElementById("model");
   const banner = document.getElementById("connection");
+  const sendButton = document.getElementById("send");
+  const stopButton = document.getElementById("stop");
   let conversation = thread.dataset.conversation ? Number(thread.dataset.conversation) : null;
   const pending = JSON.parse(document.getElementById("pending-requests").textContent);
 
   const byRef = new Map();      // client ref -> view, until the server accepts the prompt
   const byRequest = new Map();  // request id -> view
+  const ended = new Set();      // request ids already done, failed or stopped
   let socket = null;
   let retry = 0;
   let nextRef = 1;
@@ -37,6 +40,23 @@
     list.appendChild(item);
     keepScrolled(stick);
     return { item, bubble, meta, text: "" };
+  }
+
+  // While an answer is on its way, Stop (or Esc) cancels it.
+  function refreshButtons() {
+    const busy = byRequest.size > 0 || byRef.size > 0;
+    stopButton.hidden = !busy;
+    sendButton.hidden = busy;
+  }
+
+  function stopAll() {
+    for (const id of byRequest.keys()) send({ type: "cancel", request: id });
+  }
+
+  function finish(requestId) {
+    byRequest.delete(requestId);
+    ended.add(requestId);
+    refreshButtons();
   }
 
   function setMeta(view, text, isError) {
@@ -85,12 +105,15 @@
   }
 
   function onFrame(frame) {
+    // A late frame for an answer that already ended (e.g. tokens after Stop) is ignored.
+    if (frame.request && ended.has(frame.request)) return;
     const view = frame.request ? byRequest.get(frame.request) : null;
     switch (frame.type) {
       case "accepted": {
         const v = byRef.get(frame.ref);
         byRef.delete(frame.ref);
         if (v) byRequest.set(frame.request, v);
+        refreshButtons();
         if (frame.conversation && conversation !== frame.conversation) {
           conversation = frame.conversation;
           thread.dataset.conversation = String(conversation);
@@ -100,9 +123,15 @@
         if (v) setMeta(v, STATUS_TEXT[frame.status] || "Queued…");
         break;
       }
-      case "status":
-        assistantView(frame.request, frame.status);
+      case "status": {
+        const v = assistantView(frame.request, frame.status);
+        if (frame.restart && v.text) {
+          // A worker died mid-answer and another starts over: drop the partial text.
+          v.text = "";
+          v.bubble.textContent = "";
+        }
         break;
+      }
       case "tokens": {
         const v = view || assistantView(frame.request, "running");
         // Frames carry their offset: text already shown is never appended twice.
@@ -125,8 +154,16 @@
         if (frame.backend) bits.push(frame.backend + (frame.simulated ? " (simulated)" : ""));
         if (frame.usage && frame.usage.completion_tokens) bits.push(frame.usage.completion_tokens + " tokens");
         setMeta(v, bits.join(" · "));
-        byRequest.delete(frame.request);
+        finish(frame.request);
         keepScrolled(stick);
+        break;
+      }
+      case "cancelled": {
+        if (!view) break;
+        view.bubble.classList.remove("typing");
+        if (!view.text) view.bubble.textContent = "Stopped before the answer began.";
+        setMeta(view, "Stopped");
+        finish(frame.request);
         break;
       }
       case "failed": {
@@ -135,7 +172,7 @@
         v.item.classList.add("failed");
         if (!v.text) v.bubble.textContent = "No answer.";
         setMeta(v, frame.error || "The request failed.", true);
-        byRequest.delete(frame.request);
+        finish(frame.request);
         break;
       }
       case "error": {
@@ -146,6 +183,7 @@
           v.item.classList.add("failed");
           v.bubble.textContent = "Not sent.";
           setMeta(v, frame.error, true);
+          refreshButtons();
         } else {
           showBanner(frame.error, true);
         }
@@ -183,6 +221,7 @@
     view.bubble.classList.add("typing");
     setMeta(view, "Sending…");
     byRef.set(ref, view);
+    refreshButtons();
     input.value = "";
     autosize();
   }
@@ -194,8 +233,13 @@
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); submit(); }
   });
   input.addEventListener("input", autosize);
+  stopButton.addEventListener("click", stopAll);
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && !stopButton.hidden) { event.preventDefault(); stopAll(); }
+  });
 
   for (const request of pending) assistantView(request.id, request.status);
+  refreshButtons();
   list.scrollTop = list.scrollHeight;
   connect();
   input.focus();

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
+from tests.conftest import wait_for
 
 PROMPT = {
     "model": "sim-model",
@@ -95,12 +98,22 @@ def test_hang_rate_one_never_answers(start_simulator):
 
 def test_concurrency_cap_answers_429_with_retry_after(start_simulator):
     sim = start_simulator("--hang-rate", "1", "--max-concurrency", "1")
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(httpx.post, f"{sim.base_url}/chat/completions", json=PROMPT, timeout=3)
+        wait_for(lambda: sim.stats()["in_flight"] == 1, timeout=5)
+        response = httpx.post(f"{sim.base_url}/chat/completions", json=PROMPT)
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "1"
+        with pytest.raises(httpx.ReadTimeout):
+            holder.result()
+
+
+def test_a_client_that_hangs_up_frees_its_slot(start_simulator):
+    sim = start_simulator("--ttft", "30")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{sim.base_url}/chat/completions", json=PROMPT, timeout=0.3)
-    # The hung request still holds the only slot until the server notices it is gone.
-    response = httpx.post(f"{sim.base_url}/chat/completions", json=PROMPT)
-    assert response.status_code == 429
-    assert response.headers["retry-after"] == "1"
+        httpx.post(f"{sim.base_url}/chat/completions", json=PROMPT, timeout=0.5)
+    wait_for(lambda: sim.stats()["in_flight"] == 0, timeout=5)
+    assert sim.stats()["disconnects_total"] == 1
 
 
 def test_bad_json_is_a_400(sim):
