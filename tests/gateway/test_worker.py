@@ -151,7 +151,7 @@ async def test_cancelling_a_streaming_prompt_aborts_the_backend_call(
     while (await socket.receive_json_from(timeout=10))["type"] != "tokens":
         pass
     await socket.send_to(text_data=json.dumps({"type": "cancel", "request": accepted["request"]}))
-    frames: list[dict] = []
+    frames: list[dict[str, object]] = []
     while not frames or frames[-1]["type"] != "cancelled":
         frames.append(await socket.receive_json_from(timeout=5))
     assert "done" not in {f["type"] for f in frames}
