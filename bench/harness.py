@@ -65,8 +65,10 @@ class Fleet:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, cwd=BASE_DIR, env=self.env, stdout=subprocess.DEVNULL)
+    def spawn(self, argv: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            argv, cwd=BASE_DIR, env={**self.env, **extra_env}, stdout=subprocess.DEVNULL
+        )
         self.processes.append(process)
         return process
 

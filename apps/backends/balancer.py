@@ -9,11 +9,9 @@ from __future__ import annotations
 import random
 
 from apps.backends.models import Backend
-from apps.backends.selectors import backend_list_enabled
 
 
-def backend_pick(*, alias: str, rng: random.Random | None = None) -> Backend | None:
-    candidates = list(backend_list_enabled(alias=alias))
+def backend_pick(candidates: list[Backend], *, rng: random.Random | None = None) -> Backend | None:
     if not candidates:
         return None
     chooser = rng or random

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import uuid
 
 import httpx
 from channels.db import database_sync_to_async
+from django.utils import timezone
 
 from apps.backends.balancer import backend_pick
+from apps.backends.directory import directory
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.gateway import services
 from apps.gateway.delivery import TokenBatcher, push
@@ -74,7 +77,7 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
         owner_id=owner_id,
         event={"event": "status", "status": "running", "restart": rerun},
     )
-    backend = await database_sync_to_async(backend_pick)(alias=request.model)
+    backend = backend_pick(await directory.for_alias(request.model))
     if backend is None:
         await fail(f"No backend is available for model {request.model!r}.")
         return
@@ -82,30 +85,35 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
     batcher = TokenBatcher(request_id=request_id, owner_id=owner_id)
     parts: list[str] = []
     usage = Usage(None, None, None)
+    first_token_at: datetime.datetime | None = None
     try:
         async for event in stream_chat(
             client, backend, messages=request.messages, params=request.params
         ):
             if isinstance(event, Delta):
-                if not parts:
-                    await database_sync_to_async(services.request_first_token)(
-                        request_id=request_id, backend_id=backend.pk
-                    )
+                if first_token_at is None:
+                    first_token_at = timezone.now()
                 parts.append(event.text)
                 await batcher.add(event.text)
             else:
                 usage = event
+    except asyncio.CancelledError:
+        batcher.discard()
+        raise
     except BackendError as exc:
         await batcher.flush()
+        await batcher.close()
         logger.warning("request %s failed: %s", request_id, exc.message)
         await fail(f"The model backend failed: {exc.message}.")
         return
-    await batcher.flush()
+    # No last flush: the final frame carries the whole answer.
+    await batcher.close()
     answer = "".join(parts)
     recorded = await database_sync_to_async(services.request_complete)(
         request_id=request_id,
         answer=answer,
         backend_id=backend.pk,
+        first_token_at=first_token_at,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
     )

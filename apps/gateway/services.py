@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
@@ -119,18 +120,13 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
     return request
 
 
-def request_first_token(*, request_id: uuid.UUID | str, backend_id: int) -> None:
-    PromptRequest.objects.filter(id=request_id, first_token_at__isnull=True).update(
-        first_token_at=timezone.now(), backend_id=backend_id
-    )
-
-
 @transaction.atomic
 def request_complete(
     *,
     request_id: uuid.UUID | str,
     answer: str,
     backend_id: int | None,
+    first_token_at: datetime.datetime | None,
     prompt_tokens: int | None,
     completion_tokens: int | None,
 ) -> bool:
@@ -142,6 +138,7 @@ def request_complete(
     request.status = Status.DONE
     request.answer = answer
     request.backend_id = backend_id
+    request.first_token_at = first_token_at
     request.prompt_tokens = prompt_tokens
     request.completion_tokens = completion_tokens
     request.finished_at = timezone.now()

@@ -68,8 +68,10 @@ async def test_two_people_at_once_each_get_only_their_own_answer(
         done = frames[-1]
         assert done["type"] == "done"
         assert f'"{"alice" if mine.startswith("A") else "bob"} canary {mine}"' in done["content"]
-        # Streamed tokens add up to the final answer, and nothing of the other person's.
-        assert streamed_text(frames) == done["content"]
+        # Tokens streamed before the end; the final frame completes them (it carries the
+        # whole answer, so the last batch is not sent twice). Nothing of the other person's.
+        assert len(streamed_text(frames)) > 0
+        assert done["content"].startswith(streamed_text(frames))
         assert theirs not in json.dumps(frames)
         assert done["simulated"] is True
 

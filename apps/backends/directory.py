@@ -1,0 +1,42 @@
+"""The enabled backends, as each worker process sees them.
+
+Reading the Backend table for every prompt cost a database round trip per prompt; rows
+change rarely. Each process keeps them for ``ttl`` seconds, so an edit (disable, weight)
+reaches every worker within about a second, without restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from channels.db import database_sync_to_async
+
+from apps.backends.models import Backend
+from apps.backends.selectors import backend_list_enabled
+
+
+class BackendDirectory:
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.ttl = ttl
+        self._by_alias: dict[str, list[Backend]] = {}
+        self._loaded_at = float("-inf")
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._loaded_at >= self.ttl
+
+    def load(self) -> None:
+        by_alias: dict[str, list[Backend]] = defaultdict(list)
+        for backend in backend_list_enabled():
+            by_alias[backend.alias].append(backend)
+        self._by_alias = dict(by_alias)
+        self._loaded_at = time.monotonic()
+
+    async def for_alias(self, alias: str) -> list[Backend]:
+        if self.stale:
+            await database_sync_to_async(self.load)()
+        return self._by_alias.get(alias, [])
+
+
+directory = BackendDirectory()

@@ -1,0 +1,5 @@
+"""A no-op RQ job, the baseline for dispatch throughput."""
+
+
+def noop() -> None:
+    return None
