@@ -204,6 +204,13 @@ BARISTA_WORKER_HEARTBEAT = envfloat("BARISTA_WORKER_HEARTBEAT", 5.0, minimum=0.1
 BARISTA_WORKER_HEARTBEAT_TTL = envint("BARISTA_WORKER_HEARTBEAT_TTL", 20, minimum=1)
 BARISTA_WORKER_MAINTENANCE_INTERVAL = envint("BARISTA_WORKER_MAINTENANCE_INTERVAL", 10, minimum=1)
 BARISTA_WORKER_GRACE = envfloat("BARISTA_WORKER_GRACE", 30.0, minimum=0.0)
+# Admission: past these a prompt is refused with a retry time (chat: "busy, try again in
+# N s"; API: 429 + Retry-After). See apps/gateway/admission.py.
+BARISTA_MAX_QUEUED = envint("BARISTA_MAX_QUEUED", 10_000, minimum=1)
+BARISTA_USER_RATE_PER_MINUTE = envint("BARISTA_USER_RATE_PER_MINUTE", 60, minimum=1)
+BARISTA_USER_MAX_PENDING = envint("BARISTA_USER_MAX_PENDING", 20, minimum=1)
+# How often a waiting person's place in line is refreshed (seconds).
+BARISTA_QUEUE_POSITION_INTERVAL = envfloat("BARISTA_QUEUE_POSITION_INTERVAL", 1.0, minimum=0.1)
 # Times a prompt is re-run after its worker died mid-answer.
 BARISTA_JOB_RETRIES = envint("BARISTA_JOB_RETRIES", 3, minimum=0)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)

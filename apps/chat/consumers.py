@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -14,8 +15,9 @@ from django.conf import settings
 from apps.backends.selectors import alias_exists
 from apps.chat.services import ConversationNotFound, chat_prompt_submit
 from apps.gateway import delivery
+from apps.gateway.admission import Rejection, estimate_wait
 from apps.gateway.models import PromptRequest
-from apps.gateway.selectors import request_get_owned
+from apps.gateway.selectors import queue_position, request_get_owned
 from apps.gateway.services import request_cancel
 
 logger = logging.getLogger(__name__)
@@ -39,9 +41,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user_id: int = user.pk
         self.groups_joined: set[str] = set()
+        # The owner's prompts still waiting in line: request id -> last (position, eta) sent.
+        self.waiting: dict[str, tuple[int, int] | None] = {}
+        self.position_task: asyncio.Task[None] | None = None
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
+        task = getattr(self, "position_task", None)
+        if task is not None:
+            task.cancel()
         for group in getattr(self, "groups_joined", set()):
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -107,6 +115,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ConversationNotFound:
             await self._leave(group)
             raise InvalidInput("Conversation not found.", "not_found") from None
+        except Rejection as exc:
+            await self._leave(group)
+            await self.send_json(
+                {
+                    "type": "error",
+                    "error": exc.message,
+                    "code": exc.code,
+                    "retry_after": exc.retry_after,
+                    "ref": _ref(payload),
+                }
+            )
+            return
         except Exception:
             await self._leave(group)
             raise
@@ -120,6 +140,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "title": request.conversation.title if request.conversation else None,
             }
         )
+        self._watch(str(request.id))
 
     async def handle_follow(self, payload: dict[str, Any]) -> None:
         """Re-attach to an in-flight request after a reload or reconnect (owner only)."""
@@ -149,6 +170,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_json(
                 {"type": "status", "request": str(request.id), "status": request.status}
             )
+            if request.status == PromptRequest.Status.QUEUED:
+                self._watch(str(request.id))
 
     async def handle_cancel(self, payload: dict[str, Any]) -> None:
         request = (
@@ -171,9 +194,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self._deliver(event)
 
+    def _watch(self, request_id: str) -> None:
+        self.waiting.setdefault(request_id, None)
+        if self.position_task is None or self.position_task.done():
+            self.position_task = asyncio.create_task(self._report_positions())
+
+    async def _report_positions(self) -> None:
+        """Every second, tell the owner where each of their waiting prompts stands."""
+        while self.waiting:
+            for request_id in list(self.waiting):
+                position = await database_sync_to_async(queue_position)(request_id=request_id)
+                if position is None or request_id not in self.waiting:
+                    self.waiting.pop(request_id, None)
+                    continue
+                eta = await database_sync_to_async(estimate_wait)(position)
+                if self.waiting.get(request_id) != (position, eta):
+                    self.waiting[request_id] = (position, eta)
+                    await self.send_json(
+                        {"type": "queue", "request": request_id, "position": position, "eta": eta}
+                    )
+            await asyncio.sleep(settings.BARISTA_QUEUE_POSITION_INTERVAL)
+
     async def _deliver(self, event: dict[str, Any]) -> None:
         frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
         frame["type"] = event["event"]
+        if frame["type"] == "status" and frame.get("status") == "queued":
+            self._watch(str(event["request"]))  # put back in line by a worker shutting down
+        else:
+            self.waiting.pop(str(event["request"]), None)
         await self.send_json(frame)
         if event["event"] in {"done", "failed", "cancelled"}:
             await self._leave(delivery.group_name(event["request"]))

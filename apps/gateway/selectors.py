@@ -14,3 +14,23 @@ def request_get_owned(*, user: User, request_id: str | uuid.UUID) -> PromptReque
     except ValueError:
         return None
     return PromptRequest.objects.filter(id=parsed, owner=user).first()
+
+
+def queue_position(*, request_id: str) -> int | None:
+    """1-based place in line across all queues in priority order, or None when the prompt
+    is no longer waiting. Costs two Redis commands per queue, in one round trip."""
+    from apps.gateway.admission import queue_keys, redis
+
+    keys = queue_keys()
+    with redis().pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.llen(key)
+            pipe.lpos(key, str(request_id))
+        replies = pipe.execute()
+    ahead = 0
+    for index in range(len(keys)):
+        length, position = replies[2 * index], replies[2 * index + 1]
+        if position is not None:
+            return ahead + int(position) + 1
+        ahead += int(length)
+    return None

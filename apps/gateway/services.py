@@ -16,6 +16,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
+from apps.gateway.admission import admit
 from apps.gateway.models import PromptRequest
 
 Status = PromptRequest.Status
@@ -32,13 +33,15 @@ def request_submit(
     request_id: uuid.UUID | None = None,
     queue: str | None = None,
 ) -> PromptRequest:
-    """Record a prompt in the ledger and enqueue it once the row is committed.
+    """Admit a prompt (or raise ``Rejection``), record it in the ledger and enqueue it once
+    the row is committed.
 
     Enqueueing after commit means a worker never sees a job whose row it cannot load,
     and a rolled-back submission leaves no job behind.
     """
     from apps.gateway.jobs import process_request_job
 
+    admit(user_id=owner.pk)
     request = PromptRequest.objects.create(
         id=request_id or uuid.uuid4(),
         owner=owner,

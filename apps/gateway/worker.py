@@ -39,6 +39,8 @@ from rq.suspension import is_suspended
 from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
+from apps.gateway.admission import COMPLETED_KEY
+
 logger = logging.getLogger(__name__)
 
 # Reasons a job's task is cancelled; the job function sees them as CancelledError.args[0].
@@ -344,6 +346,10 @@ class GatewayWorker(BaseWorker):
                     )
             if not self.running:
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            # Recent throughput, for queue-position estimates (apps.gateway.admission).
+            second_key = COMPLETED_KEY.format(second=int(time.time()))
+            pipe.incrby(second_key, len(finished))
+            pipe.expire(second_key, 120)
             pipe.execute()
         for running in requeue:
             # Back to the front of its queue, as it was before this worker took it.

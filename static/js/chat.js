@@ -123,6 +123,11 @@
         if (v) setMeta(v, STATUS_TEXT[frame.status] || "Queued…");
         break;
       }
+      case "queue": {
+        const v = view || assistantView(frame.request, "queued");
+        setMeta(v, "#" + frame.position + " in line · about " + frame.eta + " s");
+        break;
+      }
       case "status": {
         const v = assistantView(frame.request, frame.status);
         if (frame.restart && v.text) {

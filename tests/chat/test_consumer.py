@@ -194,6 +194,7 @@ async def test_a_frame_whose_owner_is_not_the_socket_user_is_refused(alice, bob)
     consumer = ChatConsumer()
     consumer.user_id = alice.pk
     consumer.groups_joined = set()
+    consumer.waiting = {}
     sent: list[str] = []
 
     async def capture(text_data=None, bytes_data=None, close=False):

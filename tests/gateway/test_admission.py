@@ -1,0 +1,140 @@
+"""Admission limits, the fairness rule, and the live place in line."""
+
+from __future__ import annotations
+
+import json
+
+import django_rq
+import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from apps.chat.services import chat_prompt_submit
+from apps.gateway.admission import Rejection
+from apps.gateway.models import PromptRequest
+from apps.gateway.selectors import queue_position
+from tests.gateway.test_end_to_end import collect, open_socket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def chat_backend(db):
+    from apps.backends.models import Backend
+
+    return Backend.objects.create(
+        name="sim-a",
+        alias="sim-chat",
+        model_name="sim-model",
+        base_url="http://127.0.0.1:9/v1",
+        simulated=True,
+    )
+
+
+def queued_jobs() -> int:
+    return sum(django_rq.get_queue(name).count for name in settings.BARISTA_QUEUES)
+
+
+def submit(user, content="hello"):
+    return chat_prompt_submit(user=user, model="sim-chat", content=content)
+
+
+async def send_prompt(socket, content):
+    """Send a prompt and return the reply to it (skipping place-in-line updates)."""
+    await socket.send_to(
+        text_data=json.dumps(
+            {"type": "prompt", "model": "sim-chat", "content": content, "ref": content}
+        )
+    )
+    while True:
+        frame = await socket.receive_json_from(timeout=5)
+        if frame["type"] in {"accepted", "error"} and frame.get("ref") == content:
+            return frame
+
+
+async def test_past_the_global_queue_bound_the_page_is_told_busy_and_nothing_is_queued(
+    alice, bob, chat_backend, settings
+):
+    settings.BARISTA_MAX_QUEUED = 3
+    for _ in range(3):
+        await database_sync_to_async(submit)(alice)
+    socket = await open_socket(bob)
+    reply = await send_prompt(socket, "one more")
+    assert reply["type"] == "error"
+    assert reply["code"] == "busy"
+    assert reply["retry_after"] >= 1
+    assert f"Try again in {reply['retry_after']} s" in reply["error"]
+    assert reply["ref"] == "one more"
+    assert await database_sync_to_async(PromptRequest.objects.count)() == 3
+    assert queued_jobs() == 3
+    await socket.disconnect()
+
+
+async def test_a_person_over_their_rate_is_refused_and_others_are_not(
+    alice, bob, chat_backend, settings
+):
+    settings.BARISTA_USER_RATE_PER_MINUTE = 2
+    socket = await open_socket(alice)
+    assert (await send_prompt(socket, "a"))["type"] == "accepted"
+    assert (await send_prompt(socket, "b"))["type"] == "accepted"
+    refused = await send_prompt(socket, "c")
+    assert refused["code"] == "rate_limited"
+    assert 1 <= refused["retry_after"] <= 60
+    bobs = await open_socket(bob)
+    assert (await send_prompt(bobs, "d"))["type"] == "accepted"
+    assert await database_sync_to_async(PromptRequest.objects.filter(owner=alice).count)() == 2
+    await socket.disconnect()
+    await bobs.disconnect()
+
+
+def test_one_persons_thousand_prompts_cannot_push_anothers_one_down_the_line(
+    alice, bob, chat_backend, settings
+):
+    settings.BARISTA_USER_MAX_PENDING = 5
+    settings.BARISTA_USER_RATE_PER_MINUTE = 10_000
+    accepted, refused = 0, 0
+    for index in range(1000):
+        try:
+            submit(alice, f"flood {index}")
+            accepted += 1
+        except Rejection as exc:
+            assert exc.code == "too_many_pending"
+            refused += 1
+    assert (accepted, refused) == (5, 995)
+    request = submit(bob, "just one")
+    # Bob waits behind at most BARISTA_USER_MAX_PENDING of Alice's prompts, not 1,000.
+    assert queue_position(request_id=str(request.id)) == 6
+    assert PromptRequest.objects.count() == 6
+    assert queued_jobs() == 6
+
+
+async def test_the_owner_sees_their_place_in_line_move_and_no_one_else_does(
+    alice, bob, settings, start_simulator, start_worker
+):
+    settings.BARISTA_QUEUE_POSITION_INTERVAL = 0.2
+    sim = start_simulator("--ttft", "0.6", "--tps", "0", "--tokens", "10")
+    await database_sync_to_async(sim.register)(alias="sim-chat")
+    for index in range(3):
+        await database_sync_to_async(submit)(bob, f"ahead {index}")
+    alice_socket, bob_socket = await open_socket(alice), await open_socket(bob)
+    accepted = await send_prompt(alice_socket, "where am I")
+    first = await alice_socket.receive_json_from(timeout=5)
+    assert first == {
+        "type": "queue",
+        "request": accepted["request"],
+        "position": 4,
+        "eta": first["eta"],
+    }
+    assert first["eta"] >= 1
+
+    start_worker(BARISTA_WORKER_CONCURRENCY="1")
+    frames = await collect(alice_socket, timeout=20)
+    positions = [first["position"]] + [f["position"] for f in frames if f["type"] == "queue"]
+    assert positions == sorted(positions, reverse=True)
+    assert positions[-1] < 4
+    assert frames[-1]["type"] == "done"
+    assert "where am I" in frames[-1]["content"]
+    # Bob's socket never hears about Alice's place in line.
+    assert await bob_socket.receive_nothing(timeout=0.5)
+    await alice_socket.disconnect()
+    await bob_socket.disconnect()
