@@ -64,15 +64,21 @@ def chat_prompt_submit(
     return request
 
 
-def message_record_answer(*, request: PromptRequest) -> Message:
-    """Add a finished answer to its conversation (called inside request_complete's
-    transaction, so the ledger and the conversation never disagree)."""
-    assert request.conversation_id is not None
-    message = Message.objects.create(
-        conversation_id=request.conversation_id,
-        role=Message.Role.ASSISTANT,
-        content=request.answer,
-        request=request,
-    )
-    Conversation.objects.filter(pk=request.conversation_id).update(updated_at=timezone.now())
-    return message
+def message_record_answers(*, requests: list[PromptRequest]) -> None:
+    """Add finished answers to their conversations (called inside request_complete_many's
+    transaction, so the ledger and the conversations never disagree)."""
+    messages, conversation_ids = [], set()
+    for request in requests:
+        conversation_id = request.conversation_id
+        assert conversation_id is not None
+        conversation_ids.add(conversation_id)
+        messages.append(
+            Message(
+                conversation_id=conversation_id,
+                role=Message.Role.ASSISTANT,
+                content=request.answer,
+                request=request,
+            )
+        )
+    Message.objects.bulk_create(messages)
+    Conversation.objects.filter(pk__in=conversation_ids).update(updated_at=timezone.now())

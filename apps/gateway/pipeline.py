@@ -16,6 +16,7 @@ from apps.backends.directory import directory
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.gateway import services
 from apps.gateway.delivery import TokenBatcher, push
+from apps.gateway.ledger import ledger
 from apps.gateway.models import PromptRequest
 from apps.gateway.worker import CANCEL_REQUEUE, CANCEL_STOP
 
@@ -24,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
     """Answer one ledger row. Safe to run twice: a final row is never touched again, and
-    only one run can record the answer (``request_complete``)."""
-    started = await database_sync_to_async(services.request_start)(request_id=request_id)
+    only one run can record the answer (``request_complete_many``)."""
+    started = await ledger().start(str(request_id))
     if started is None:
         logger.info("request %s is already final; nothing to do", request_id)
         return
@@ -109,13 +110,15 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
     # No last flush: the final frame carries the whole answer.
     await batcher.close()
     answer = "".join(parts)
-    recorded = await database_sync_to_async(services.request_complete)(
-        request_id=request_id,
-        answer=answer,
-        backend_id=backend.pk,
-        first_token_at=first_token_at,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
+    recorded = await ledger().complete(
+        services.Completion(
+            request_id=str(request_id),
+            answer=answer,
+            backend_id=backend.pk,
+            first_token_at=first_token_at,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
     )
     if recorded:
         await push(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import django_rq
@@ -70,24 +71,34 @@ def request_submit(
     return request
 
 
+def request_key(request_id: uuid.UUID | str) -> str:
+    return str(uuid.UUID(str(request_id)))
+
+
 @transaction.atomic
-def request_start(*, request_id: uuid.UUID | str) -> tuple[PromptRequest, bool] | None:
-    """Mark a prompt running. Returns None when it is already final (cancelled, or answered
-    by an earlier run): the caller must not call a backend. Otherwise returns the row and
-    whether this is a re-run of a prompt whose earlier run may have shown tokens."""
-    request = (
-        PromptRequest.objects.select_for_update()
-        .filter(id=request_id, status__in=[Status.QUEUED, Status.RUNNING])
-        .first()
-    )
-    if request is None:
-        return None
-    rerun = request.started_at is not None
-    request.status = Status.RUNNING
-    request.started_at = timezone.now()
-    request.first_token_at = None
-    request.save(update_fields=["status", "started_at", "first_token_at"])
-    return request, rerun
+def request_start_many(*, request_ids: list[str]) -> dict[str, tuple[PromptRequest, bool] | None]:
+    """Mark prompts running, in one transaction. For each id: None when the row is already
+    final (cancelled, or answered by an earlier run) and the caller must not call a
+    backend; else the row and whether this is a re-run of a prompt whose earlier run may
+    have shown tokens."""
+    keys = [request_key(request_id) for request_id in request_ids]
+    rows = {
+        str(row.id): row
+        for row in PromptRequest.objects.select_for_update().filter(
+            id__in=keys, status__in=[Status.QUEUED, Status.RUNNING]
+        )
+    }
+    started_at = timezone.now()
+    result: dict[str, tuple[PromptRequest, bool] | None] = {}
+    for key in keys:
+        row = rows.get(key)
+        if row is None:
+            result[key] = None
+            continue
+        result[key] = (row, row.started_at is not None)
+        row.status, row.started_at, row.first_token_at = Status.RUNNING, started_at, None
+    PromptRequest.objects.bulk_update(rows.values(), ["status", "started_at", "first_token_at"])
+    return result
 
 
 def request_requeue(*, request_id: uuid.UUID | str) -> None:
@@ -123,34 +134,60 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
     return request
 
 
-@transaction.atomic
-def request_complete(
-    *,
-    request_id: uuid.UUID | str,
-    answer: str,
-    backend_id: int | None,
-    first_token_at: datetime.datetime | None,
-    prompt_tokens: int | None,
-    completion_tokens: int | None,
-) -> bool:
-    """Record the final answer exactly once. Returns False if the request was already final
-    (a duplicate run, or cancelled meanwhile): the answer is then discarded."""
-    request = PromptRequest.objects.select_for_update().get(id=request_id)
-    if request.is_final:
-        return False
-    request.status = Status.DONE
-    request.answer = answer
-    request.backend_id = backend_id
-    request.first_token_at = first_token_at
-    request.prompt_tokens = prompt_tokens
-    request.completion_tokens = completion_tokens
-    request.finished_at = timezone.now()
-    request.save()
-    if request.conversation_id is not None:
-        from apps.chat.services import message_record_answer
+@dataclass(frozen=True, slots=True)
+class Completion:
+    request_id: str
+    answer: str
+    backend_id: int | None
+    first_token_at: datetime.datetime | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
 
-        message_record_answer(request=request)
-    return True
+
+@transaction.atomic
+def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
+    """Record final answers, each exactly once, in one transaction. For each request: False
+    if it was already final (a duplicate run, or cancelled meanwhile) and its answer is
+    discarded. Chat answers join their conversations in the same transaction."""
+    keys = [request_key(c.request_id) for c in completions]
+    rows = {
+        str(row.id): row for row in PromptRequest.objects.select_for_update().filter(id__in=keys)
+    }
+    finished_at = timezone.now()
+    recorded: list[PromptRequest] = []
+    result: dict[str, bool] = {}
+    for key, completion in zip(keys, completions, strict=True):
+        row = rows.get(key)
+        if row is None or row.is_final:  # (a second completion in one batch sees DONE)
+            result[key] = False
+            continue
+        row.status = Status.DONE
+        row.answer = completion.answer
+        row.backend_id = completion.backend_id
+        row.first_token_at = completion.first_token_at
+        row.prompt_tokens = completion.prompt_tokens
+        row.completion_tokens = completion.completion_tokens
+        row.finished_at = finished_at
+        recorded.append(row)
+        result[key] = True
+    PromptRequest.objects.bulk_update(
+        recorded,
+        [
+            "status",
+            "answer",
+            "backend_id",
+            "first_token_at",
+            "prompt_tokens",
+            "completion_tokens",
+            "finished_at",
+        ],
+    )
+    in_conversations = [row for row in recorded if row.conversation_id is not None]
+    if in_conversations:
+        from apps.chat.services import message_record_answers
+
+        message_record_answers(requests=in_conversations)
+    return result
 
 
 @transaction.atomic

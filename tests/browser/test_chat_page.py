@@ -55,3 +55,58 @@ def test_sign_in_send_a_prompt_and_watch_the_answer_stream(
     expect(page.locator(".message.assistant .bubble")).to_contain_text(word)
     expect(page.locator(".conversations a[aria-current=page]")).to_contain_text("Tell me about")
     page.close()
+
+
+def sign_in(page, url, username):
+    page.goto(f"{url}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(f"{username}-pw")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
+
+
+def test_stop_button_cancels_an_answer_mid_stream(
+    browser, start_simulator, start_worker, start_web
+):
+    from apps.gateway.models import PromptRequest
+
+    sim = start_simulator("--ttft", "0.2", "--tps", "4", "--tokens", "200")
+    sim.register(alias="sim-chat")
+    make_user("dave")
+    start_worker()
+    url = start_web()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    sign_in(page, url, "dave")
+    page.get_by_label("Your prompt").fill("tell me a very long story")
+    page.get_by_label("Your prompt").press("Enter")
+    answer = page.locator(".message.assistant .bubble").last
+    expect(answer).to_contain_text("You said", timeout=10_000)
+    stop = page.get_by_role("button", name="Stop")
+    expect(stop).to_be_visible()
+    stop.click()
+    expect(page.locator(".message.assistant .meta").last).to_have_text("Stopped", timeout=10_000)
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(answer).to_have_class("bubble")  # no typing cursor any more
+    assert PromptRequest.objects.get().status == "cancelled"
+    page.close()
+
+
+def test_a_waiting_prompt_shows_its_place_in_line(browser, start_simulator, start_web, settings):
+    from apps.chat.services import chat_prompt_submit
+
+    sim = start_simulator("--ttft", "0")
+    sim.register(alias="sim-chat")
+    erin = make_user("erin")
+    for index in range(2):  # two prompts ahead, and no worker running yet
+        chat_prompt_submit(user=erin, model="sim-chat", content=f"ahead {index}")
+    url = start_web()
+    page = browser.new_page(viewport={"width": 390, "height": 760})
+    sign_in(page, url, "erin")
+    page.get_by_label("Your prompt").fill("how long is the line?")
+    page.get_by_label("Your prompt").press("Enter")
+    expect(page.locator(".message.assistant .meta").last).to_contain_text(
+        "#3 in line · about", timeout=10_000
+    )
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT_DIR / "chat-phone-queued.png"))
+    page.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from django.core.management import call_command
 
 from apps.backends.models import Backend
-from apps.gateway.localrun import free_port, port_in_use
+from apps.gateway.localrun import port_in_use
 from tests.conftest import BASE_DIR, wait_for
 
 
@@ -34,15 +35,18 @@ def test_first_run_setup_creates_the_admin_and_three_simulated_backends_once(mon
 
 
 def consecutive_free_ports(count: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and not any(port_in_use(base + i) for i in range(count)):
+    # Below Linux's ephemeral range (32768+), where outgoing connections take source ports
+    # and could grab one of ours between this check and the bind.
+    for _ in range(100):
+        base = random.randrange(20_000, 32_000)
+        if not any(port_in_use(base + i) for i in range(count)):
             return base
     raise RuntimeError("no run of free ports")
 
 
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
-    web, redis_port, sims = free_port(), free_port(), consecutive_free_ports(3)
+    sims = consecutive_free_ports(5)  # three simulators, the web server, Redis
+    web, redis_port = sims + 3, sims + 4
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update(
         {
@@ -82,5 +86,5 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
     assert "Barista is up" in output
     assert "Stopped." in output
     assert "up-test-password" not in output  # a given password is never echoed
-    for port in (web, redis_port, sims, sims + 1, sims + 2):
+    for port in range(sims, sims + 5):
         assert not port_in_use(port), f"port {port} still open after Ctrl-C"

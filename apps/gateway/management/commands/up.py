@@ -71,9 +71,10 @@ class Command(BaseCommand):
         if not options["no_simulators"]:
             base = simulator_port_base()
             for name, _alias, offset, flags in DEMO_BACKENDS:
-                self._spawn(
+                simulator = self._spawn(
                     f"simulator {name}", simulator_argv(base + offset, f"{name}-model", *flags)
                 )
+                self._wait_for(f"simulator {name}", base + offset, "/stats", simulator)
             self.stdout.write(f"• Simulated backends on 127.0.0.1:{base}-{base + 2}")
         count = options["workers"] or int(os.environ.get("BARISTA_WORKERS", os.cpu_count() or 1))
         for index in range(count):
@@ -81,7 +82,7 @@ class Command(BaseCommand):
         self.stdout.write(f"• {count} gateway worker(s)")
         port = settings.PORT
         web = self._spawn("web (daphne)", web_argv(port))
-        self._wait_healthy(port, web)
+        self._wait_for("web server", port, "/healthz", web)
         self.stdout.write(
             self.style.SUCCESS(
                 f"\nBarista is up: http://127.0.0.1:{port}/   (admin: http://127.0.0.1:{port}/admin/)"
@@ -98,11 +99,13 @@ class Command(BaseCommand):
         self.children.append((label, process))
         return process
 
-    def _wait_healthy(self, port: int, web: subprocess.Popen[bytes]) -> None:
+    def _wait_for(self, label: str, port: int, path: str, process: subprocess.Popen[bytes]) -> None:
         try:
-            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, process=web)
+            wait_http(f"http://127.0.0.1:{port}{path}", timeout=30, process=process)
         except RuntimeError as exc:
-            raise CommandError(f"The web server did not start: {exc}") from None
+            raise CommandError(
+                f"The {label} did not start on port {port}: {exc}. Is the port taken?"
+            ) from None
 
     def _check_children(self) -> None:
         for label, process in self.children:
