@@ -40,7 +40,10 @@ def setup_django() -> dict[str, str]:
         "REDIS_URL": redis.url,
         "BARISTA_VAR_DIR": str(workdir),
         "DJANGO_SETTINGS_MODULE": "project.settings",
-        "DEBUG": "1",
+        # Production settings: with DEBUG on, Django logs every query.
+        "DEBUG": "0",
+        "SECRET_KEY": "benchmark-only-not-secret",
+        "SESSION_COOKIE_SECURE": "0",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
         # Benchmarks send thousands of prompts as one person; the fairness cap and rate

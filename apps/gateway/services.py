@@ -97,7 +97,10 @@ def request_start_many(*, request_ids: list[str]) -> dict[str, tuple[PromptReque
             continue
         result[key] = (row, row.started_at is not None)
         row.status, row.started_at, row.first_token_at = Status.RUNNING, started_at, None
-    PromptRequest.objects.bulk_update(rows.values(), ["status", "started_at", "first_token_at"])
+    # Every row gets the same values: one UPDATE, not bulk_update's CASE per row.
+    PromptRequest.objects.filter(id__in=list(rows)).update(
+        status=Status.RUNNING, started_at=started_at, first_token_at=None
+    )
     return result
 
 

@@ -36,7 +36,7 @@ from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.suspension import is_suspended
-from rq.utils import now
+from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, WorkerStatus
 
 from apps.gateway.admission import COMPLETED_KEY
@@ -105,6 +105,7 @@ class GatewayWorker(BaseWorker):
         self._stopping = False
         self._finished: list[tuple[Running, BaseException | None]] = []
         self.completed = 0
+        self._functions: dict[str, Callable[..., Any]] = {}
         # The blocking pop runs in a thread and needs a connection of its own.
         pool = self.connection.connection_pool
         self._blocking_connection = self.connection.__class__(
@@ -271,6 +272,17 @@ class GatewayWorker(BaseWorker):
             running.task = asyncio.create_task(self._run(running), name=running.job.id)
         return len(batch)
 
+    def _function(self, job: Job) -> Callable[..., Any]:
+        """The job's function, imported once per name: RQ's ``job.func`` imports it anew on
+        every access, probing sys.path each time (a tenth of the worker's time)."""
+        name = job.func_name
+        if job.instance is not None or name is None:
+            return job.func
+        function = self._functions.get(name)
+        if function is None:
+            function = self._functions[name] = import_attribute(name)
+        return function
+
     async def _run(self, running: Running) -> None:
         job = running.job
         timeout = job.timeout if job.timeout and job.timeout > 0 else None
@@ -281,7 +293,7 @@ class GatewayWorker(BaseWorker):
             )
         error: BaseException | None = None
         try:
-            result = job.func(*job.args, **job.kwargs)
+            result = self._function(job)(*job.args, **job.kwargs)
             if isinstance(result, Awaitable):
                 result = await result
             job._result = result
