@@ -1,22 +1,26 @@
-"""Run every benchmark: ``make bench`` (or ``python -m bench``)."""
+"""Run every benchmark, each in a process of its own (its own Redis, database and servers):
+``make bench``, or ``python -m bench worker_capacity`` for one."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
-from bench import e2e_latency, worker_capacity
-from bench.harness import _cleanup
+BENCHMARKS = ["e2e_latency", "worker_capacity"]
 
 
 def main() -> None:
-    chosen = set(sys.argv[1:])  # e.g. `python -m bench worker_capacity`
-    try:
-        for name, bench in [("e2e_latency", e2e_latency), ("worker_capacity", worker_capacity)]:
-            if not chosen or name in chosen:
-                bench.main()
-    finally:
-        for stop in _cleanup:
-            stop()  # type: ignore[operator]
+    chosen = sys.argv[1:] or BENCHMARKS
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        sys.exit(f"Unknown benchmark(s): {', '.join(sorted(unknown))}. Known: {BENCHMARKS}")
+    failed = [
+        name
+        for name in chosen
+        if subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False).returncode
+    ]
+    if failed:
+        sys.exit(f"Failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and the docs/benchmarks.md writer."""
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import platform
@@ -59,11 +60,8 @@ def setup_django() -> dict[str, str]:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    _cleanup.append(redis.stop)
+    atexit.register(redis.stop)
     return {**os.environ, **env}
-
-
-_cleanup: list[object] = []
 
 
 class Fleet:
