@@ -22,7 +22,7 @@ from apps.chat.models import Message
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
-from tests.gateway.test_end_to_end import open_socket
+from tests.gateway.test_end_to_end import collect, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -229,3 +229,31 @@ def test_a_suspended_worker_takes_nothing_until_resumed(alice, start_simulator, 
     assert statuses()["queued"] == 5
     resume(connection)
     wait_for(all_done(5), timeout=15)
+
+
+async def test_a_rerun_after_tokens_were_shown_tells_the_page_to_start_over(
+    alice, start_simulator, start_worker
+):
+    sim = start_simulator("--ttft", "0.1", "--tps", "10", "--tokens", "60")
+    await database_sync_to_async(sim.register)(alias="sim-chat")
+    doomed = start_worker(**FAST_RECOVERY)
+    socket = await open_socket(alice)
+    await socket.send_to(
+        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "phoenix"})
+    )
+    frames = []
+    while not any(f["type"] == "tokens" for f in frames):
+        frames.append(await socket.receive_json_from(timeout=10))
+    doomed.send_signal(signal.SIGKILL)
+    start_worker(**FAST_RECOVERY)
+
+    rest = await collect(socket, timeout=30)
+    restarts = [f for f in rest if f["type"] == "status" and f.get("restart")]
+    assert len(restarts) == 1
+    after = rest[rest.index(restarts[0]) :]
+    # Tokens after the restart begin again at offset 0; the one final answer quotes the prompt.
+    assert next(f for f in after if f["type"] == "tokens")["offset"] == 0
+    assert rest[-1]["type"] == "done"
+    assert '"phoenix"' in rest[-1]["content"]
+    assert [f["type"] for f in rest].count("done") == 1
+    await socket.disconnect()
