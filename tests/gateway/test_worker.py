@@ -241,7 +241,7 @@ async def test_a_rerun_after_tokens_were_shown_tells_the_page_to_start_over(
     await socket.send_to(
         text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "phoenix"})
     )
-    frames = []
+    frames: list[dict[str, object]] = []
     while not any(f["type"] == "tokens" for f in frames):
         frames.append(await socket.receive_json_from(timeout=10))
     doomed.send_signal(signal.SIGKILL)
