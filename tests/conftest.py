@@ -65,6 +65,19 @@ def staff(db: None) -> User:
     return make_user("sam", staff=True)
 
 
+@pytest.fixture
+def chat_backend(db: None) -> Backend:
+    """An enabled backend for the alias sim-chat, for tests that never reach it (nothing
+    listens on port 9)."""
+    return Backend.objects.create(
+        name="sim-a",
+        alias="sim-chat",
+        model_name="sim-model",
+        base_url="http://127.0.0.1:9/v1",
+        simulated=True,
+    )
+
+
 def session_cookie(user: User) -> str:
     client = Client()
     client.force_login(user)

@@ -47,30 +47,22 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
         elif reason == CANCEL_STOP:
             await push(request_id=request_id, owner_id=owner_id, event={"event": "cancelled"})
         else:
-            message = "The answer took too long and was stopped."
-            if await database_sync_to_async(services.request_fail)(
-                request_id=request_id, error=message
-            ):
-                await push(
-                    request_id=request_id,
-                    owner_id=owner_id,
-                    event={"event": "failed", "error": message},
-                )
+            await _fail(request, "The answer took too long and was stopped.")
         raise
+
+
+async def _fail(request: PromptRequest, message: str) -> None:
+    """Record the failure (unless the row is already final) and tell the owner."""
+    if await database_sync_to_async(services.request_fail)(request_id=request.id, error=message):
+        await push(
+            request_id=request.id,
+            owner_id=request.owner_id,
+            event={"event": "failed", "error": message},
+        )
 
 
 async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient) -> None:
     request_id, owner_id = request.id, request.owner_id
-
-    async def fail(message: str) -> None:
-        if await database_sync_to_async(services.request_fail)(
-            request_id=request_id, error=message
-        ):
-            await push(
-                request_id=request_id,
-                owner_id=owner_id,
-                event={"event": "failed", "error": message},
-            )
 
     # A re-run (its first worker died) tells the page to drop what it showed and start over.
     await push(
@@ -80,7 +72,7 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
     )
     backend = backend_pick(await directory.for_alias(request.model))
     if backend is None:
-        await fail(f"No backend is available for model {request.model!r}.")
+        await _fail(request, f"No backend is available for model {request.model!r}.")
         return
 
     batcher = TokenBatcher(request_id=request_id, owner_id=owner_id)
@@ -105,7 +97,7 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
         await batcher.flush()
         await batcher.close()
         logger.warning("request %s failed: %s", request_id, exc.message)
-        await fail(f"The model backend failed: {exc.message}.")
+        await _fail(request, f"The model backend failed: {exc.message}.")
         return
     # No last flush: the final frame carries the whole answer.
     await batcher.close()

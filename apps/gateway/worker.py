@@ -323,16 +323,17 @@ class GatewayWorker(BaseWorker):
             for running, error in finished:
                 job, execution = running.job, running.execution
                 execution.delete(job=job, pipeline=pipe)
+                # What RQ records about this run in the job's result either way.
+                run: dict[str, Any] = {
+                    "pipeline": pipe,
+                    "worker_name": self.name,
+                    "execution_id": execution.id,
+                    "execution_started_at": execution.created_at,
+                    "execution_ended_at": job.ended_at,
+                }
                 if error is None:
                     result_ttl = job.get_result_ttl(self.default_result_ttl)
-                    job._handle_success(
-                        result_ttl,
-                        pipeline=pipe,
-                        worker_name=self.name,
-                        execution_id=execution.id,
-                        execution_started_at=execution.created_at,
-                        execution_ended_at=job.ended_at,
-                    )
+                    job._handle_success(result_ttl, **run)
                     job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
                     self.completed += 1
                 elif running.cancel_reason == CANCEL_REQUEUE:
@@ -348,14 +349,7 @@ class GatewayWorker(BaseWorker):
                     else:
                         job.set_status(JobStatus.FAILED, pipeline=pipe)
                         text = f"{type(error).__name__}: {error}"
-                    job._handle_failure(
-                        text,
-                        pipeline=pipe,
-                        worker_name=self.name,
-                        execution_id=execution.id,
-                        execution_started_at=execution.created_at,
-                        execution_ended_at=job.ended_at,
-                    )
+                    job._handle_failure(text, **run)
             if not self.running:
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             # Recent throughput, for queue-position estimates (apps.gateway.admission).

@@ -12,6 +12,14 @@ from tests.conftest import OUTPUT_DIR, make_user
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
+def sign_in(page, username):
+    """Fill in the sign-in form the page shows, and land on the chat page."""
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(f"{username}-pw")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
+
+
 def test_sign_in_send_a_prompt_and_watch_the_answer_stream(
     browser, start_simulator, start_worker, start_web
 ):
@@ -25,10 +33,7 @@ def test_sign_in_send_a_prompt_and_watch_the_answer_stream(
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(f"{url}/")
     expect(page).to_have_url(f"{url}/accounts/login/?next=/")
-    page.get_by_label("Username").fill("carol")
-    page.get_by_label("Password").fill("carol-pw")
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
+    sign_in(page, "carol")
     expect(page.get_by_label("Model")).to_contain_text("sim-chat (simulated)")
 
     prompt = page.get_by_label("Your prompt")
@@ -57,14 +62,6 @@ def test_sign_in_send_a_prompt_and_watch_the_answer_stream(
     page.close()
 
 
-def sign_in(page, url, username):
-    page.goto(f"{url}/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(f"{username}-pw")
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
-
-
 def test_stop_button_cancels_an_answer_mid_stream(
     browser, start_simulator, start_worker, start_web
 ):
@@ -76,7 +73,8 @@ def test_stop_button_cancels_an_answer_mid_stream(
     start_worker()
     url = start_web()
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    sign_in(page, url, "dave")
+    page.goto(f"{url}/accounts/login/")
+    sign_in(page, "dave")
     page.get_by_label("Your prompt").fill("tell me a very long story")
     page.get_by_label("Your prompt").press("Enter")
     answer = page.locator(".message.assistant .bubble").last
@@ -101,7 +99,8 @@ def test_a_waiting_prompt_shows_its_place_in_line(browser, start_simulator, star
         chat_prompt_submit(user=erin, model="sim-chat", content=f"ahead {index}")
     url = start_web()
     page = browser.new_page(viewport={"width": 390, "height": 760})
-    sign_in(page, url, "erin")
+    page.goto(f"{url}/accounts/login/")
+    sign_in(page, "erin")
     page.get_by_label("Your prompt").fill("how long is the line?")
     page.get_by_label("Your prompt").press("Enter")
     expect(page.locator(".message.assistant .meta").last).to_contain_text(

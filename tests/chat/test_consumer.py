@@ -22,19 +22,6 @@ from tests.conftest import ws_headers
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def chat_backend(db):
-    from apps.backends.models import Backend
-
-    return Backend.objects.create(
-        name="sim-a",
-        alias="sim-chat",
-        model_name="sim-model",
-        base_url="http://127.0.0.1:9/v1",
-        simulated=True,
-    )
-
-
 async def connect(user, origin="http://127.0.0.1"):
     headers = await database_sync_to_async(ws_headers)(user, origin)
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)

@@ -18,19 +18,6 @@ from tests.gateway.test_end_to_end import collect, open_socket
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def chat_backend(db):
-    from apps.backends.models import Backend
-
-    return Backend.objects.create(
-        name="sim-a",
-        alias="sim-chat",
-        model_name="sim-model",
-        base_url="http://127.0.0.1:9/v1",
-        simulated=True,
-    )
-
-
 def queued_jobs() -> int:
     return sum(django_rq.get_queue(name).count for name in settings.BARISTA_QUEUES)
 
