@@ -18,9 +18,9 @@ import math
 import time
 from dataclasses import dataclass
 
-import django_rq
 from django.conf import settings
-from redis import Redis
+
+from apps.gateway.queues import connection, queues
 
 RATE_KEY = "barista:rate:{user_id}:{window}"
 COMPLETED_KEY = "barista:completed:{second}"
@@ -33,12 +33,8 @@ class Rejection(Exception):
     retry_after: int
 
 
-def redis() -> Redis:
-    return django_rq.get_connection(settings.BARISTA_QUEUES[0])
-
-
 def queue_keys() -> list[str]:
-    return [django_rq.get_queue(name).key for name in settings.BARISTA_QUEUES]
+    return [q.key for q in queues()]
 
 
 def admit(*, user_id: int) -> None:
@@ -48,7 +44,7 @@ def admit(*, user_id: int) -> None:
     now = time.time()
     window = int(now // 60)
     rate_key = RATE_KEY.format(user_id=user_id, window=window)
-    with redis().pipeline(transaction=False) as pipe:
+    with connection().pipeline(transaction=False) as pipe:
         for key in queue_keys():
             pipe.llen(key)
         pipe.incr(rate_key)
@@ -87,7 +83,7 @@ def throughput(seconds: int = 10) -> float:
     """Prompts finished per second over the last ``seconds`` (all workers)."""
     now = int(time.time())
     keys = [COMPLETED_KEY.format(second=s) for s in range(now - seconds, now)]
-    counts = redis().mget(keys)
+    counts = connection().mget(keys)
     return sum(int(c) for c in counts if c) / seconds
 
 

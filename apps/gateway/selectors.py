@@ -19,10 +19,11 @@ def request_get_owned(*, user: User, request_id: str | uuid.UUID) -> PromptReque
 def queue_position(*, request_id: str) -> int | None:
     """1-based place in line across all queues in priority order, or None when the prompt
     is no longer waiting. Costs two Redis commands per queue, in one round trip."""
-    from apps.gateway.admission import queue_keys, redis
+    from apps.gateway.admission import queue_keys
+    from apps.gateway.queues import connection
 
     keys = queue_keys()
-    with redis().pipeline(transaction=False) as pipe:
+    with connection().pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.llen(key)
             pipe.lpos(key, str(request_id))

@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import django_rq
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -17,6 +16,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
+from apps.gateway import queues
 from apps.gateway.admission import admit
 from apps.gateway.models import PromptRequest
 
@@ -55,7 +55,7 @@ def request_submit(
     queue_name = queue or settings.BARISTA_QUEUES[0]
 
     def enqueue() -> None:
-        django_rq.get_queue(queue_name).enqueue(
+        queues.queue(queue_name).enqueue(
             process_request_job,
             str(request.id),
             job_id=str(request.id),
@@ -125,11 +125,10 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
         request.error = "Cancelled."
         request.finished_at = timezone.now()
         request.save(update_fields=["status", "error", "finished_at"])
-    connection = django_rq.get_connection(settings.BARISTA_QUEUES[0])
     try:
-        job = Job.fetch(str(request.id), connection=connection)
+        job = Job.fetch(str(request.id), connection=queues.connection())
         if job.get_status() == JobStatus.STARTED:
-            send_stop_job_command(connection, job.id)
+            send_stop_job_command(queues.connection(), job.id)
         else:
             job.cancel()
     except (NoSuchJobError, InvalidJobOperation):

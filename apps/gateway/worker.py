@@ -403,14 +403,15 @@ class GatewayWorker(BaseWorker):
 
 
 def run_worker(*, queue_names: list[str], name: str | None = None, burst: bool = False) -> None:
-    import django_rq
     from django.db import connections
+
+    from apps.gateway.queues import queue
 
     # One long-lived process doing all its database work on one thread: keep the
     # connection instead of opening one per call (that was a third of the worker's time).
     for alias in connections:
         connections[alias].settings_dict["CONN_MAX_AGE"] = None
-    queues = [django_rq.get_queue(queue_name) for queue_name in queue_names]
+    queues = [queue(queue_name) for queue_name in queue_names]
     worker = GatewayWorker(
         queues,
         connection=queues[0].connection,

@@ -98,10 +98,12 @@
     banner.classList.toggle("bad", Boolean(bad));
   }
 
+  // Frames wait here while the socket is (re)connecting, and go out once it opens.
+  const outbox = [];
+
   function send(payload) {
-    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
-    socket.send(JSON.stringify(payload));
-    return true;
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(payload));
+    else outbox.push(payload);
   }
 
   function onFrame(frame) {
@@ -205,6 +207,7 @@
       showBanner("");
       // Re-attach to answers still in flight (after a reload or a dropped connection).
       for (const id of byRequest.keys()) send({ type: "follow", request: id });
+      while (outbox.length) send(outbox.shift());
     });
     socket.addEventListener("message", function (event) { onFrame(JSON.parse(event.data)); });
     socket.addEventListener("close", function (event) {
@@ -220,7 +223,7 @@
     if (!content.trim() || !modelSelect.value) return;
     const ref = nextRef++;
     const payload = { type: "prompt", ref: ref, model: modelSelect.value, content: content, conversation: conversation };
-    if (!send(payload)) { showBanner("Not connected yet — your prompt was kept; try again in a moment.", true); return; }
+    send(payload);
     addMessage("user", content);
     const view = addMessage("assistant", "");
     view.bubble.classList.add("typing");

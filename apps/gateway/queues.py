@@ -1,0 +1,33 @@
+"""The RQ queues and their Redis connection, made once per process.
+
+``django_rq.get_queue()`` builds a new Redis client (and connection pool) on every call, so
+every prompt opened fresh connections: about ten extra Redis commands per prompt (HELLO,
+CLIENT SETINFO, INFO for the server version) and a TCP handshake. Cached by URL, so
+changing the settings (as tests do) still takes effect.
+"""
+
+from __future__ import annotations
+
+import django_rq
+from django.conf import settings
+from redis import Redis
+from rq import Queue
+
+_queues: dict[tuple[str, str], Queue] = {}
+
+
+def queue(name: str) -> Queue:
+    key = (name, str(settings.RQ_QUEUES[name].get("URL")))
+    cached = _queues.get(key)
+    if cached is None:
+        cached = _queues[key] = django_rq.get_queue(name)
+    return cached
+
+
+def queues() -> list[Queue]:
+    """Barista's queues in priority order."""
+    return [queue(name) for name in settings.BARISTA_QUEUES]
+
+
+def connection() -> Redis:
+    return queue(settings.BARISTA_QUEUES[0]).connection
