@@ -60,15 +60,19 @@ class Running:
 
 
 _client: httpx.AsyncClient | None = None
+_client_loop: asyncio.AbstractEventLoop | None = None
 
 
 def http_client() -> httpx.AsyncClient:
-    """The process's HTTP client for backends, made on first use on the running loop.
+    """The HTTP client for backends, made on first use on the running loop.
 
     One client per process keeps connections to backends alive between prompts; making
-    one per prompt (loading TLS certificates) cost ~50 ms."""
-    global _client
-    if _client is None:
+    one per prompt (loading TLS certificates) cost ~50 ms. A client belongs to one event
+    loop, so code run on a fresh loop (RQ's stock workers) gets a fresh client."""
+    global _client, _client_loop
+    loop = asyncio.get_running_loop()
+    if _client is None or _client_loop is not loop:
+        _client_loop = loop
         # Redirects are never followed: a backend must not point a worker elsewhere.
         _client = httpx.AsyncClient(
             timeout=httpx.Timeout(
