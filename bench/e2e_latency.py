@@ -111,13 +111,14 @@ def main() -> dict[str, float]:
     }
     ratio = result["barista_p50"] / result["direct_p50"]
     added = ms(result["barista_p50"] - result["direct_p50"])
-    table = f"""## One prompt, end to end (walking skeleton)
+    table = f"""## One prompt, end to end
 
 `bench/e2e_latency.py` — one streamed prompt (60 tokens, simulator on instant settings),
 {RUNS} sequential runs after {WARMUP} warm-up runs, one client. *Direct* streams the same
 request straight from the simulator with httpx; *through Barista* sends it on the chat
-websocket (daphne) and waits for the `done` frame: ledger write, RQ enqueue, one
-`SimpleWorker` process, HTTP to the simulator, token batches over the Redis channel layer.
+websocket (daphne) and waits for the `done` frame: admission, ledger write, RQ enqueue,
+one gateway worker process, HTTP to the simulator, token batches over the Redis channel
+layer.
 
 | path | p50 | p90 |
 |---|---|---|
