@@ -27,10 +27,14 @@ CLOSE_UNAUTHENTICATED = 4401
 
 
 class InvalidInput(Exception):
-    def __init__(self, message: str, code: str) -> None:
+    """A frame refused: the sender gets the message, a code, and when a retry makes sense,
+    the seconds to wait."""
+
+    def __init__(self, message: str, code: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.retry_after = retry_after
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -79,9 +83,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "unknown_type",
                 )
         except InvalidInput as exc:
-            await self.send_json(
-                {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
-            )
+            frame = {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
+            if exc.retry_after is not None:
+                frame["retry_after"] = exc.retry_after
+            await self.send_json(frame)
 
     async def handle_prompt(self, payload: dict[str, Any]) -> None:
         content, model = payload.get("content"), payload.get("model")
@@ -117,16 +122,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise InvalidInput("Conversation not found.", "not_found") from None
         except Rejection as exc:
             await self._leave(group)
-            await self.send_json(
-                {
-                    "type": "error",
-                    "error": exc.message,
-                    "code": exc.code,
-                    "retry_after": exc.retry_after,
-                    "ref": _ref(payload),
-                }
-            )
-            return
+            raise InvalidInput(exc.message, exc.code, retry_after=exc.retry_after) from None
         except Exception:
             await self._leave(group)
             raise
@@ -134,7 +130,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             {
                 "type": "accepted",
                 "request": str(request.id),
-                "ref": payload.get("ref"),
+                "ref": _ref(payload),
                 "conversation": request.conversation_id,
                 "status": request.status,
                 "title": request.conversation.title if request.conversation else None,
