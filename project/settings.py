@@ -215,6 +215,19 @@ BARISTA_QUEUE_POSITION_INTERVAL = envfloat("BARISTA_QUEUE_POSITION_INTERVAL", 1.
 BARISTA_JOB_RETRIES = envint("BARISTA_JOB_RETRIES", 3, minimum=0)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
+# Balancer: peak_ewma (default), round_robin, weighted, least_inflight; per alias with
+# BARISTA_BALANCER_BY_ALIAS="alias=strategy,other=strategy".
+BARISTA_BALANCER = envstr("BARISTA_BALANCER", "peak_ewma") or "peak_ewma"
+BARISTA_BALANCER_BY_ALIAS = dict(
+    item.split("=", 1) for item in envlist("BARISTA_BALANCER_BY_ALIAS", []) if "=" in item
+)
+for _strategy in [BARISTA_BALANCER, *BARISTA_BALANCER_BY_ALIAS.values()]:
+    if _strategy not in {"peak_ewma", "round_robin", "weighted", "least_inflight"}:
+        raise ImproperlyConfigured(f"Unknown balancer strategy {_strategy!r}")
+# A lease on a backend slot lives this long unless renewed (renewed every third of it).
+BARISTA_LEASE_TTL = envfloat("BARISTA_LEASE_TTL", 30.0, minimum=1.0)
+# Connections per worker process for live backend state (leases, EWMAs).
+BARISTA_LIVE_REDIS_CONNECTIONS = envint("BARISTA_LIVE_REDIS_CONNECTIONS", 32, minimum=1)
 # Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).
 BARISTA_FLUSH_INTERVAL = envfloat("BARISTA_FLUSH_INTERVAL", 0.05, minimum=0.0)
 BARISTA_FLUSH_TOKENS = envint("BARISTA_FLUSH_TOKENS", 16, minimum=1)

@@ -137,6 +137,8 @@ class Simulator:
     def register(
         self, *, alias: str = "sim-chat", name: str | None = None, **fields: Any
     ) -> Backend:
+        """A Backend row for this simulator; uncapped unless the test sets a cap."""
+        fields.setdefault("max_concurrency", 100_000)
         return Backend.objects.create(
             name=name or f"sim-{self.port}",
             alias=alias,

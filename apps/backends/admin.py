@@ -12,9 +12,10 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
         "base_url",
         "weight",
         "max_concurrency",
-        "enabled",
+        "state",
+        "tier",
         "simulated",
     ]
-    list_filter = ["enabled", "simulated", "alias"]
-    list_editable = ["enabled", "weight"]
+    list_filter = ["state", "tier", "simulated", "alias"]
+    list_editable = ["state", "weight"]
     search_fields = ["name", "alias", "model_name"]

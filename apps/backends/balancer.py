@@ -1,18 +1,117 @@
-"""Chooses the backend for a prompt.
+"""Chooses the backend for a prompt (DESIGN.md, decision 4).
 
-The walking skeleton's rule: weighted random choice among the enabled backends of the
-alias. The scoring balancer of DESIGN.md decision 4 replaces it in the backends issue.
+Default (``peak_ewma``): among the alias's backends below their concurrency cap, the lowest
+``peak-EWMA(time to first token) × (in flight + 1) / weight`` — every backend is scored
+for small pools, two random choices are compared for large ones. The fallback tier is
+used only when no primary backend can take the prompt. ``round_robin``, ``weighted``
+(random, by weight) and ``least_inflight`` are there for comparison, per alias if wanted.
+
+When every backend is at its cap the prompt waits for a slot; it is not failed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 
+from django.conf import settings
+
+from apps.backends import live
 from apps.backends.models import Backend
 
+STRATEGIES = ("peak_ewma", "round_robin", "weighted", "least_inflight")
+FULL_SCAN_UP_TO = 8
+DEFAULT_TTFT = 0.1  # seconds assumed for a backend not measured yet (optimistic: try it)
 
-def backend_pick(candidates: list[Backend], *, rng: random.Random | None = None) -> Backend | None:
+_round_robin = itertools.count()
+
+
+class NoBackendAvailable(Exception):
+    pass
+
+
+def strategy_for(alias: str) -> str:
+    return settings.BARISTA_BALANCER_BY_ALIAS.get(alias, settings.BARISTA_BALANCER)
+
+
+def score(backend: Backend, state: live.BackendLive, prior: float) -> float:
+    ttft = state.ttft_ewma if state.ttft_ewma is not None else prior
+    return ttft * (state.in_flight + 1) / backend.weight
+
+
+def rank(
+    candidates: list[Backend],
+    states: dict[int, live.BackendLive],
+    strategy: str,
+    rng: random.Random | None = None,
+) -> list[Backend]:
+    """The backends to try, best first: primaries below their cap, then fallbacks."""
+    chooser = rng or random.Random()  # noqa: S311 - load spreading, not security
+    empty = live.BackendLive(0, None)
+    open_ = [b for b in candidates if states.get(b.pk, empty).in_flight < b.max_concurrency]
+    ordered: list[Backend] = []
+    for tier in (Backend.Tier.PRIMARY, Backend.Tier.FALLBACK):
+        pool = [b for b in open_ if b.tier == tier]
+        ordered += _order(pool, states, strategy, chooser, empty)
+    return ordered
+
+
+def _order(
+    pool: list[Backend],
+    states: dict[int, live.BackendLive],
+    strategy: str,
+    chooser: random.Random,
+    empty: live.BackendLive,
+) -> list[Backend]:
+    if len(pool) <= 1:
+        return pool
+    if strategy == "round_robin":
+        start = next(_round_robin) % len(pool)
+        return pool[start:] + pool[:start]
+    if strategy == "weighted":
+        rest, ordered = list(pool), []
+        while rest:
+            pick = chooser.choices(rest, weights=[b.weight for b in rest], k=1)[0]
+            ordered.append(pick)
+            rest.remove(pick)
+        return ordered
+    if strategy == "least_inflight":
+        return sorted(
+            pool, key=lambda b: (states.get(b.pk, empty).in_flight / b.weight, chooser.random())
+        )
+    known = [s.ttft_ewma for b in pool if (s := states.get(b.pk, empty)).ttft_ewma is not None]
+    prior = min(known) if known else DEFAULT_TTFT
+    if len(pool) <= FULL_SCAN_UP_TO:
+        return sorted(
+            pool, key=lambda b: (score(b, states.get(b.pk, empty), prior), chooser.random())
+        )
+    # Large pool: compare two random backends; the rest follow, in case both are taken.
+    first, second = chooser.sample(pool, 2)
+    pair = sorted((first, second), key=lambda b: score(b, states.get(b.pk, empty), prior))
+    others = [b for b in pool if b not in pair]
+    chooser.shuffle(others)
+    return pair + others
+
+
+async def backend_acquire(
+    candidates: list[Backend], *, alias: str, lease_ttl: float, wait_up_to: float
+) -> tuple[Backend, str]:
+    """Pick a backend and take a lease on it. Waits while every backend is at its cap (up
+    to ``wait_up_to`` seconds); raises ``NoBackendAvailable`` if there is none at all."""
     if not candidates:
-        return None
-    chooser = rng or random
-    return chooser.choices(candidates, weights=[b.weight for b in candidates], k=1)[0]
+        raise NoBackendAvailable(f"No backend serves the model {alias!r} right now.")
+    strategy = strategy_for(alias)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_up_to
+    delay = 0.02
+    while True:
+        states = await live.snapshot([b.pk for b in candidates])
+        for backend in rank(candidates, states, strategy):
+            lease = await live.try_acquire(backend.pk, cap=backend.max_concurrency, ttl=lease_ttl)
+            if lease is not None:
+                return backend, lease
+        if loop.time() >= deadline:
+            raise NoBackendAvailable(f"Every backend for {alias!r} stayed busy; try again.")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)

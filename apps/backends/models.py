@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from django.core.validators import MinValueValidator, URLValidator
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator, RegexValidator, URLValidator
 from django.db import models
+
+from apps.backends.validators import validate_backend_url
 
 
 class Backend(models.Model):
@@ -12,19 +16,50 @@ class Backend(models.Model):
     never supply a URL.
     """
 
+    class State(models.TextChoices):
+        ENABLED = "enabled"
+        DRAINING = "draining", "draining (finishes what it has, takes nothing new)"
+        DISABLED = "disabled"
+
+    class Tier(models.TextChoices):
+        PRIMARY = "primary"
+        FALLBACK = "fallback", "fallback (only when no primary can take the prompt)"
+
+    class Provider(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible HTTP (OpenAI, vLLM, Ollama, llama.cpp, TGI)"
+
     name = models.CharField(max_length=100, unique=True)
+    provider = models.CharField(max_length=20, choices=Provider.choices, default=Provider.OPENAI)
     base_url = models.CharField(
         max_length=500,
-        validators=[URLValidator(schemes=["http", "https"])],
+        validators=[URLValidator(schemes=["http", "https"]), validate_backend_url],
         help_text="Root of the OpenAI-compatible API, e.g. http://127.0.0.1:9101/v1",
     )
     model_name = models.CharField(max_length=200, help_text="Model name the backend expects.")
     alias = models.SlugField(
         max_length=100, help_text="Public model name callers use; many backends may share one."
     )
+    api_key_env = models.CharField(
+        "API key variable",
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name.")],
+        help_text="Name of the environment variable holding this backend's API key; the key "
+        "itself is never stored, shown or logged.",
+    )
     weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     max_concurrency = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
-    enabled = models.BooleanField(default=True)
+    timeout = models.FloatField(
+        default=120.0, validators=[MinValueValidator(0.1)], help_text="Seconds per request."
+    )
+    tier = models.CharField(max_length=10, choices=Tier.choices, default=Tier.PRIMARY)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ENABLED)
+    price_input_per_million = models.DecimalField(
+        max_digits=10, decimal_places=4, default=Decimal(0), help_text="Per million input tokens."
+    )
+    price_output_per_million = models.DecimalField(
+        max_digits=10, decimal_places=4, default=Decimal(0), help_text="Per million output tokens."
+    )
     simulated = models.BooleanField(
         default=False, help_text="Barista's own simulator; labelled 'simulated' in the UI."
     )
@@ -33,7 +68,7 @@ class Backend(models.Model):
 
     class Meta:
         ordering = ["alias", "name"]
-        indexes = [models.Index(fields=["alias", "enabled"])]
+        indexes = [models.Index(fields=["alias", "state"])]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.alias})"

@@ -6,7 +6,8 @@ from apps.backends.models import Backend
 
 
 def backend_list_enabled(*, alias: str | None = None) -> QuerySet[Backend]:
-    queryset = Backend.objects.filter(enabled=True)
+    """Backends that take new prompts (not draining, not disabled)."""
+    queryset = Backend.objects.filter(state=Backend.State.ENABLED)
     if alias is not None:
         queryset = queryset.filter(alias=alias)
     return queryset

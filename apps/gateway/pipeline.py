@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 import uuid
 
 import httpx
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.utils import timezone
 
-from apps.backends.balancer import backend_pick
+from apps.backends import live
+from apps.backends.balancer import NoBackendAvailable, backend_acquire
 from apps.backends.directory import directory
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.gateway import services
@@ -70,26 +73,35 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
         owner_id=owner_id,
         event={"event": "status", "status": "running", "restart": rerun},
     )
-    backend = backend_pick(await directory.for_alias(request.model))
-    if backend is None:
-        await _fail(request, f"No backend is available for model {request.model!r}.")
+    try:
+        backend, lease = await backend_acquire(
+            await directory.for_alias(request.model),
+            alias=request.model,
+            lease_ttl=settings.BARISTA_LEASE_TTL,
+            wait_up_to=settings.BARISTA_JOB_TIMEOUT,
+        )
+    except NoBackendAvailable as exc:
+        await _fail(request, str(exc))
         return
 
     batcher = TokenBatcher(request_id=request_id, owner_id=owner_id)
     parts: list[str] = []
     usage = Usage(None, None, None)
     first_token_at: datetime.datetime | None = None
+    asked = time.monotonic()
     try:
-        async for event in stream_chat(
-            client, backend, messages=request.messages, params=request.params
-        ):
-            if isinstance(event, Delta):
-                if first_token_at is None:
-                    first_token_at = timezone.now()
-                parts.append(event.text)
-                await batcher.add(event.text)
-            else:
-                usage = event
+        async with live.held(backend.pk, lease, ttl=settings.BARISTA_LEASE_TTL):
+            async for event in stream_chat(
+                client, backend, messages=request.messages, params=request.params
+            ):
+                if isinstance(event, Delta):
+                    if first_token_at is None:
+                        first_token_at = timezone.now()
+                        await live.observe_ttft(backend.pk, time.monotonic() - asked)
+                    parts.append(event.text)
+                    await batcher.add(event.text)
+                else:
+                    usage = event
     except asyncio.CancelledError:
         batcher.discard()
         raise

@@ -4,6 +4,7 @@ TGI, and Barista's simulator)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,23 @@ async def stream_chat(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    headers = {}
+    if backend.api_key_env:
+        # Read at call time, never stored, never logged; a missing variable is a clear error.
+        key = os.environ.get(backend.api_key_env)
+        if not key:
+            raise BackendError(
+                f"backend {backend.name} has no API key (set {backend.api_key_env})",
+                retryable=False,
+            )
+        headers["Authorization"] = f"Bearer {key}"
+    timeout = httpx.Timeout(backend.timeout, connect=min(backend.timeout, 10.0))
     finish_reason: str | None = None
     usage: dict[str, Any] = {}
     try:
-        async with client.stream("POST", url, json=body) as response:
+        async with client.stream(
+            "POST", url, json=body, headers=headers, timeout=timeout
+        ) as response:
             if response.status_code != 200:
                 await response.aread()
                 raise BackendError(
