@@ -226,6 +226,19 @@ for _strategy in [BARISTA_BALANCER, *BARISTA_BALANCER_BY_ALIAS.values()]:
         raise ImproperlyConfigured(f"Unknown balancer strategy {_strategy!r}")
 # A lease on a backend slot lives this long unless renewed (renewed every third of it).
 BARISTA_LEASE_TTL = envfloat("BARISTA_LEASE_TTL", 30.0, minimum=1.0)
+# Circuit breaker per backend: open after this many consecutive failures, or when at least
+# MIN_CALLS calls in WINDOW seconds failed at FAILURE_RATE or more; stay open COOLDOWN s,
+# doubling with each opening up to COOLDOWN_MAX; then let one probe through.
+BARISTA_CIRCUIT_FAILURES = envint("BARISTA_CIRCUIT_FAILURES", 5, minimum=1)
+BARISTA_CIRCUIT_WINDOW = envfloat("BARISTA_CIRCUIT_WINDOW", 30.0, minimum=1.0)
+BARISTA_CIRCUIT_MIN_CALLS = envint("BARISTA_CIRCUIT_MIN_CALLS", 10, minimum=1)
+BARISTA_CIRCUIT_FAILURE_RATE = envfloat("BARISTA_CIRCUIT_FAILURE_RATE", 0.5, minimum=0.0)
+BARISTA_CIRCUIT_COOLDOWN = envfloat("BARISTA_CIRCUIT_COOLDOWN", 5.0, minimum=0.1)
+BARISTA_CIRCUIT_COOLDOWN_MAX = envfloat("BARISTA_CIRCUIT_COOLDOWN_MAX", 120.0, minimum=0.1)
+# Retries before the first token, on another backend: at most this many attempts in all.
+BARISTA_BACKEND_ATTEMPTS = envint("BARISTA_BACKEND_ATTEMPTS", 3, minimum=1)
+# Retries under way at once per worker: a fifth of the prompts in flight, at least this.
+BARISTA_RETRY_BUDGET_MIN = envint("BARISTA_RETRY_BUDGET_MIN", 10, minimum=0)
 # Connections per worker process for live backend state (leases, EWMAs).
 BARISTA_LIVE_REDIS_CONNECTIONS = envint("BARISTA_LIVE_REDIS_CONNECTIONS", 32, minimum=1)
 # Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).

@@ -6,7 +6,8 @@ for small pools, two random choices are compared for large ones. The fallback ti
 used only when no primary backend can take the prompt. ``round_robin``, ``weighted``
 (random, by weight) and ``least_inflight`` are there for comparison, per alias if wanted.
 
-When every backend is at its cap the prompt waits for a slot; it is not failed.
+When every backend is at its cap (or asked to be left alone with Retry-After) the prompt
+waits for a slot; when every backend's circuit is open it fails fast with a clear error.
 """
 
 from __future__ import annotations
@@ -36,8 +37,18 @@ def strategy_for(alias: str) -> str:
 
 
 def score(backend: Backend, state: live.BackendLive, prior: float) -> float:
+    """Peak-EWMA(TTFT) x (in flight + 1) / weight, doubled for each consecutive failure."""
     ttft = state.ttft_ewma if state.ttft_ewma is not None else prior
-    return ttft * (state.in_flight + 1) / backend.weight
+    return ttft * (state.in_flight + 1) / backend.weight * 2**state.failures
+
+
+def takes_prompts(backend: Backend, state: live.BackendLive) -> bool:
+    """Below its cap, no Retry-After pending, circuit closed — or open past its cool-down
+    with nothing in flight (the half-open probe: one call at a time)."""
+    if not state.usable:
+        return False
+    limit = 1 if state.circuit == "open" else backend.max_concurrency
+    return state.in_flight < limit
 
 
 def rank(
@@ -49,7 +60,7 @@ def rank(
     """The backends to try, best first: primaries below their cap, then fallbacks."""
     chooser = rng or random.Random()  # noqa: S311 - load spreading, not security
     empty = live.BackendLive(0, None)
-    open_ = [b for b in candidates if states.get(b.pk, empty).in_flight < b.max_concurrency]
+    open_ = [b for b in candidates if takes_prompts(b, states.get(b.pk, empty))]
     ordered: list[Backend] = []
     for tier in (Backend.Tier.PRIMARY, Backend.Tier.FALLBACK):
         pool = [b for b in open_ if b.tier == tier]
@@ -107,6 +118,11 @@ async def backend_acquire(
     delay = 0.02
     while True:
         states = await live.snapshot([b.pk for b in candidates])
+        if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in candidates):
+            # Nothing healthy: fail fast rather than hold the prompt for a cool-down.
+            raise NoBackendAvailable(
+                f"Every backend for {alias!r} is failing right now; try again shortly."
+            )
         for backend in rank(candidates, states, strategy):
             lease = await live.try_acquire(backend.pk, cap=backend.max_concurrency, ttl=lease_ttl)
             if lease is not None:

@@ -6,6 +6,8 @@
   renewing, so its leases expire: a dead worker never leaves a backend looking busy.
 * **Peak-EWMA of time to first token** — jumps up at once on a slow answer, decays back
   over ``TAU`` seconds as fast answers come in (Finagle's peak EWMA).
+* **Circuit breaker** — consecutive failures, failures in a window, an open circuit's
+  cool-down (doubling with each opening) and any Retry-After the backend sent.
 
 Scripts read Redis's own clock, so workers on different hosts agree on expiry.
 """
@@ -62,9 +64,53 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local out = {}
 for i = 1, #KEYS, 2 do
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i], now, '+inf')
-  out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'ttft') or false
+  local s = redis.call('HMGET', KEYS[i + 1], 'ttft', 'failures', 'open_until', 'not_before')
+  out[#out + 1] = s[1] or false
+  out[#out + 1] = tonumber(s[2] or '0')
+  -- seconds until the circuit may be probed / until a Retry-After ends (0 = now)
+  out[#out + 1] = tostring(math.max(0, tonumber(s[3] or '0') - now))
+  out[#out + 1] = tostring(math.max(0, tonumber(s[4] or '0') - now))
+  out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'circuit') or 'closed'
 end
 return out
+"""
+
+# Outcome of one call. Opens the circuit after ARGV[2] consecutive failures, or when at
+# least ARGV[4] calls in the current window (ARGV[3] s) failed at a rate of ARGV[5] or
+# more; a failed probe re-opens it with a cool-down that doubles with each opening
+# (ARGV[6] s base, ARGV[7] s cap); a success closes it. ARGV[8] is a Retry-After (s).
+_RECORD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local key = KEYS[1]
+local ok = ARGV[1] == '1'
+local s = redis.call('HMGET', key, 'failures', 'circuit', 'window_at', 'calls', 'fails', 'openings')
+local failures, circuit = tonumber(s[1] or '0'), s[2] or 'closed'
+local window_at, calls, fails = tonumber(s[3] or '0'), tonumber(s[4] or '0'), tonumber(s[5] or '0')
+local openings = tonumber(s[6] or '0')
+if now - window_at > tonumber(ARGV[3]) then window_at, calls, fails = now, 0, 0 end
+calls = calls + 1
+if ok then
+  failures = 0
+  if circuit ~= 'closed' then circuit, openings = 'closed', math.max(0, openings - 1) end
+else
+  failures, fails = failures + 1, fails + 1
+  local rate_bad = calls >= tonumber(ARGV[4]) and fails / calls >= tonumber(ARGV[5])
+  if circuit == 'open' or failures >= tonumber(ARGV[2]) or rate_bad then
+    if circuit ~= 'open' or now >= tonumber(redis.call('HGET', key, 'open_until') or '0') then
+      openings = openings + 1
+      local cool = math.min(tonumber(ARGV[7]), tonumber(ARGV[6]) * 2 ^ (openings - 1))
+      redis.call('HSET', key, 'open_until', tostring(now + cool))
+    end
+    circuit = 'open'
+  end
+  local retry_after = tonumber(ARGV[8])
+  if retry_after > 0 then redis.call('HSET', key, 'not_before', tostring(now + retry_after)) end
+end
+redis.call('HSET', key, 'failures', failures, 'circuit', circuit, 'window_at', tostring(window_at),
+  'calls', calls, 'fails', fails, 'openings', openings)
+redis.call('EXPIRE', key, 86400)
+return circuit
 """
 
 
@@ -80,6 +126,15 @@ def stats_key(backend_id: int) -> str:
 class BackendLive:
     in_flight: int
     ttft_ewma: float | None
+    failures: int = 0  # consecutive
+    probe_in: float = 0.0  # seconds until an open circuit may be probed
+    retry_after: float = 0.0  # seconds left of a Retry-After the backend sent
+    circuit: str = "closed"
+
+    @property
+    def usable(self) -> bool:
+        """Closed, or open past its cool-down (then one probe at a time: see rank)."""
+        return self.retry_after <= 0 and (self.circuit != "open" or self.probe_in <= 0)
 
 
 _clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
@@ -108,9 +163,34 @@ async def snapshot(backend_ids: list[int]) -> dict[int, BackendLive]:
     reply = await client().eval(_SNAPSHOT, len(keys), *keys)
     result = {}
     for index, backend_id in enumerate(backend_ids):
-        ewma = reply[2 * index + 1]
-        result[backend_id] = BackendLive(int(reply[2 * index]), float(ewma) if ewma else None)
+        in_flight, ewma, failures, probe_in, retry_after, circuit = reply[6 * index : 6 * index + 6]
+        result[backend_id] = BackendLive(
+            int(in_flight),
+            float(ewma) if ewma else None,
+            int(failures),
+            float(probe_in),
+            float(retry_after),
+            circuit.decode() if isinstance(circuit, bytes) else str(circuit),
+        )
     return result
+
+
+async def record(backend_id: int, *, ok: bool, retry_after: float = 0.0) -> str:
+    """Feed one call's outcome to the backend's circuit breaker; returns its state."""
+    state = await client().eval(
+        _RECORD,
+        1,
+        stats_key(backend_id),
+        "1" if ok else "0",
+        settings.BARISTA_CIRCUIT_FAILURES,
+        settings.BARISTA_CIRCUIT_WINDOW,
+        settings.BARISTA_CIRCUIT_MIN_CALLS,
+        settings.BARISTA_CIRCUIT_FAILURE_RATE,
+        settings.BARISTA_CIRCUIT_COOLDOWN,
+        settings.BARISTA_CIRCUIT_COOLDOWN_MAX,
+        retry_after,
+    )
+    return state.decode() if isinstance(state, bytes) else str(state)
 
 
 async def try_acquire(backend_id: int, *, cap: int, ttl: float) -> str | None:

@@ -64,7 +64,37 @@ async def _fail(request: PromptRequest, message: str) -> None:
         )
 
 
+# Retry budget: retries under way in this process stay below a fifth of the prompts in
+# flight (with a floor, so a quiet worker can still fail over), so a sick fleet is not
+# hammered with twice its load.
+_in_flight = 0
+_retrying = 0
+
+
+def _may_retry() -> bool:
+    return _retrying < max(settings.BARISTA_RETRY_BUDGET_MIN, _in_flight // 5)
+
+
 async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient) -> None:
+    global _in_flight, _retrying
+    _in_flight += 1
+    attempt = _Attempts()
+    try:
+        await _answer_once(request, rerun, client, attempt)
+    finally:
+        _in_flight -= 1
+        if attempt.retrying:
+            _retrying -= 1
+
+
+class _Attempts:
+    retrying = False  # counted in _retrying while True
+
+
+async def _answer_once(
+    request: PromptRequest, rerun: bool, client: httpx.AsyncClient, attempt: _Attempts
+) -> None:
+    global _retrying
     request_id, owner_id = request.id, request.owner_id
 
     # A re-run (its first worker died) tells the page to drop what it showed and start over.
@@ -73,44 +103,64 @@ async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient
         owner_id=owner_id,
         event={"event": "status", "status": "running", "restart": rerun},
     )
-    try:
-        backend, lease = await backend_acquire(
-            await directory.for_alias(request.model),
-            alias=request.model,
-            lease_ttl=settings.BARISTA_LEASE_TTL,
-            wait_up_to=settings.BARISTA_JOB_TIMEOUT,
-        )
-    except NoBackendAvailable as exc:
-        await _fail(request, str(exc))
-        return
-
     batcher = TokenBatcher(request_id=request_id, owner_id=owner_id)
     parts: list[str] = []
     usage = Usage(None, None, None)
     first_token_at: datetime.datetime | None = None
-    asked = time.monotonic()
-    try:
-        async with live.held(backend.pk, lease, ttl=settings.BARISTA_LEASE_TTL):
-            async for event in stream_chat(
-                client, backend, messages=request.messages, params=request.params
+    tried: set[int] = set()
+    last_error = ""
+    while True:
+        candidates = [b for b in await directory.for_alias(request.model) if b.pk not in tried]
+        try:
+            backend, lease = await backend_acquire(
+                candidates,
+                alias=request.model,
+                lease_ttl=settings.BARISTA_LEASE_TTL,
+                wait_up_to=settings.BARISTA_JOB_TIMEOUT,
+            )
+        except NoBackendAvailable as exc:
+            # After a failure with no other backend to try, the person hears what failed.
+            await _fail(request, f"The model backend failed: {last_error}." if tried else str(exc))
+            return
+        tried.add(backend.pk)
+        asked = time.monotonic()
+        try:
+            async with live.held(backend.pk, lease, ttl=settings.BARISTA_LEASE_TTL):
+                async for event in stream_chat(
+                    client, backend, messages=request.messages, params=request.params
+                ):
+                    if isinstance(event, Delta):
+                        if first_token_at is None:
+                            first_token_at = timezone.now()
+                            await live.observe_ttft(backend.pk, time.monotonic() - asked)
+                        parts.append(event.text)
+                        await batcher.add(event.text)
+                    else:
+                        usage = event
+        except asyncio.CancelledError:
+            batcher.discard()
+            raise
+        except BackendError as exc:
+            await live.record(backend.pk, ok=False, retry_after=exc.retry_after)
+            logger.warning("request %s: %s", request_id, exc.message)
+            last_error = exc.message
+            # Before the first token the person has seen nothing: try another backend.
+            # After it, no silent retry: they keep what arrived and get a clear error.
+            if (
+                first_token_at is None
+                and exc.retryable
+                and len(tried) < settings.BARISTA_BACKEND_ATTEMPTS
+                and (attempt.retrying or _may_retry())
             ):
-                if isinstance(event, Delta):
-                    if first_token_at is None:
-                        first_token_at = timezone.now()
-                        await live.observe_ttft(backend.pk, time.monotonic() - asked)
-                    parts.append(event.text)
-                    await batcher.add(event.text)
-                else:
-                    usage = event
-    except asyncio.CancelledError:
-        batcher.discard()
-        raise
-    except BackendError as exc:
-        await batcher.flush()
-        await batcher.close()
-        logger.warning("request %s failed: %s", request_id, exc.message)
-        await _fail(request, f"The model backend failed: {exc.message}.")
-        return
+                if not attempt.retrying:
+                    attempt.retrying, _retrying = True, _retrying + 1
+                continue
+            await batcher.flush()
+            await batcher.close()
+            await _fail(request, f"The model backend failed: {exc.message}.")
+            return
+        await live.record(backend.pk, ok=True)
+        break
     # No last flush: the final frame carries the whole answer.
     await batcher.close()
     answer = "".join(parts)

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-concurrency", type=int, default=0, help="in-flight cap, 429 beyond it (0 = none)"
     )
+    parser.add_argument(
+        "--cut-after",
+        type=int,
+        default=0,
+        help="drop the connection after this many streamed tokens (0 = never)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = SimulatorConfig(
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         error_rate=args.error_rate,
         hang_rate=args.hang_rate,
         max_concurrency=args.max_concurrency,
+        cut_after=args.cut_after,
         seed=args.seed,
     )
     uvicorn.run(

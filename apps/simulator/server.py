@@ -51,6 +51,7 @@ class SimulatorConfig:
     error_rate: float = 0.0  # share of requests answered with a 500
     hang_rate: float = 0.0  # share of requests that never answer
     max_concurrency: int = 0  # 0 = unlimited; beyond it: 429 with Retry-After
+    cut_after: int = 0  # drop the connection after this many streamed tokens (0 = never)
     seed: int = 0
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -274,6 +275,11 @@ class Simulator:
         )
         parts = [chunk({"role": "assistant", "content": ""})]
         for index, token in enumerate(tokens):
+            if config.cut_after and index == config.cut_after:
+                await send(
+                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                )
+                raise ConnectionAbortedError("simulated connection cut mid-stream")
             parts.append(chunk({"content": token}))
             if config.tps > 0 and index < len(tokens) - 1:
                 await send(

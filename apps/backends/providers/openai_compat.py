@@ -18,11 +18,19 @@ class BackendError(Exception):
     """A backend failed to answer. ``message`` is safe to show a person: it never carries
     the backend's URL or credentials, only what went wrong."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = True,
+        retry_after: float = 0.0,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True)
@@ -75,9 +83,14 @@ async def stream_chat(
         ) as response:
             if response.status_code != 200:
                 await response.aread()
+                status = response.status_code
                 raise BackendError(
-                    f"backend {backend.name} answered HTTP {response.status_code}",
-                    status=response.status_code,
+                    f"backend {backend.name} answered HTTP {status}",
+                    status=status,
+                    # Another backend may do better on overload or a server error; a
+                    # request the backend found invalid would fail everywhere.
+                    retryable=status >= 500 or status in (408, 429),
+                    retry_after=_retry_after(response.headers.get("retry-after")),
                 )
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -104,3 +117,11 @@ async def stream_chat(
     except httpx.TransportError:
         raise BackendError(f"could not reach backend {backend.name}") from None
     yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header (delta-seconds form), capped at ten minutes."""
+    try:
+        return min(max(float(value or 0), 0.0), 600.0)
+    except ValueError:
+        return 0.0
