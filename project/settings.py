@@ -239,6 +239,8 @@ BARISTA_CIRCUIT_COOLDOWN_MAX = envfloat("BARISTA_CIRCUIT_COOLDOWN_MAX", 120.0, m
 BARISTA_BACKEND_ATTEMPTS = envint("BARISTA_BACKEND_ATTEMPTS", 3, minimum=1)
 # Retries under way at once per worker: a fifth of the prompts in flight, at least this.
 BARISTA_RETRY_BUDGET_MIN = envint("BARISTA_RETRY_BUDGET_MIN", 10, minimum=0)
+# A failed call counts in a backend's time-to-first-token EWMA as at least this (seconds).
+BARISTA_FAILURE_PENALTY = envfloat("BARISTA_FAILURE_PENALTY", 5.0, minimum=0.0)
 # Connections per worker process for live backend state (leases, EWMAs).
 BARISTA_LIVE_REDIS_CONNECTIONS = envint("BARISTA_LIVE_REDIS_CONNECTIONS", 32, minimum=1)
 # Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).

@@ -130,4 +130,4 @@ async def backend_acquire(
         if loop.time() >= deadline:
             raise NoBackendAvailable(f"Every backend for {alias!r} stayed busy; try again.")
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)
+        delay = min(delay * 2, 0.1)

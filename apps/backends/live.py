@@ -84,6 +84,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local key = KEYS[1]
 local ok = ARGV[1] == '1'
+if ARGV[1] == '2' then
+  -- "Too many requests": the backend is well, only full. Honour Retry-After; no failure.
+  local retry_after = math.max(tonumber(ARGV[8]), 0.5)
+  redis.call('HSET', key, 'not_before', tostring(now + retry_after))
+  return redis.call('HGET', key, 'circuit') or 'closed'
+end
 local s = redis.call('HMGET', key, 'failures', 'circuit', 'window_at', 'calls', 'fails', 'openings')
 local failures, circuit = tonumber(s[1] or '0'), s[2] or 'closed'
 local window_at, calls, fails = tonumber(s[3] or '0'), tonumber(s[4] or '0'), tonumber(s[5] or '0')
@@ -175,13 +181,16 @@ async def snapshot(backend_ids: list[int]) -> dict[int, BackendLive]:
     return result
 
 
-async def record(backend_id: int, *, ok: bool, retry_after: float = 0.0) -> str:
-    """Feed one call's outcome to the backend's circuit breaker; returns its state."""
+async def record(
+    backend_id: int, *, ok: bool, retry_after: float = 0.0, overloaded: bool = False
+) -> str:
+    """Feed one call's outcome to the backend's circuit breaker; returns its state. An
+    ``overloaded`` answer (HTTP 429) only keeps the backend out for its Retry-After."""
     state = await client().eval(
         _RECORD,
         1,
         stats_key(backend_id),
-        "1" if ok else "0",
+        "2" if overloaded else "1" if ok else "0",
         settings.BARISTA_CIRCUIT_FAILURES,
         settings.BARISTA_CIRCUIT_WINDOW,
         settings.BARISTA_CIRCUIT_MIN_CALLS,

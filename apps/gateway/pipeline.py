@@ -141,9 +141,23 @@ async def _answer_once(
             batcher.discard()
             raise
         except BackendError as exc:
-            await live.record(backend.pk, ok=False, retry_after=exc.retry_after)
+            overloaded = exc.status == 429
+            await live.record(
+                backend.pk, ok=False, retry_after=exc.retry_after, overloaded=overloaded
+            )
+            if not overloaded and first_token_at is None:
+                # A failure counts as a slow answer in the EWMA (at least the penalty), so
+                # a backend answering quick 500s stops looking fast.
+                await live.observe_ttft(
+                    backend.pk, max(time.monotonic() - asked, settings.BARISTA_FAILURE_PENALTY)
+                )
             logger.warning("request %s: %s", request_id, exc.message)
             last_error = exc.message
+            if overloaded and first_token_at is None:
+                # Full, not failing: it sits out its Retry-After, the prompt waits for a
+                # slot (here or elsewhere), and no attempt is used up.
+                tried.discard(backend.pk)
+                continue
             # Before the first token the person has seen nothing: try another backend.
             # After it, no silent retry: they keep what arrived and get a clear error.
             if (
