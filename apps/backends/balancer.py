@@ -64,7 +64,11 @@ def rank(
     ordered: list[Backend] = []
     for tier in (Backend.Tier.PRIMARY, Backend.Tier.FALLBACK):
         pool = [b for b in open_ if b.tier == tier]
-        ordered += _order(pool, states, strategy, chooser, empty)
+        # Half-open: a backend whose cool-down is over gets one probe, ahead of the rest
+        # (a failed probe before the first token is retried elsewhere, so it costs little).
+        probes = [b for b in pool if states.get(b.pk, empty).circuit == "open"]
+        rest = [b for b in pool if b not in probes]
+        ordered += probes + _order(rest, states, strategy, chooser, empty)
     return ordered
 
 

@@ -176,3 +176,14 @@ def test_a_draining_backend_finishes_what_it_has_and_takes_nothing_new(
     assert first.stats()["completed_total"] == 5  # its in-flight prompts finished
     assert first.stats()["requests_total"] == 5  # and it took nothing new
     assert second.stats()["requests_total"] == 5
+
+
+def test_a_backend_whose_cool_down_is_over_gets_one_probe_first():
+    healthy, recovering = backend(1), backend(2)
+    after_cooldown = live.BackendLive(0, 5.0, failures=3, probe_in=0.0, circuit="open")
+    order = rank([healthy, recovering], {1: state(0, 0.01), 2: after_cooldown}, "peak_ewma")
+    assert order == [recovering, healthy]
+    probing = live.BackendLive(1, 5.0, failures=3, probe_in=0.0, circuit="open")
+    assert rank([healthy, recovering], {1: state(0, 0.01), 2: probing}, "peak_ewma") == [healthy]
+    cooling = live.BackendLive(0, 5.0, failures=3, probe_in=2.0, circuit="open")
+    assert rank([healthy, recovering], {1: state(0, 0.01), 2: cooling}, "peak_ewma") == [healthy]
