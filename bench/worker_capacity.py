@@ -33,6 +33,26 @@ def command_calls(conn: redis.Redis) -> int:
     return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
 
+def simple_worker_seconds(env: dict[str, str], queues_code: str) -> float:
+    """Run RQ's SimpleWorker in burst mode in a fresh process on the queues that
+    ``queues_code`` puts in ``qs``; returns the seconds its work loop took."""
+    code = (
+        "import django, time; django.setup(); from redis import Redis;"
+        f"from rq import Queue, SimpleWorker; {queues_code};"
+        "t = time.perf_counter(); SimpleWorker(qs, connection=qs[0].connection)"
+        ".work(burst=True, logging_level='WARNING'); print(time.perf_counter() - t)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def submit(user, count: int) -> None:
     from django.db import transaction
 
@@ -129,21 +149,10 @@ def main() -> dict[str, float]:
         # Like for like: RQ's SimpleWorker running the same prompts (one at a time).
         PromptRequest.objects.all().delete()
         submit(user, SIMPLE_PROMPTS)
-        code = (
-            "import django, time; django.setup(); from django.conf import settings;"
-            "from apps.gateway.queues import queues; from rq import SimpleWorker;"
-            "t = time.perf_counter(); SimpleWorker(queues(), connection=queues()[0].connection)"
-            ".work(burst=True, logging_level='WARNING'); print(time.perf_counter() - t)"
+        seconds = simple_worker_seconds(
+            env, "from apps.gateway.queues import queues; qs = queues()"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=BASE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results["rq_prompts_per_s"] = SIMPLE_PROMPTS / float(out.stdout.strip().splitlines()[-1])
+        results["rq_prompts_per_s"] = SIMPLE_PROMPTS / seconds
         assert PromptRequest.objects.filter(status="done").count() == SIMPLE_PROMPTS
 
         # Baseline: RQ's SimpleWorker, no-op jobs, same Redis.
@@ -155,21 +164,9 @@ def main() -> dict[str, float]:
         for _ in range(NOOP_JOBS):
             queue.enqueue("bench.noop.noop", result_ttl=60)
         rq_enqueue_calls = command_calls(conn) - calls_before
-        code = (
-            "import sys, time; from redis import Redis; from rq import Queue, SimpleWorker;"
-            f"c = Redis.from_url({settings.REDIS_URL!r}); q = Queue('rq-baseline', connection=c);"
-            "t = time.perf_counter(); SimpleWorker([q], connection=c).work(burst=True,"
-            " logging_level='WARNING'); print(time.perf_counter() - t)"
+        elapsed = simple_worker_seconds(
+            env, f"qs = [Queue('rq-baseline', connection=Redis.from_url({settings.REDIS_URL!r}))]"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=BASE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        elapsed = float(out.stdout.strip().splitlines()[-1])
         results["rq_per_s"] = NOOP_JOBS / elapsed
         results["rq_cmds"] = (command_calls(conn) - calls_before) / NOOP_JOBS
         results["rq_enqueue_cmds"] = rq_enqueue_calls / NOOP_JOBS
