@@ -78,6 +78,14 @@ def chat_backend(db: None) -> Backend:
     )
 
 
+@pytest.fixture
+def lifted_limits(settings: Any) -> None:
+    """For tests that send hundreds of prompts as one person: admission's per-person cap
+    and rate (tested in tests/gateway/test_admission.py) would refuse them."""
+    settings.BARISTA_USER_MAX_PENDING = 10_000
+    settings.BARISTA_USER_RATE_PER_MINUTE = 10_000
+
+
 def session_cookie(user: User) -> str:
     client = Client()
     client.force_login(user)

@@ -135,10 +135,8 @@ pytestmark_db = pytest.mark.django_db(transaction=True)
 
 @pytestmark_db
 def test_the_fast_backend_gets_most_prompts_and_caps_hold(
-    alice, settings, start_simulator, start_worker
+    alice, lifted_limits, start_simulator, start_worker
 ):
-    settings.BARISTA_USER_MAX_PENDING = 1000
-    settings.BARISTA_USER_RATE_PER_MINUTE = 1000
     fast = start_simulator("--ttft", "0.05", "--tps", "0", "--tokens", "10")
     slow = start_simulator("--ttft", "0.6", "--tps", "0", "--tokens", "10")
     fast.register(name="fast", max_concurrency=4)
@@ -156,9 +154,8 @@ def test_the_fast_backend_gets_most_prompts_and_caps_hold(
 
 @pytestmark_db
 def test_a_draining_backend_finishes_what_it_has_and_takes_nothing_new(
-    alice, settings, start_simulator, start_worker
+    alice, lifted_limits, start_simulator, start_worker
 ):
-    settings.BARISTA_USER_MAX_PENDING = 1000
     first = start_simulator("--ttft", "1.5", "--tps", "0")
     second = start_simulator("--ttft", "0", "--tps", "0")
     draining = first.register(name="first")

@@ -4,7 +4,6 @@ circuit breaker opens on a failing backend and closes when it recovers."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from channels.db import database_sync_to_async
@@ -13,17 +12,11 @@ from apps.backends import live
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
-from tests.gateway.test_end_to_end import collect, open_socket
+from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
 
 QUICK_CIRCUIT = {"BARISTA_CIRCUIT_FAILURES": "2", "BARISTA_CIRCUIT_COOLDOWN": "3"}
-
-
-@pytest.fixture(autouse=True)
-def _room(settings):
-    settings.BARISTA_USER_MAX_PENDING = 1000
-    settings.BARISTA_USER_RATE_PER_MINUTE = 1000
 
 
 def circuit(backend) -> str:
@@ -54,9 +47,7 @@ async def test_after_the_first_token_there_is_no_silent_retry(alice, start_simul
     await database_sync_to_async(spare.register)(name="spare")
     start_worker()
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "half an answer"})
-    )
+    await send_prompt(socket, "half an answer")
     frames = await collect(socket)
     assert frames[-1]["type"] == "failed"
     assert "could not reach backend cutting" in frames[-1]["error"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import django_rq
 import pytest
 from channels.db import database_sync_to_async
@@ -13,7 +11,7 @@ from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
 from apps.gateway.models import PromptRequest
 from apps.gateway.selectors import queue_position
-from tests.gateway.test_end_to_end import collect, open_socket
+from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,13 +24,9 @@ def submit(user, content="hello"):
     return chat_prompt_submit(user=user, model="sim-chat", content=content)
 
 
-async def send_prompt(socket, content):
+async def prompt_reply(socket, content):
     """Send a prompt and return the reply to it (skipping place-in-line updates)."""
-    await socket.send_to(
-        text_data=json.dumps(
-            {"type": "prompt", "model": "sim-chat", "content": content, "ref": content}
-        )
-    )
+    await send_prompt(socket, content, ref=content)
     while True:
         frame = await socket.receive_json_from(timeout=5)
         if frame["type"] in {"accepted", "error"} and frame.get("ref") == content:
@@ -46,7 +40,7 @@ async def test_past_the_global_queue_bound_the_page_is_told_busy_and_nothing_is_
     for _ in range(3):
         await database_sync_to_async(submit)(alice)
     socket = await open_socket(bob)
-    reply = await send_prompt(socket, "one more")
+    reply = await prompt_reply(socket, "one more")
     assert reply["type"] == "error"
     assert reply["code"] == "busy"
     assert reply["retry_after"] >= 1
@@ -62,13 +56,13 @@ async def test_a_person_over_their_rate_is_refused_and_others_are_not(
 ):
     settings.BARISTA_USER_RATE_PER_MINUTE = 2
     socket = await open_socket(alice)
-    assert (await send_prompt(socket, "a"))["type"] == "accepted"
-    assert (await send_prompt(socket, "b"))["type"] == "accepted"
-    refused = await send_prompt(socket, "c")
+    assert (await prompt_reply(socket, "a"))["type"] == "accepted"
+    assert (await prompt_reply(socket, "b"))["type"] == "accepted"
+    refused = await prompt_reply(socket, "c")
     assert refused["code"] == "rate_limited"
     assert 1 <= refused["retry_after"] <= 60
     bobs = await open_socket(bob)
-    assert (await send_prompt(bobs, "d"))["type"] == "accepted"
+    assert (await prompt_reply(bobs, "d"))["type"] == "accepted"
     assert await database_sync_to_async(PromptRequest.objects.filter(owner=alice).count)() == 2
     await socket.disconnect()
     await bobs.disconnect()
@@ -104,7 +98,7 @@ async def test_the_owner_sees_their_place_in_line_move_and_no_one_else_does(
     for index in range(3):
         await database_sync_to_async(submit)(bob, f"ahead {index}")
     alice_socket, bob_socket = await open_socket(alice), await open_socket(bob)
-    accepted = await send_prompt(alice_socket, "where am I")
+    accepted = await prompt_reply(alice_socket, "where am I")
     first = await alice_socket.receive_json_from(timeout=5)
     assert first == {
         "type": "queue",

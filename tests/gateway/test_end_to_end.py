@@ -26,6 +26,13 @@ async def open_socket(user):
     return communicator
 
 
+async def send_prompt(communicator, content, **fields):
+    """Send a prompt for the alias sim-chat on the chat socket."""
+    await communicator.send_to(
+        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": content, **fields})
+    )
+
+
 async def collect(communicator, timeout=30.0):
     """Every frame until the request ends, as a list."""
     frames = []
@@ -48,16 +55,8 @@ async def test_two_people_at_once_each_get_only_their_own_answer(
     start_worker()
     start_worker()
     alice_socket, bob_socket = await open_socket(alice), await open_socket(bob)
-    await alice_socket.send_to(
-        text_data=json.dumps(
-            {"type": "prompt", "model": "sim-chat", "content": "alice canary APRICOT-1"}
-        )
-    )
-    await bob_socket.send_to(
-        text_data=json.dumps(
-            {"type": "prompt", "model": "sim-chat", "content": "bob canary BLUEBERRY-2"}
-        )
-    )
+    await send_prompt(alice_socket, "alice canary APRICOT-1")
+    await send_prompt(bob_socket, "bob canary BLUEBERRY-2")
     alice_frames, bob_frames = await asyncio.gather(collect(alice_socket), collect(bob_socket))
 
     for frames, mine, theirs in [
@@ -95,11 +94,7 @@ async def test_a_prompt_sent_while_no_worker_runs_waits_and_is_answered_later(
     sim = start_simulator("--ttft", "0", "--tps", "0")
     await database_sync_to_async(sim.register)(alias="sim-chat")
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps(
-            {"type": "prompt", "model": "sim-chat", "content": "patience CHERRY-3"}
-        )
-    )
+    await send_prompt(socket, "patience CHERRY-3")
     accepted = await socket.receive_json_from(timeout=5)
     assert accepted["type"] == "accepted"
     waiting = await socket.receive_json_from(timeout=5)
@@ -123,9 +118,7 @@ async def test_a_failing_backend_gives_a_clear_error_and_a_failed_row(
     await database_sync_to_async(sim.register)(alias="sim-chat", name="flaky")
     start_worker()
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "doomed"})
-    )
+    await send_prompt(socket, "doomed")
     frames = await collect(socket)
     assert frames[-1]["type"] == "failed"
     assert "HTTP 500" in frames[-1]["error"]
@@ -142,20 +135,9 @@ async def test_a_second_prompt_carries_the_conversation_history(
     await database_sync_to_async(sim.register)(alias="sim-chat")
     start_worker()
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "first"})
-    )
+    await send_prompt(socket, "first")
     first = await collect(socket)
-    await socket.send_to(
-        text_data=json.dumps(
-            {
-                "type": "prompt",
-                "model": "sim-chat",
-                "content": "second",
-                "conversation": first[0]["conversation"],
-            }
-        )
-    )
+    await send_prompt(socket, "second", conversation=first[0]["conversation"])
     second = await collect(socket)
     assert second[0]["conversation"] == first[0]["conversation"]
     request = await database_sync_to_async(PromptRequest.objects.get)(id=second[0]["request"])

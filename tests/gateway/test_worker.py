@@ -22,9 +22,9 @@ from apps.chat.models import Message
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
-from tests.gateway.test_end_to_end import collect, open_socket
+from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
 
 # Recovery in seconds, not minutes: heartbeats every 0.3 s, a job is abandoned 2 s after
 # its last one, and every worker looks for abandoned jobs each second.
@@ -33,13 +33,6 @@ FAST_RECOVERY = {
     "BARISTA_WORKER_HEARTBEAT_TTL": "2",
     "BARISTA_WORKER_MAINTENANCE_INTERVAL": "1",
 }
-
-
-@pytest.fixture(autouse=True)
-def _room_for_hundreds_of_prompts(settings):
-    # These tests submit hundreds of prompts as one person; admission is tested elsewhere.
-    settings.BARISTA_USER_MAX_PENDING = 10_000
-    settings.BARISTA_USER_RATE_PER_MINUTE = 10_000
 
 
 def queue():
@@ -128,9 +121,7 @@ async def test_cancelling_a_queued_prompt_removes_its_job(alice, start_simulator
     sim = start_simulator("--ttft", "0", "--tps", "0")
     await database_sync_to_async(sim.register)(alias="sim-chat")
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "never mind"})
-    )
+    await send_prompt(socket, "never mind")
     accepted = await socket.receive_json_from(timeout=5)
     await socket.send_to(text_data=json.dumps({"type": "cancel", "request": accepted["request"]}))
     frame = await socket.receive_json_from(timeout=5)
@@ -155,9 +146,7 @@ async def test_cancelling_a_streaming_prompt_aborts_the_backend_call(
     await database_sync_to_async(sim.register)(alias="sim-chat")
     start_worker()
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "a long story"})
-    )
+    await send_prompt(socket, "a long story")
     accepted = await socket.receive_json_from(timeout=5)
     while (await socket.receive_json_from(timeout=10))["type"] != "tokens":
         pass
@@ -238,9 +227,7 @@ async def test_a_rerun_after_tokens_were_shown_tells_the_page_to_start_over(
     await database_sync_to_async(sim.register)(alias="sim-chat")
     doomed = start_worker(**FAST_RECOVERY)
     socket = await open_socket(alice)
-    await socket.send_to(
-        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "phoenix"})
-    )
+    await send_prompt(socket, "phoenix")
     frames: list[dict[str, object]] = []
     while not any(f["type"] == "tokens" for f in frames):
         frames.append(await socket.receive_json_from(timeout=10))
