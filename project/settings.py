@@ -243,6 +243,14 @@ BARISTA_RETRY_BUDGET_MIN = envint("BARISTA_RETRY_BUDGET_MIN", 10, minimum=0)
 BARISTA_FAILURE_PENALTY = envfloat("BARISTA_FAILURE_PENALTY", 5.0, minimum=0.0)
 # Connections per worker process for live backend state (leases, EWMAs).
 BARISTA_LIVE_REDIS_CONNECTIONS = envint("BARISTA_LIVE_REDIS_CONNECTIONS", 32, minimum=1)
+# Active health checks: every BARISTA_HEALTH_INTERVAL s one worker asks each backend for
+# GET /models (0 turns them off); a check slower than BARISTA_HEALTH_TIMEOUT s fails.
+BARISTA_HEALTH_INTERVAL = envfloat("BARISTA_HEALTH_INTERVAL", 5.0, minimum=0.0)
+BARISTA_HEALTH_TIMEOUT = envfloat("BARISTA_HEALTH_TIMEOUT", 3.0, minimum=0.1)
+# Backend API keys typed in the console are encrypted at rest (Fernet) with this key;
+# without it, a key derived from SECRET_KEY is used (rotate both together).
+BARISTA_SECRETS_KEY = envstr("BARISTA_SECRETS_KEY") or ""
+
 # Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).
 BARISTA_FLUSH_INTERVAL = envfloat("BARISTA_FLUSH_INTERVAL", 0.05, minimum=0.0)
 BARISTA_FLUSH_TOKENS = envint("BARISTA_FLUSH_TOKENS", 16, minimum=1)

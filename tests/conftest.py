@@ -179,8 +179,8 @@ def processes() -> Iterator[Processes]:
 
 @pytest.fixture
 def start_simulator(processes: Processes) -> Callable[..., Simulator]:
-    def start(*args: str, model: str = "sim-model") -> Simulator:
-        port = free_port()
+    def start(*args: str, model: str = "sim-model", port: int | None = None) -> Simulator:
+        port = port or free_port()
         process = processes.spawn(
             simulator_argv(port, model, *args),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -6,6 +6,11 @@ for small pools, two random choices are compared for large ones. The fallback ti
 used only when no primary backend can take the prompt. ``round_robin``, ``weighted``
 (random, by weight) and ``least_inflight`` are there for comparison, per alias if wanted.
 
+The backend's own queue (vLLM's ``num_requests_waiting``, read by the health checks)
+counts as load. Rather than hand a prompt to a backend more than ``PATIENCE_RATIO`` times
+slower than a busy one, ``peak_ewma`` waits for the busy one, but never longer than the
+slower one would lose.
+
 When every backend is at its cap (or asked to be left alone with Retry-After) the prompt
 waits for a slot; when every backend's circuit is open it fails fast with a clear error.
 """
@@ -24,6 +29,10 @@ from apps.backends.models import Backend
 STRATEGIES = ("peak_ewma", "round_robin", "weighted", "least_inflight")
 FULL_SCAN_UP_TO = 8
 DEFAULT_TTFT = 0.1  # seconds assumed for a backend not measured yet (optimistic: try it)
+KV_CACHE_CROWDED = 0.95
+# Rather than hand a prompt to a backend this many times slower than a busy one, wait for
+# the busy one — for at most the time the slower one would lose.
+PATIENCE_RATIO = 2.0
 
 _round_robin = itertools.count()
 
@@ -37,9 +46,13 @@ def strategy_for(alias: str) -> str:
 
 
 def score(backend: Backend, state: live.BackendLive, prior: float) -> float:
-    """Peak-EWMA(TTFT) x (in flight + 1) / weight, doubled for each consecutive failure."""
+    """Peak-EWMA(TTFT) x (in flight + the backend's own queue + 1) / weight, doubled for
+    each consecutive failure and again when the backend says its KV cache is nearly full
+    (vLLM would start preempting)."""
     ttft = state.ttft_ewma if state.ttft_ewma is not None else prior
-    return ttft * (state.in_flight + 1) / backend.weight * 2**state.failures
+    load = state.in_flight + state.waiting + 1
+    crowded = 2.0 if state.kv_cache >= KV_CACHE_CROWDED else 1.0
+    return ttft * load / backend.weight * 2**state.failures * crowded
 
 
 def takes_prompts(backend: Backend, state: live.BackendLive) -> bool:
@@ -109,6 +122,33 @@ def _order(
     return pair + others
 
 
+def worth_waiting(
+    backend: Backend,
+    candidates: list[Backend],
+    states: dict[int, live.BackendLive],
+    waited: float,
+) -> bool:
+    """Is a busy backend of the same tier so much faster than ``backend`` that the prompt
+    should wait for it? Only while the wait is shorter than what the slower one would lose.
+    (Peak-EWMA only: the other strategies are kept plain, for comparison.)"""
+    mine = states[backend.pk].ttft_ewma
+    if mine is None:
+        return False
+    busy = [
+        ttft
+        for other in candidates
+        if other.tier == backend.tier
+        and (state := states[other.pk]).circuit == "closed"
+        and state.retry_after <= 0
+        and state.in_flight >= other.max_concurrency
+        and (ttft := state.ttft_ewma) is not None
+    ]
+    if not busy:
+        return False
+    fastest = min(busy)
+    return mine > PATIENCE_RATIO * fastest and waited < mine - fastest
+
+
 async def backend_acquire(
     candidates: list[Backend], *, alias: str, lease_ttl: float, wait_up_to: float
 ) -> tuple[Backend, str]:
@@ -118,20 +158,25 @@ async def backend_acquire(
         raise NoBackendAvailable(f"No backend serves the model {alias!r} right now.")
     strategy = strategy_for(alias)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_up_to
+    started = loop.time()
     delay = 0.02
+    ids = [b.pk for b in candidates]
     while True:
-        states = await live.snapshot([b.pk for b in candidates])
+        states = await live.snapshot(ids)
         if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in candidates):
             # Nothing healthy: fail fast rather than hold the prompt for a cool-down.
             raise NoBackendAvailable(
                 f"Every backend for {alias!r} is failing right now; try again shortly."
             )
+        waited = loop.time() - started
         for backend in rank(candidates, states, strategy):
+            if strategy == "peak_ewma" and worth_waiting(backend, candidates, states, waited):
+                break
             lease = await live.try_acquire(backend.pk, cap=backend.max_concurrency, ttl=lease_ttl)
             if lease is not None:
                 return backend, lease
-        if loop.time() >= deadline:
+        if waited >= wait_up_to:
             raise NoBackendAvailable(f"Every backend for {alias!r} stayed busy; try again.")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        # A slot given back in this process wakes us at once; others' are found by polling.
+        await live.wait_for_slot(ids, delay)
+        delay = min(delay * 2, 0.2)

@@ -8,6 +8,9 @@
   over ``TAU`` seconds as fast answers come in (Finagle's peak EWMA).
 * **Circuit breaker** — consecutive failures, failures in a window, an open circuit's
   cool-down (doubling with each opening) and any Retry-After the backend sent.
+* **Health** — the last active check (``apps.backends.health``): up or down, how long it
+  took, and the backend's own queue (vLLM's ``num_requests_waiting``, KV-cache use) when
+  it publishes them. Kept for a few check intervals, so a stale reading simply disappears.
 
 Scripts read Redis's own clock, so workers on different hosts agree on expiry.
 """
@@ -15,6 +18,8 @@ Scripts read Redis's own clock, so workers on different hosts agree on expiry.
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis import Redis
 
 TAU = 10.0  # seconds for the EWMA to forget
 
@@ -62,7 +68,7 @@ _SNAPSHOT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 3 do
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i], now, '+inf')
   local s = redis.call('HMGET', KEYS[i + 1], 'ttft', 'failures', 'open_until', 'not_before')
   out[#out + 1] = s[1] or false
@@ -71,9 +77,16 @@ for i = 1, #KEYS, 2 do
   out[#out + 1] = tostring(math.max(0, tonumber(s[3] or '0') - now))
   out[#out + 1] = tostring(math.max(0, tonumber(s[4] or '0') - now))
   out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'circuit') or 'closed'
+  local h = redis.call('HMGET', KEYS[i + 2], 'up', 'waiting', 'kv_cache', 'ms', 'error')
+  out[#out + 1] = h[1] or false
+  out[#out + 1] = h[2] or '0'
+  out[#out + 1] = h[3] or '0'
+  out[#out + 1] = h[4] or false
+  out[#out + 1] = h[5] or false
 end
 return out
 """
+FIELDS = 11  # values per backend in a snapshot reply
 
 # Outcome of one call. Opens the circuit after ARGV[2] consecutive failures, or when at
 # least ARGV[4] calls in the current window (ARGV[3] s) failed at a rate of ARGV[5] or
@@ -128,6 +141,10 @@ def stats_key(backend_id: int) -> str:
     return f"barista:backend:{backend_id}:stats"
 
 
+def health_key(backend_id: int) -> str:
+    return f"barista:backend:{backend_id}:health"
+
+
 @dataclass(frozen=True, slots=True)
 class BackendLive:
     in_flight: int
@@ -136,6 +153,11 @@ class BackendLive:
     probe_in: float = 0.0  # seconds until an open circuit may be probed
     retry_after: float = 0.0  # seconds left of a Retry-After the backend sent
     circuit: str = "closed"
+    up: bool | None = None  # last active health check; None = not checked lately
+    waiting: int = 0  # the backend's own queue (vLLM num_requests_waiting)
+    kv_cache: float = 0.0  # share of the backend's KV cache in use (vLLM), 0..1
+    check_ms: float | None = None
+    check_error: str = ""
 
     @property
     def usable(self) -> bool:
@@ -161,24 +183,78 @@ def client() -> aioredis.Redis:
     return found
 
 
-async def snapshot(backend_ids: list[int]) -> dict[int, BackendLive]:
-    """In-flight counts and TTFT EWMAs for these backends, in one round trip."""
-    if not backend_ids:
-        return {}
-    keys = [key for i in backend_ids for key in (lease_key(i), stats_key(i))]
-    reply = await client().eval(_SNAPSHOT, len(keys), *keys)
+def _keys(backend_ids: list[int]) -> list[str]:
+    return [key for i in backend_ids for key in (lease_key(i), stats_key(i), health_key(i))]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_snapshot(backend_ids: list[int], reply: list[object]) -> dict[int, BackendLive]:
     result = {}
     for index, backend_id in enumerate(backend_ids):
-        in_flight, ewma, failures, probe_in, retry_after, circuit = reply[6 * index : 6 * index + 6]
+        (in_flight, ewma, failures, probe_in, retry_after, circuit, up, waiting, kv, ms, error) = (
+            reply[FIELDS * index : FIELDS * index + FIELDS]
+        )
         result[backend_id] = BackendLive(
-            int(in_flight),
-            float(ewma) if ewma else None,
-            int(failures),
-            float(probe_in),
-            float(retry_after),
-            circuit.decode() if isinstance(circuit, bytes) else str(circuit),
+            int(_text(in_flight)),
+            float(_text(ewma)) if ewma else None,
+            int(_text(failures)),
+            float(_text(probe_in)),
+            float(_text(retry_after)),
+            _text(circuit),
+            up=None if not up else _text(up) == "1",
+            waiting=int(float(_text(waiting))),
+            kv_cache=float(_text(kv)),
+            check_ms=float(_text(ms)) if ms else None,
+            check_error=_text(error) if error else "",
         )
     return result
+
+
+async def snapshot(backend_ids: list[int]) -> dict[int, BackendLive]:
+    """Leases, EWMA, circuit and health of these backends, in one round trip."""
+    if not backend_ids:
+        return {}
+    keys = _keys(backend_ids)
+    return _parse_snapshot(backend_ids, await client().eval(_SNAPSHOT, len(keys), *keys))
+
+
+def snapshot_sync(connection: Redis, backend_ids: list[int]) -> dict[int, BackendLive]:
+    """The same, for synchronous code (the console)."""
+    if not backend_ids:
+        return {}
+    keys = _keys(backend_ids)
+    return _parse_snapshot(backend_ids, connection.eval(_SNAPSHOT, len(keys), *keys))
+
+
+async def record_health(
+    backend_id: int,
+    *,
+    up: bool,
+    ms: float,
+    error: str = "",
+    waiting: int = 0,
+    kv_cache: float = 0.0,
+    keep: float,
+) -> None:
+    """Store one active health check's result for ``keep`` seconds."""
+    key = health_key(backend_id)
+    async with client().pipeline(transaction=False) as pipe:
+        pipe.delete(key)
+        pipe.hset(
+            key,
+            mapping={
+                "up": "1" if up else "0",
+                "ms": f"{ms:.1f}",
+                "error": error,
+                "waiting": waiting,
+                "kv_cache": kv_cache,
+            },
+        )
+        pipe.expire(key, max(1, math.ceil(keep)))
+        await pipe.execute()
 
 
 async def record(
@@ -209,8 +285,38 @@ async def try_acquire(backend_id: int, *, cap: int, ttl: float) -> str | None:
     return lease if got else None
 
 
+# Prompts of this process waiting for a slot, per backend, oldest first. Giving a lease
+# back wakes the oldest waiter for that backend at once; waiters also poll (slowly) for
+# slots freed by other processes.
+_waiters: dict[int, collections.deque[asyncio.Future[None]]] = collections.defaultdict(
+    collections.deque
+)
+
+
 async def release(backend_id: int, lease: str) -> None:
     await client().zrem(lease_key(backend_id), lease)
+    waiters = _waiters.get(backend_id)
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            break
+
+
+async def wait_for_slot(backend_ids: list[int], up_to: float) -> None:
+    """Until a lease on one of these backends is given back here, or ``up_to`` s."""
+    waiter = asyncio.get_running_loop().create_future()
+    for backend_id in backend_ids:
+        _waiters[backend_id].append(waiter)
+    try:
+        await asyncio.wait_for(waiter, up_to)
+    except TimeoutError:
+        pass
+    finally:
+        for backend_id in backend_ids:
+            waiters = _waiters.get(backend_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
 
 
 async def observe_ttft(backend_id: int, seconds: float) -> float:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 
 from django.core.validators import MinValueValidator, RegexValidator, URLValidator
 from django.db import models
 
+from apps.backends import secrets
 from apps.backends.validators import validate_backend_url
 
 
@@ -44,9 +46,11 @@ class Backend(models.Model):
         max_length=100,
         blank=True,
         validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name.")],
-        help_text="Name of the environment variable holding this backend's API key; the key "
-        "itself is never stored, shown or logged.",
+        help_text="Name of the environment variable holding this backend's API key (the key "
+        "is then never stored in the database).",
     )
+    # Or typed in the console: kept encrypted (apps.backends.secrets), never shown again.
+    api_key_encrypted = models.TextField(blank=True, default="", editable=False)
     weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     max_concurrency = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
     timeout = models.FloatField(
@@ -72,3 +76,16 @@ class Backend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.alias})"
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted or self.api_key_env)
+
+    def set_api_key(self, plain: str) -> None:
+        self.api_key_encrypted = secrets.encrypt(plain)
+
+    def api_key(self) -> str:
+        """The key to send, read at call time: the stored one, else the named variable."""
+        if self.api_key_encrypted:
+            return secrets.decrypt(self.api_key_encrypted)
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""

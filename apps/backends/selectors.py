@@ -13,6 +13,11 @@ def backend_list_enabled(*, alias: str | None = None) -> QuerySet[Backend]:
     return queryset
 
 
+def backend_list_active() -> QuerySet[Backend]:
+    """Backends that may still hold prompts (enabled or draining): the ones to health-check."""
+    return Backend.objects.exclude(state=Backend.State.DISABLED)
+
+
 def alias_list() -> list[dict[str, object]]:
     """Public model aliases that have at least one enabled backend, for pickers and checks."""
     aliases: dict[str, dict[str, object]] = {}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from channels.db import database_sync_to_async
 from django.conf import settings
 from rq import Queue
 from rq.command import parse_payload
@@ -39,6 +40,8 @@ from rq.suspension import is_suspended
 from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, WorkerStatus
 
+from apps.backends import health
+from apps.backends.selectors import backend_list_active
 from apps.gateway.admission import COMPLETED_KEY
 
 logger = logging.getLogger(__name__)
@@ -165,11 +168,13 @@ class GatewayWorker(BaseWorker):
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._request_stop)
         housekeeping = asyncio.create_task(self._housekeeping())
+        checks = asyncio.create_task(self._health_checks())
         try:
             await self._dispatch(burst)
             await self._drain()
         finally:
             housekeeping.cancel()
+            checks.cancel()
             self._flush_finished()
             if _client is not None:
                 await _client.aclose()
@@ -386,6 +391,20 @@ class GatewayWorker(BaseWorker):
             if time.monotonic() - last_maintenance >= self.maintenance_interval:
                 last_maintenance = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
+
+    async def _health_checks(self) -> None:
+        """Active health checks of every backend, by one worker of the fleet at a time."""
+        interval = settings.BARISTA_HEALTH_INTERVAL
+        if interval <= 0:
+            return
+        while True:
+            try:
+                if await health.claim_turn(self.name, interval):
+                    backends = await database_sync_to_async(list)(backend_list_active())
+                    await health.check_all(http_client(), backends)
+            except Exception:  # a failed round must not end the checks
+                logger.exception("worker %s: health checks failed", self.name)
+            await asyncio.sleep(interval)
 
     async def _drain(self) -> None:
         """Stop: let in-flight jobs finish for ``grace`` s, then requeue the rest."""

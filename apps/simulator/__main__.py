@@ -33,12 +33,23 @@ def main(argv: list[str] | None = None) -> None:
         "--max-concurrency", type=int, default=0, help="in-flight cap, 429 beyond it (0 = none)"
     )
     parser.add_argument(
+        "--max-running",
+        type=int,
+        default=0,
+        help="answered at once, the rest queue like vLLM's batch (0 = no limit)",
+    )
+    parser.add_argument(
         "--cut-after",
         type=int,
         default=0,
         help="drop the connection after this many streamed tokens (0 = never)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--api-key",
+        default="",
+        help="require this bearer key on /v1/ routes (default: none); tests use it",
+    )
     args = parser.parse_args(argv)
     config = SimulatorConfig(
         models=args.models or ["sim-model"],
@@ -48,8 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         error_rate=args.error_rate,
         hang_rate=args.hang_rate,
         max_concurrency=args.max_concurrency,
+        max_running=args.max_running,
         cut_after=args.cut_after,
         seed=args.seed,
+        api_key=args.api_key,
     )
     uvicorn.run(
         Simulator(config),

@@ -51,8 +51,12 @@ class SimulatorConfig:
     error_rate: float = 0.0  # share of requests answered with a 500
     hang_rate: float = 0.0  # share of requests that never answer
     max_concurrency: int = 0  # 0 = unlimited; beyond it: 429 with Retry-After
+    # Like vLLM's batch: at most this many answered at once, the rest wait in the server's
+    # own queue (published as vllm:num_requests_waiting); 0 = no batch limit.
+    max_running: int = 0
     cut_after: int = 0  # drop the connection after this many streamed tokens (0 = never)
     seed: int = 0
+    api_key: str = ""  # when set, /v1/ routes want "Authorization: Bearer <key>" (else 401)
 
     def update(self, changes: dict[str, Any]) -> None:
         for field in dataclasses.fields(self):
@@ -70,6 +74,9 @@ class SimulatorStats:
     rejected_total: int = 0
     disconnects_total: int = 0
     max_in_flight: int = 0
+    running: int = 0
+    waiting: int = 0
+    model_lists_total: int = 0  # GET /v1/models: health checks
 
 
 def last_user_message(messages: list[dict[str, Any]]) -> str:
@@ -113,6 +120,7 @@ class Simulator:
         self.config = config
         self.stats = SimulatorStats()
         self._rng = random.Random(config.seed)
+        self._batch = asyncio.Condition()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -126,9 +134,15 @@ class Simulator:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"].rstrip("/")
+        if self.config.api_key and path.startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization", b"").decode() != f"Bearer {self.config.api_key}":
+                await _json(send, 401, _error("Invalid API key.", "invalid_api_key"))
+                return
         if method == "POST" and path == "/v1/chat/completions":
             await self._completions(receive, send)
         elif method == "GET" and path == "/v1/models":
+            self.stats.model_lists_total += 1
             data = [
                 {"id": m, "object": "model", "owned_by": "barista-simulator"}
                 for m in self.config.models
@@ -137,11 +151,12 @@ class Simulator:
         elif method == "GET" and path == "/stats":
             await _json(send, 200, dataclasses.asdict(self.stats))
         elif method == "GET" and path == "/metrics":
-            waiting = max(0, self.stats.in_flight - (self.config.max_concurrency or 10**9))
+            batch = self.config.max_running
+            usage = min(1.0, self.stats.running / batch) if batch else 0.0
             text = (
-                f"vllm:num_requests_running {self.stats.in_flight}\n"
-                f"vllm:num_requests_waiting {waiting}\n"
-                "vllm:gpu_cache_usage_perc 0.0\n"
+                f"vllm:num_requests_running {self.stats.running}\n"
+                f"vllm:num_requests_waiting {self.stats.waiting}\n"
+                f"vllm:gpu_cache_usage_perc {usage}\n"
             )
             await _send(send, 200, text.encode(), b"text/plain; version=0.0.4")
         elif method == "POST" and path == "/control":
@@ -149,8 +164,13 @@ class Simulator:
             try:
                 changes = json.loads(body or b"{}")
                 if changes.pop("reset_stats", False):
-                    self.stats = SimulatorStats(in_flight=self.stats.in_flight)
+                    old = self.stats
+                    self.stats = SimulatorStats(
+                        in_flight=old.in_flight, running=old.running, waiting=old.waiting
+                    )
                 self.config.update(changes)
+                async with self._batch:
+                    self._batch.notify_all()  # a bigger batch lets waiting requests in
             except (ValueError, TypeError, AttributeError) as exc:
                 await _json(send, 400, {"error": {"message": str(exc), "type": "invalid"}})
                 return
@@ -196,6 +216,24 @@ class Simulator:
             stats.in_flight -= 1
 
     async def _respond(self, request: dict[str, Any], send: Send) -> None:
+        stats = self.stats
+        async with self._batch:
+            stats.waiting += 1
+            try:
+                await self._batch.wait_for(
+                    lambda: not self.config.max_running or stats.running < self.config.max_running
+                )
+            finally:
+                stats.waiting -= 1
+            stats.running += 1
+        try:
+            await self._respond_now(request, send)
+        finally:
+            async with self._batch:
+                stats.running -= 1
+                self._batch.notify()
+
+    async def _respond_now(self, request: dict[str, Any], send: Send) -> None:
         stats, config = self.stats, self.config
         roll = self._rng.random()
         if roll < config.error_rate:

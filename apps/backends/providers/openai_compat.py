@@ -4,7 +4,6 @@ TGI, and Barista's simulator)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,14 +64,12 @@ async def stream_chat(
         "stream_options": {"include_usage": True},
     }
     headers = {}
-    if backend.api_key_env:
-        # Read at call time, never stored, never logged; a missing variable is a clear error.
-        key = os.environ.get(backend.api_key_env)
+    if backend.has_api_key:
+        # Read at call time, never logged; a missing key is a clear error, not a 401.
+        key = backend.api_key()
         if not key:
-            raise BackendError(
-                f"backend {backend.name} has no API key (set {backend.api_key_env})",
-                retryable=False,
-            )
+            where = f"set {backend.api_key_env}" if backend.api_key_env else "enter it again"
+            raise BackendError(f"backend {backend.name} has no API key ({where})", retryable=False)
         headers["Authorization"] = f"Bearer {key}"
     timeout = httpx.Timeout(backend.timeout, connect=min(backend.timeout, 10.0))
     finish_reason: str | None = None
