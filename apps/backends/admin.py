@@ -1,10 +1,12 @@
 from django.contrib import admin
 
+from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
 
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin[Backend]):
+    form = BackendForm  # the API key is write-only and stored encrypted, as in the console
     list_display = [
         "name",
         "alias",

@@ -1,13 +1,34 @@
-"""Monitoring doors: liveness and readiness."""
+"""Monitoring doors (liveness, readiness) and the staff console."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 import django_rq
+import httpx
+from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+from redis.exceptions import RedisError
 from rq import Worker
+
+from apps.backends import health, live
+from apps.backends.forms import BackendForm
+from apps.backends.models import Backend
+from apps.console.models import AuditEntry
+from apps.console.services import audit_record
+from apps.gateway.queues import connection as redis_connection
+
+View = Callable[..., HttpResponse]
 
 
 @never_cache
@@ -44,3 +65,162 @@ def readyz(request: HttpRequest) -> JsonResponse:
         {"status": "ready" if not missing else "not ready", "missing": missing, "checks": checks},
         status=status,
     )
+
+
+def staff_required(view: View) -> View:
+    """Signed-out visitors go to the sign-in page; signed-in non-staff get 403."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied("The console is for staff.")
+        return view(request, *args, **kwargs)
+
+    return never_cache(wrapped)
+
+
+# --- Backends ---------------------------------------------------------------------------
+
+
+def _live_rows(backends: list[Backend]) -> tuple[list[dict[str, Any]], bool]:
+    """Each backend with its live state; the flag says whether Redis answered."""
+    try:
+        states = live.snapshot_sync(redis_connection(), [b.pk for b in backends])
+        reachable = True
+    except RedisError:
+        states, reachable = {}, False
+    rows = []
+    for backend in backends:
+        state = states.get(backend.pk)
+        rows.append({"backend": backend, "live": state, "json": _live_json(backend, state)})
+    return rows, reachable
+
+
+def _live_json(backend: Backend, state: live.BackendLive | None) -> dict[str, Any]:
+    if state is None:
+        return {"id": backend.pk, "known": False}
+    if state.up is None:
+        health_text = "not checked yet"
+    elif state.up:
+        health_text = f"up · {state.check_ms:.0f} ms" if state.check_ms is not None else "up"
+    else:
+        health_text = f"down · {state.check_error}"
+    return {
+        "id": backend.pk,
+        "known": True,
+        "in_flight": state.in_flight,
+        "cap": backend.max_concurrency,
+        "ttft_ms": round(state.ttft_ewma * 1000) if state.ttft_ewma is not None else None,
+        "circuit": state.circuit,
+        "failures": state.failures,
+        "probe_in": round(state.probe_in, 1),
+        "retry_after": round(state.retry_after, 1),
+        "up": state.up,
+        "health": health_text,
+        "waiting": state.waiting,
+        "kv_cache": state.kv_cache,
+    }
+
+
+@staff_required
+def backend_list(request: HttpRequest) -> HttpResponse:
+    backends = list(Backend.objects.all())
+    rows, reachable = _live_rows(backends)
+    return render(
+        request,
+        "console/backends.html",
+        {"rows": rows, "redis_ok": reachable, "states": Backend.State, "section": "backends"},
+    )
+
+
+@staff_required
+def backend_live(request: HttpRequest) -> JsonResponse:
+    """The live columns of the backend list, polled by the page every two seconds."""
+    rows, reachable = _live_rows(list(Backend.objects.all()))
+    return JsonResponse({"redis": reachable, "backends": [row["json"] for row in rows]})
+
+
+@staff_required
+def backend_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+    backend = get_object_or_404(Backend, pk=pk) if pk is not None else None
+    form = BackendForm(request.POST or None, instance=backend)
+    test_result: health.CheckResult | None = None
+    if request.method == "POST" and form.is_valid():
+        if request.POST.get("action") == "test":
+            test_result = _test_connection(form)
+            audit_record(
+                actor=request.user,
+                action="backend.test",
+                target=form.instance.name,
+                detail=test_result.message,
+            )
+        else:
+            saved = form.save()
+            changed = ", ".join(
+                [name for name in form.changed_data if name not in ("api_key", "clear_api_key")]
+                + ([form.key_change] if form.key_change else [])
+            )
+            audit_record(
+                actor=request.user,
+                action="backend.add" if backend is None else "backend.edit",
+                target=saved.name,
+                detail=changed,
+            )
+            messages.success(request, f"Saved {saved.name}. Workers use it within a second.")
+            return redirect("console:backends")
+    return render(
+        request,
+        "console/backend_form.html",
+        {"form": form, "backend": backend, "test": test_result, "section": "backends"},
+    )
+
+
+def _test_connection(form: BackendForm) -> health.CheckResult:
+    """Check the backend as typed in the form, before (or without) saving it."""
+    candidate = form.instance
+    if form.cleaned_data.get("clear_api_key"):
+        key = ""
+    else:
+        key = form.cleaned_data.get("api_key") or candidate.api_key()
+
+    async def run() -> health.CheckResult:
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            return await health.check(
+                client,
+                name=candidate.name,
+                base_url=candidate.base_url,
+                model_name=candidate.model_name,
+                api_key=key,
+                wait=settings.BARISTA_HEALTH_TIMEOUT,
+            )
+
+    return async_to_sync(run)()
+
+
+@staff_required
+@require_POST
+def backend_set_state(request: HttpRequest, pk: int) -> HttpResponse:
+    backend = get_object_or_404(Backend, pk=pk)
+    state = request.POST.get("state", "")
+    if state not in Backend.State.values:
+        messages.error(request, f"Unknown state {state!r}.")
+        return redirect("console:backends")
+    before = backend.state
+    backend.state = state
+    backend.save(update_fields=["state", "updated_at"])
+    audit_record(
+        actor=request.user, action=f"backend.{state}", target=backend.name, detail=f"was {before}"
+    )
+    messages.success(request, f"{backend.name} is now {state}.")
+    return redirect("console:backends")
+
+
+# --- Audit log --------------------------------------------------------------------------
+
+
+@staff_required
+def audit_list(request: HttpRequest) -> HttpResponse:
+    entries = AuditEntry.objects.select_related("actor")[:200]
+    return render(request, "console/audit.html", {"entries": entries, "section": "audit"})

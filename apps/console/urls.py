@@ -1,0 +1,14 @@
+from django.urls import path
+
+from apps.console import views
+
+app_name = "console"
+urlpatterns = [
+    path("", views.backend_list, name="home"),
+    path("backends/", views.backend_list, name="backends"),
+    path("backends/live.json", views.backend_live, name="backends-live"),
+    path("backends/add/", views.backend_edit, name="backend-add"),
+    path("backends/<int:pk>/", views.backend_edit, name="backend-edit"),
+    path("backends/<int:pk>/state/", views.backend_set_state, name="backend-state"),
+    path("audit/", views.audit_list, name="audit"),
+]
