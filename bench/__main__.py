@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["e2e_latency", "worker_capacity", "fleet"]
+BENCHMARKS = ["e2e_latency", "worker_capacity", "cache", "fleet"]
 
 
 def main() -> None:

@@ -251,6 +251,20 @@ BARISTA_HEALTH_TIMEOUT = envfloat("BARISTA_HEALTH_TIMEOUT", 3.0, minimum=0.1)
 # without it, a key derived from SECRET_KEY is used (rotate both together).
 BARISTA_SECRETS_KEY = envstr("BARISTA_SECRETS_KEY") or ""
 
+# --- Cache and coalescing ------------------------------------------------------------------
+# Policy: all, deterministic (temperature 0 or a seed) or off; scope: global or per-user.
+# Coalescing of identical requests in flight follows the same policy and scope.
+BARISTA_CACHE_POLICY = envstr("BARISTA_CACHE_POLICY", "all") or "all"
+BARISTA_CACHE_SCOPE = envstr("BARISTA_CACHE_SCOPE", "global") or "global"
+BARISTA_CACHE_TTL = envint("BARISTA_CACHE_TTL", 24 * 3600, minimum=1)
+if BARISTA_CACHE_POLICY not in ("all", "deterministic", "off"):
+    raise ImproperlyConfigured(
+        f"BARISTA_CACHE_POLICY must be all, deterministic or off, got {BARISTA_CACHE_POLICY!r}"
+    )
+if BARISTA_CACHE_SCOPE not in ("global", "per-user"):
+    raise ImproperlyConfigured(
+        f"BARISTA_CACHE_SCOPE must be global or per-user, got {BARISTA_CACHE_SCOPE!r}"
+    )
 # Tokens are pushed in small batches, not one frame per token (DESIGN.md, 8).
 BARISTA_FLUSH_INTERVAL = envfloat("BARISTA_FLUSH_INTERVAL", 0.05, minimum=0.0)
 BARISTA_FLUSH_TOKENS = envint("BARISTA_FLUSH_TOKENS", 16, minimum=1)

@@ -103,6 +103,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise InvalidInput("Unknown or unavailable model.", "unknown_model")
         if conversation is not None and (type(conversation) is not int):
             raise InvalidInput("Conversation must be an id or null.", "invalid_conversation")
+        fresh = payload.get("fresh", False)
+        if not isinstance(fresh, bool):
+            raise InvalidInput("'fresh' must be true or false.", "invalid_fresh")
 
         # Join the request's group before the job exists, so no early token is missed.
         request_id = uuid.uuid4()
@@ -116,6 +119,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 content=content,
                 conversation_id=conversation,
                 request_id=request_id,
+                bypass_cache=fresh,
             )
         except ConversationNotFound:
             await self._leave(group)
@@ -136,6 +140,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "title": request.conversation.title if request.conversation else None,
             }
         )
+        if request.status == PromptRequest.Status.DONE:
+            # Answered from the cache: replayed in the same frames as a live answer.
+            for event in await database_sync_to_async(delivery.replay_events)(request):
+                await self._deliver(event)
+            return
         self._watch(str(request.id))
 
     async def handle_follow(self, payload: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ def chat_prompt_submit(
     content: str,
     conversation_id: int | None = None,
     request_id: uuid.UUID | None = None,
+    bypass_cache: bool = False,
 ) -> PromptRequest:
     if conversation_id is None:
         conversation = Conversation.objects.create(
@@ -56,10 +57,13 @@ def chat_prompt_submit(
         messages=history,
         conversation_id=conversation.pk,
         request_id=request_id,
+        bypass_cache=bypass_cache,
     )
     Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content, request=request
     )
+    if request.status == PromptRequest.Status.DONE:  # answered from the cache
+        message_record_answers(requests=[request])
     request.conversation = conversation  # callers in async code read it without a query
     return request
 

@@ -26,6 +26,7 @@ from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
 from apps.console.models import AuditEntry
 from apps.console.services import audit_record
+from apps.gateway import cache
 from apps.gateway.queues import connection as redis_connection
 
 View = Callable[..., HttpResponse]
@@ -215,6 +216,53 @@ def backend_set_state(request: HttpRequest, pk: int) -> HttpResponse:
     )
     messages.success(request, f"{backend.name} is now {state}.")
     return redirect("console:backends")
+
+
+# --- Cache ------------------------------------------------------------------------------
+
+
+@staff_required
+def cache_overview(request: HttpRequest) -> HttpResponse:
+    try:
+        connection = redis_connection()
+        counted: dict[str, float] | None = cache.counters(connection)
+        stored: int | None = cache.size(connection)
+    except RedisError:
+        counted, stored = None, None
+    aliases = sorted(set(Backend.objects.values_list("alias", flat=True)))
+    return render(
+        request,
+        "console/cache.html",
+        {
+            "counters": counted,
+            "stored": stored,
+            "aliases": aliases,
+            "policy": settings.BARISTA_CACHE_POLICY,
+            "scope": settings.BARISTA_CACHE_SCOPE,
+            "ttl": settings.BARISTA_CACHE_TTL,
+            "section": "cache",
+        },
+    )
+
+
+@staff_required
+@require_POST
+def cache_flush(request: HttpRequest) -> HttpResponse:
+    alias = request.POST.get("alias", "").strip()
+    if alias and not Backend.objects.filter(alias=alias).exists():
+        messages.error(request, f"No backend serves the model {alias!r}.")
+        return redirect("console:cache")
+    dropped = cache.flush(alias or None)
+    audit_record(
+        actor=request.user,
+        action="cache.flush",
+        target=alias or "all models",
+        detail=f"{dropped} answers dropped",
+    )
+    messages.success(
+        request, f"Flushed {dropped} stored answers{f' for {alias}' if alias else ''}."
+    )
+    return redirect("console:cache")
 
 
 # --- Audit log --------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Tokens travel in small batches: one frame per token would cost ~0.4 ms of CPU ea
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -31,6 +33,47 @@ async def push(*, request_id: uuid.UUID | str, owner_id: int, event: dict[str, A
     )
 
 
+def done_event(
+    *, answer: str, usage: Any, backend: Any, cache_outcome: str = "miss"
+) -> dict[str, Any]:
+    """The final frame of an answer, whether live, coalesced or replayed from the cache."""
+    return {
+        "event": "done",
+        "content": answer,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+        },
+        "backend": backend.name if backend else None,
+        "simulated": bool(backend.simulated) if backend else False,
+        "cache": cache_outcome,
+    }
+
+
+def replay_events(request: Any) -> list[dict[str, Any]]:
+    """A cached answer as the events of a live one: running, token batches, done."""
+    owner, request_id = request.owner_id, str(request.id)
+    events: list[dict[str, Any]] = [{"event": "status", "status": "running", "restart": False}]
+    pieces = _TOKEN_RE.findall(request.answer)
+    step, offset = settings.BARISTA_FLUSH_TOKENS, 0
+    for start in range(0, len(pieces), step):
+        text = "".join(pieces[start : start + step])
+        events.append({"event": "tokens", "text": text, "offset": offset})
+        offset += len(text)
+    events.append(
+        done_event(
+            answer=request.answer,
+            usage=request,
+            backend=request.backend,
+            cache_outcome=request.cache_outcome,
+        )
+    )
+    return [{**event, "owner": owner, "request": request_id} for event in events]
+
+
+_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+
+
 class TokenBatcher:
     """Collects streamed text; sends it when ``max_tokens`` are waiting or ``interval``
     seconds after the first waiting token, whichever comes first.
@@ -41,9 +84,16 @@ class TokenBatcher:
     leave in order; each carries its offset so a client never shows text twice.
     """
 
-    def __init__(self, *, request_id: uuid.UUID | str, owner_id: int) -> None:
+    def __init__(
+        self,
+        *,
+        request_id: uuid.UUID | str,
+        owner_id: int,
+        after_flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.owner_id = owner_id
+        self.after_flush = after_flush  # e.g. the same text to coalesced followers
         self.interval = settings.BARISTA_FLUSH_INTERVAL
         self.max_tokens = settings.BARISTA_FLUSH_TOKENS
         self._pending: list[str] = []
@@ -78,6 +128,8 @@ class TokenBatcher:
                 owner_id=self.owner_id,
                 event={"event": "tokens", "text": text, "offset": offset},
             )
+            if self.after_flush is not None:
+                await self.after_flush()
 
     def discard(self) -> None:
         """The request was stopped: send nothing more."""

@@ -56,6 +56,10 @@ class PromptRequest(models.Model):
     cache_outcome = models.CharField(
         max_length=16, choices=CacheOutcome.choices, default=CacheOutcome.MISS
     )
+    # Hash of the normalized request (apps.gateway.cache); blank when not cacheable.
+    cache_key = models.CharField(max_length=200, blank=True, default="")
+    # The identical request in flight this one follows (apps.gateway.coalescing).
+    coalesced_with = models.UUIDField(null=True, blank=True, db_index=True)
     answer = models.TextField(blank=True)
     error = models.TextField(blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
 import uuid
 
 import httpx
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
@@ -16,9 +18,10 @@ from django.utils import timezone
 from apps.backends import live
 from apps.backends.balancer import NoBackendAvailable, backend_acquire
 from apps.backends.directory import directory
+from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
-from apps.gateway import services
-from apps.gateway.delivery import TokenBatcher, push
+from apps.gateway import cache, coalescing, services
+from apps.gateway.delivery import TokenBatcher, done_event, push
 from apps.gateway.ledger import ledger
 from apps.gateway.models import PromptRequest
 from apps.gateway.worker import CANCEL_REQUEUE, CANCEL_STOP
@@ -32,11 +35,21 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
     started = await ledger().start(str(request_id))
     if started is None:
         logger.info("request %s is already final; nothing to do", request_id)
+        # Cancelled before it ran, while others had started following it: one of them
+        # takes over (request_cancel does this too; whichever comes second finds no one).
+        row = await database_sync_to_async(
+            PromptRequest.objects.filter(id=request_id, status=PromptRequest.Status.CANCELLED)
+            .only("id", "cache_key", "owner_id")
+            .first
+        )()
+        if row is not None and row.cache_key:
+            await _hand_over(row)
         return
     request, rerun = started
     owner_id = request.owner_id
+    fanout = Fanout(request, rerun) if request.cache_key else None
     try:
-        await _answer(request, rerun, client)
+        await _answer(request, rerun, client, fanout)
     except asyncio.CancelledError as exc:
         # The worker says why it stopped us (see apps.gateway.worker).
         reason = exc.args[0] if exc.args else None
@@ -49,8 +62,10 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
             )
         elif reason == CANCEL_STOP:
             await push(request_id=request_id, owner_id=owner_id, event={"event": "cancelled"})
+            await _hand_over(request, fanout)
         else:
             await _fail(request, "The answer took too long and was stopped.")
+            await _hand_over(request, fanout)
         raise
 
 
@@ -64,6 +79,103 @@ async def _fail(request: PromptRequest, message: str) -> None:
         )
 
 
+async def _hand_over(request: PromptRequest, fanout: Fanout | None = None) -> None:
+    """The leader will not answer: its oldest follower leads now (errors are not shared);
+    followers that were shown tokens start that message over."""
+    if not request.cache_key:
+        return
+    new_leader = await database_sync_to_async(services.request_hand_over)(
+        leader_id=request.id, cache_key=request.cache_key
+    )
+    if new_leader is not None and fanout is not None:
+        await fanout.restart()
+
+
+async def _fail_followers(request: PromptRequest, message: str) -> None:
+    """The request itself was refused (it would fail anywhere): followers hear the same."""
+    followers = await coalescing.close(
+        live.client(), cache_key=request.cache_key, leader_id=str(request.id)
+    )
+    owners = await database_sync_to_async(_owners)(followers)
+    for follower, owner in owners.items():
+        if await database_sync_to_async(services.request_fail)(request_id=follower, error=message):
+            await push(
+                request_id=follower, owner_id=owner, event={"event": "failed", "error": message}
+            )
+
+
+def _owners(request_ids: list[str]) -> dict[str, int]:
+    return {
+        str(pk): owner
+        for pk, owner in PromptRequest.objects.filter(id__in=request_ids).values_list(
+            "id", "owner_id"
+        )
+    }
+
+
+class Fanout:
+    """Sends a leader's text to the requests following it (``apps.gateway.coalescing``):
+    a follower first seen gets everything so far, then each new batch, each frame on its
+    own request's group with its own owner. Followers are re-read from Redis at every
+    batch, so a late joiner catches up from the first token."""
+
+    def __init__(self, leader: PromptRequest, rerun: bool) -> None:
+        self.leader_id = str(leader.id)
+        self.rerun = rerun  # followers may have been shown an earlier run's text
+        self.sent: dict[str, int] = {}  # follower -> characters sent
+        self.owners: dict[str, int] = {}
+
+    async def owner_ids(self, request_ids: list[str]) -> dict[str, int]:
+        missing = [i for i in request_ids if i not in self.owners]
+        if missing:
+            self.owners.update(await database_sync_to_async(_owners)(missing))
+        return {i: self.owners[i] for i in request_ids if i in self.owners}
+
+    async def sync(self, text: str) -> None:
+        followers = await coalescing.followers(live.client(), leader_id=self.leader_id)
+        for follower, owner in (await self.owner_ids(followers)).items():
+            sent = self.sent.get(follower)
+            if sent is None:
+                await push(
+                    request_id=follower,
+                    owner_id=owner,
+                    event={"event": "status", "status": "running", "restart": self.rerun},
+                )
+                sent = 0
+            if len(text) > sent:
+                await push(
+                    request_id=follower,
+                    owner_id=owner,
+                    event={"event": "tokens", "text": text[sent:], "offset": sent},
+                )
+                self.sent[follower] = len(text)
+
+    async def restart(self) -> None:
+        """The text sent so far will not be finished: followers drop it and wait again."""
+        for follower, sent in self.sent.items():
+            if sent:
+                await push(
+                    request_id=follower,
+                    owner_id=self.owners[follower],
+                    event={"event": "status", "status": "queued", "restart": True},
+                )
+        self.sent.clear()
+
+
+def _store_answer(key: str, answer: str, backend: Backend, usage: Usage) -> cache.CachedAnswer:
+    stored = cache.CachedAnswer(
+        answer=answer,
+        backend_id=backend.pk,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost=cache.cost_of(backend, usage.prompt_tokens, usage.completion_tokens),
+    )
+    # Only a complete answer is kept: one cut short by max_tokens is not.
+    if usage.finish_reason != "length":
+        cache.store(key, stored)
+    return stored
+
+
 # Retry budget: retries under way in this process stay below a fifth of the prompts in
 # flight (with a floor, so a quiet worker can still fail over), so a sick fleet is not
 # hammered with twice its load.
@@ -75,12 +187,14 @@ def _may_retry() -> bool:
     return _retrying < max(settings.BARISTA_RETRY_BUDGET_MIN, _in_flight // 5)
 
 
-async def _answer(request: PromptRequest, rerun: bool, client: httpx.AsyncClient) -> None:
+async def _answer(
+    request: PromptRequest, rerun: bool, client: httpx.AsyncClient, fanout: Fanout | None
+) -> None:
     global _in_flight, _retrying
     _in_flight += 1
     attempt = _Attempts()
     try:
-        await _answer_once(request, rerun, client, attempt)
+        await _answer_once(request, rerun, client, attempt, fanout)
     finally:
         _in_flight -= 1
         if attempt.retrying:
@@ -92,7 +206,11 @@ class _Attempts:
 
 
 async def _answer_once(
-    request: PromptRequest, rerun: bool, client: httpx.AsyncClient, attempt: _Attempts
+    request: PromptRequest,
+    rerun: bool,
+    client: httpx.AsyncClient,
+    attempt: _Attempts,
+    fanout: Fanout | None,
 ) -> None:
     global _retrying
     request_id, owner_id = request.id, request.owner_id
@@ -103,8 +221,15 @@ async def _answer_once(
         owner_id=owner_id,
         event={"event": "status", "status": "running", "restart": rerun},
     )
-    batcher = TokenBatcher(request_id=request_id, owner_id=owner_id)
     parts: list[str] = []
+
+    async def to_followers() -> None:
+        if fanout is not None:
+            await fanout.sync("".join(parts))
+
+    batcher = TokenBatcher(
+        request_id=request_id, owner_id=owner_id, after_flush=to_followers if fanout else None
+    )
     usage = Usage(None, None, None)
     first_token_at: datetime.datetime | None = None
     tried: set[int] = set()
@@ -121,6 +246,7 @@ async def _answer_once(
         except NoBackendAvailable as exc:
             # After a failure with no other backend to try, the person hears what failed.
             await _fail(request, f"The model backend failed: {last_error}." if tried else str(exc))
+            await _hand_over(request, fanout)
             return
         tried.add(backend.pk)
         asked = time.monotonic()
@@ -171,14 +297,19 @@ async def _answer_once(
                 continue
             await batcher.flush()
             await batcher.close()
-            await _fail(request, f"The model backend failed: {exc.message}.")
+            message = f"The model backend failed: {exc.message}."
+            await _fail(request, message)
+            if request.cache_key and not exc.retryable:
+                await _fail_followers(request, message)
+            else:
+                await _hand_over(request, fanout)
             return
         await live.record(backend.pk, ok=True)
         break
     # No last flush: the final frame carries the whole answer.
     await batcher.close()
     answer = "".join(parts)
-    recorded = await ledger().complete(
+    completions = [
         services.Completion(
             request_id=str(request_id),
             answer=answer,
@@ -187,19 +318,41 @@ async def _answer_once(
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
         )
-    )
-    if recorded:
-        await push(
-            request_id=request_id,
-            owner_id=owner_id,
-            event={
-                "event": "done",
-                "content": answer,
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                },
-                "backend": backend.name,
-                "simulated": backend.simulated,
-            },
+    ]
+    owners = {str(request_id): owner_id}
+    if request.cache_key:
+        # django-redis is synchronous: a short hop off the loop (not the database thread).
+        stored = await sync_to_async(_store_answer, thread_sensitive=False)(
+            request.cache_key, answer, backend, usage
         )
+        # From here no one can join; those who did are answered with the leader.
+        followers = await coalescing.close(
+            live.client(), cache_key=request.cache_key, leader_id=str(request_id)
+        )
+        assert fanout is not None
+        owners.update(await fanout.owner_ids(followers))
+        completions += [
+            dataclasses.replace(
+                completions[0],
+                request_id=follower,
+                cache_outcome=PromptRequest.CacheOutcome.COALESCED,
+            )
+            for follower in followers
+        ]
+        if followers:
+            await sync_to_async(cache.add_saved, thread_sensitive=False)(stored, len(followers))
+    recorded = await asyncio.gather(*(ledger().complete(c) for c in completions))
+    for completion, was_recorded in zip(completions, recorded, strict=True):
+        if was_recorded:
+            await push(
+                request_id=completion.request_id,
+                owner_id=owners[completion.request_id],
+                event={
+                    **done_event(
+                        answer=answer,
+                        usage=usage,
+                        backend=backend,
+                        cache_outcome=completion.cache_outcome,
+                    ),
+                },
+            )

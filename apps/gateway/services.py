@@ -16,7 +16,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from apps.gateway import queues
+from apps.gateway import cache, coalescing, queues
 from apps.gateway.admission import admit
 from apps.gateway.models import PromptRequest
 
@@ -33,42 +33,104 @@ def request_submit(
     source: str = PromptRequest.Source.CHAT,
     request_id: uuid.UUID | None = None,
     queue: str | None = None,
+    bypass_cache: bool = False,
 ) -> PromptRequest:
-    """Admit a prompt (or raise ``Rejection``), record it in the ledger and enqueue it once
-    the row is committed.
+    """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
+
+    * **hit** — the same request was answered before: the row is final at once, with the
+      stored answer (the caller replays it as a stream); no job, no backend call;
+    * **coalesced** — the same request is in flight: once the row is committed it follows
+      that one (``apps.gateway.coalescing``); no job;
+    * **miss** — it is enqueued once the row is committed.
 
     Enqueueing after commit means a worker never sees a job whose row it cannot load,
     and a rolled-back submission leaves no job behind.
     """
-    from apps.gateway.jobs import process_request_job
-
     admit(user_id=owner.pk)
-    request = PromptRequest.objects.create(
-        id=request_id or uuid.uuid4(),
-        owner=owner,
-        model=model,
-        messages=messages,
-        params=params or {},
-        conversation_id=conversation_id,
-        source=source,
+    params = params or {}
+    key = cache.cache_key(
+        alias=model, messages=messages, params=params, owner_id=owner.pk, bypass=bypass_cache
     )
+    hit = cache.lookup(key) if key else None
+    fields: dict[str, Any] = {
+        "id": request_id or uuid.uuid4(),
+        "owner": owner,
+        "model": model,
+        "messages": messages,
+        "params": params,
+        "conversation_id": conversation_id,
+        "source": source,
+        "cache_key": key or "",
+    }
+    if hit is not None:
+        now = timezone.now()
+        request = PromptRequest.objects.create(
+            **fields,
+            status=Status.DONE,
+            cache_outcome=PromptRequest.CacheOutcome.HIT,
+            answer=hit.answer,
+            backend_id=hit.backend_id,
+            prompt_tokens=hit.prompt_tokens,
+            completion_tokens=hit.completion_tokens,
+            started_at=now,
+            first_token_at=now,
+            finished_at=now,
+        )
+        cache.count(queues.connection(), "hit", saved=hit)
+        return request
+    request = PromptRequest.objects.create(**fields)
     queue_name = queue or settings.BARISTA_QUEUES[0]
 
-    def enqueue() -> None:
-        queues.queue(queue_name).enqueue(
-            process_request_job,
-            str(request.id),
-            job_id=str(request.id),
-            job_timeout=settings.BARISTA_JOB_TIMEOUT,
-            result_ttl=60,
-            failure_ttl=24 * 3600,
-            # Re-run only when a worker dies holding the job (RQ's abandoned-job cleanup);
-            # the job function records backend failures itself and never raises for them.
-            retry=Retry(max=settings.BARISTA_JOB_RETRIES) if settings.BARISTA_JOB_RETRIES else None,
-        )
+    def follow_or_enqueue() -> None:
+        connection = queues.connection()
+        if key:
+            leader = coalescing.join(connection, cache_key=key, request_id=str(request.id))
+            if leader is not None:
+                PromptRequest.objects.filter(id=request.id).update(
+                    coalesced_with=leader, cache_outcome=PromptRequest.CacheOutcome.COALESCED
+                )
+                cache.count(connection, "coalesced")
+                return
+        cache.count(connection, "miss")
+        request_enqueue(request_id=request.id, queue_name=queue_name)
 
-    transaction.on_commit(enqueue)
+    transaction.on_commit(follow_or_enqueue)
     return request
+
+
+def request_enqueue(*, request_id: uuid.UUID | str, queue_name: str | None = None) -> None:
+    from apps.gateway.jobs import process_request_job
+
+    queues.queue(queue_name or settings.BARISTA_QUEUES[0]).enqueue(
+        process_request_job,
+        str(request_id),
+        job_id=str(request_id),
+        job_timeout=settings.BARISTA_JOB_TIMEOUT,
+        result_ttl=60,
+        failure_ttl=24 * 3600,
+        # Re-run only when a worker dies holding the job (RQ's abandoned-job cleanup);
+        # the job function records backend failures itself and never raises for them.
+        retry=Retry(max=settings.BARISTA_JOB_RETRIES) if settings.BARISTA_JOB_RETRIES else None,
+    )
+
+
+def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | None:
+    """The leader will not answer (it failed, or was cancelled before it ran): its oldest
+    follower leads now and gets a job; the others follow the new leader. Returns the new
+    leader's id, or None when no one was following."""
+    chain = coalescing.hand_over(
+        queues.connection(), cache_key=cache_key, leader_id=request_key(leader_id)
+    )
+    if not chain:
+        return None
+    new_leader, *rest = chain
+    PromptRequest.objects.filter(id=new_leader).update(
+        coalesced_with=None, cache_outcome=PromptRequest.CacheOutcome.MISS
+    )
+    if rest:
+        PromptRequest.objects.filter(id__in=rest).update(coalesced_with=new_leader)
+    request_enqueue(request_id=new_leader)
+    return new_leader
 
 
 def request_key(request_id: uuid.UUID | str) -> str:
@@ -114,7 +176,11 @@ def request_requeue(*, request_id: uuid.UUID | str) -> None:
 def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest | None:
     """Cancel the owner's prompt: a queued job leaves the queue; a running one is stopped
     (its backend call aborted, its slot freed). Returns the row, or None when it is not
-    the owner's (or not there). A prompt already final stays as it was."""
+    the owner's (or not there). A prompt already final stays as it was.
+
+    Coalesced prompts: a follower simply stops following. A leader others follow keeps
+    its backend call going for them if it is running (only its owner stops hearing it);
+    if it had not started, its oldest follower takes over."""
     with transaction.atomic():
         request = (
             PromptRequest.objects.select_for_update().filter(id=request_id, owner=owner).first()
@@ -125,12 +191,21 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
         request.error = "Cancelled."
         request.finished_at = timezone.now()
         request.save(update_fields=["status", "error", "finished_at"])
+    connection = queues.connection()
+    key = request_key(request.id)
+    if request.coalesced_with is not None:
+        coalescing.leave(connection, leader_id=str(request.coalesced_with), request_id=key)
+        return request
     try:
-        job = Job.fetch(str(request.id), connection=queues.connection())
+        job = Job.fetch(key, connection=connection)
         if job.get_status() == JobStatus.STARTED:
-            send_stop_job_command(queues.connection(), job.id)
+            if request.cache_key and coalescing.has_followers(connection, leader_id=key):
+                return request  # answered for its followers; they are not stopped
+            send_stop_job_command(connection, job.id)
         else:
             job.cancel()
+            if request.cache_key:
+                request_hand_over(leader_id=key, cache_key=request.cache_key)
     except (NoSuchJobError, InvalidJobOperation):
         pass  # already gone: the row's status is what counts, and a worker checks it
     return request
@@ -144,6 +219,7 @@ class Completion:
     first_token_at: datetime.datetime | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    cache_outcome: str = PromptRequest.CacheOutcome.MISS
 
 
 @transaction.atomic
@@ -169,6 +245,7 @@ def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
         row.first_token_at = completion.first_token_at
         row.prompt_tokens = completion.prompt_tokens
         row.completion_tokens = completion.completion_tokens
+        row.cache_outcome = completion.cache_outcome
         row.finished_at = finished_at
         recorded.append(row)
         result[key] = True
@@ -181,6 +258,7 @@ def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
             "first_token_at",
             "prompt_tokens",
             "completion_tokens",
+            "cache_outcome",
             "finished_at",
         ],
     )

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="drop the connection after this many streamed tokens (0 = never)",
     )
+    parser.add_argument(
+        "--fail-first", type=int, default=0, help="answer the first N requests with a 500"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--api-key",
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         max_concurrency=args.max_concurrency,
         max_running=args.max_running,
         cut_after=args.cut_after,
+        fail_first=args.fail_first,
         seed=args.seed,
         api_key=args.api_key,
     )

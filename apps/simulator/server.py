@@ -55,6 +55,7 @@ class SimulatorConfig:
     # own queue (published as vllm:num_requests_waiting); 0 = no batch limit.
     max_running: int = 0
     cut_after: int = 0  # drop the connection after this many streamed tokens (0 = never)
+    fail_first: int = 0  # answer the first N completion requests with a 500
     seed: int = 0
     api_key: str = ""  # when set, /v1/ routes want "Authorization: Bearer <key>" (else 401)
 
@@ -206,7 +207,7 @@ class Simulator:
         hangup = asyncio.create_task(_wait_for_disconnect(receive))
         try:
             done, _ = await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
-            if hangup in done:
+            if work not in done:  # the client left before the answer was complete
                 work.cancel()
                 stats.disconnects_total += 1
             else:
@@ -236,7 +237,7 @@ class Simulator:
     async def _respond_now(self, request: dict[str, Any], send: Send) -> None:
         stats, config = self.stats, self.config
         roll = self._rng.random()
-        if roll < config.error_rate:
+        if roll < config.error_rate or stats.requests_total <= config.fail_first:
             stats.errors_total += 1
             await _json(send, 500, _error("Simulated failure.", "server_error"))
             return

@@ -158,6 +158,8 @@
         v.bubble.textContent = frame.content;
         v.bubble.classList.remove("typing");
         const bits = [];
+        if (frame.cache === "hit") bits.push("Cached answer");
+        else if (frame.cache === "coalesced") bits.push("Shared with an identical question");
         if (frame.backend) bits.push(frame.backend + (frame.simulated ? " (simulated)" : ""));
         if (frame.usage && frame.usage.completion_tokens) bits.push(frame.usage.completion_tokens + " tokens");
         setMeta(v, bits.join(" · "));
@@ -222,7 +224,9 @@
     const content = input.value;
     if (!content.trim() || !modelSelect.value) return;
     const ref = nextRef++;
+    const fresh = document.getElementById("fresh");
     const payload = { type: "prompt", ref: ref, model: modelSelect.value, content: content, conversation: conversation };
+    if (fresh && fresh.checked) payload.fresh = true;
     send(payload);
     addMessage("user", content);
     const view = addMessage("assistant", "");

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import django_rq
 import pytest
 from channels.db import database_sync_to_async
@@ -20,7 +22,9 @@ def queued_jobs() -> int:
     return sum(django_rq.get_queue(name).count for name in settings.BARISTA_QUEUES)
 
 
-def submit(user, content="hello"):
+def submit(user, content=None):
+    """A prompt of its own (identical prompts would be merged, and not queued again)."""
+    content = content or f"hello {uuid.uuid4().hex}"
     return chat_prompt_submit(user=user, model="sim-chat", content=content)
 
 

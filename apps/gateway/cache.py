@@ -1,0 +1,149 @@
+"""The response cache: a finished answer, kept for ``BARISTA_CACHE_TTL`` seconds under the
+hash of the normalized request (DESIGN.md, decision 5).
+
+* **Key** — the model alias and every parameter that changes the answer (messages with
+  roles and content, temperature, top_p, max_tokens, stop, seed, tools, response
+  format…), serialized with sorted keys and no insignificant whitespace, then SHA-256.
+  Parameters that do not change the answer (``user``, ``stream``, ``stream_options``…)
+  are left out. With scope ``per-user`` the owner's id is part of the key.
+* **Policy** — ``all``; ``deterministic`` (only temperature 0 or a seed); ``off``.
+  Coalescing (``apps.gateway.coalescing``) follows the same key, so it obeys the same
+  policy, scope and per-request bypass.
+* Only complete answers are stored: a failed, cancelled or truncated (``length``) answer
+  never is.
+* **Counters** — hits, misses, coalesced followers, tokens and money saved, in one Redis
+  hash shared by every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from redis import Redis
+
+# Parameters that do not change the answer: left out of the key.
+IGNORED_PARAMS = frozenset(
+    {"stream", "stream_options", "user", "metadata", "store", "service_tier"}
+)
+COUNTERS_KEY = "barista:cache:counters"
+KEY_PREFIX = "answer"  # django-redis adds its own prefix ("barista:1:")
+
+
+def _normalize(value: Any) -> Any:
+    """Strip insignificant whitespace at the ends of strings; keep everything else."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        return [_normalize(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _normalize(item) for key, item in value.items()}
+    return value
+
+
+def is_deterministic(params: dict[str, Any]) -> bool:
+    return params.get("seed") is not None or params.get("temperature") in (0, 0.0)
+
+
+def cache_key(
+    *,
+    alias: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    owner_id: int,
+    bypass: bool = False,
+) -> str | None:
+    """The request's key, or None when policy, or the caller, says not to cache (then it
+    is not coalesced either)."""
+    policy = settings.BARISTA_CACHE_POLICY
+    if bypass or policy == "off" or (policy == "deterministic" and not is_deterministic(params)):
+        return None
+    significant = {k: v for k, v in params.items() if k not in IGNORED_PARAMS}
+    document: dict[str, Any] = {"model": alias, "messages": messages, "params": significant}
+    if settings.BARISTA_CACHE_SCOPE == "per-user":
+        document["owner"] = owner_id
+    text = json.dumps(
+        _normalize(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return f"{alias}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    answer: str
+    backend_id: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost: str = "0"  # what the backend charged for it, in the backends' currency
+
+
+def lookup(key: str) -> CachedAnswer | None:
+    found = cache.get(f"{KEY_PREFIX}:{key}")
+    if not isinstance(found, dict):
+        return None
+    try:
+        return CachedAnswer(**found)
+    except TypeError:
+        return None  # written by an older version: a miss
+
+
+def store(key: str, answer: CachedAnswer) -> None:
+    cache.set(f"{KEY_PREFIX}:{key}", asdict(answer), timeout=settings.BARISTA_CACHE_TTL)
+
+
+def flush(alias: str | None = None) -> int:
+    """Drop stored answers (all, or one model alias's); returns how many."""
+    pattern = f"{KEY_PREFIX}:{alias}:*" if alias else f"{KEY_PREFIX}:*"
+    return int(cache.delete_pattern(pattern))  # type: ignore[attr-defined]
+
+
+def size(connection: Redis) -> int:
+    """How many answers are stored (a SCAN: fine for a console page, not a hot path)."""
+    pattern = cache.make_key(f"{KEY_PREFIX}:*")
+    return sum(1 for _ in connection.scan_iter(match=pattern, count=1000))
+
+
+def cost_of(backend: Any, prompt_tokens: int | None, completion_tokens: int | None) -> str:
+    """What a backend charges for an answer, from its prices per million tokens."""
+    cost = (
+        Decimal(prompt_tokens or 0) * backend.price_input_per_million
+        + Decimal(completion_tokens or 0) * backend.price_output_per_million
+    ) / 10**6
+    return str(cost)
+
+
+def count(connection: Redis, outcome: str, saved: CachedAnswer | None = None) -> None:
+    """One more hit, miss or coalesced follower; a hit or follower saved a backend call."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hincrby(COUNTERS_KEY, outcome, 1)
+        if saved is not None:
+            tokens = (saved.prompt_tokens or 0) + (saved.completion_tokens or 0)
+            pipe.hincrby(COUNTERS_KEY, "tokens_saved", tokens)
+            pipe.hincrbyfloat(COUNTERS_KEY, "cost_saved", float(saved.cost))
+        pipe.execute()
+
+
+def add_saved(saved: CachedAnswer, times: int) -> None:
+    """``times`` followers were answered without a backend call of their own."""
+    from apps.gateway.queues import connection
+
+    tokens = (saved.prompt_tokens or 0) + (saved.completion_tokens or 0)
+    with connection().pipeline(transaction=False) as pipe:
+        pipe.hincrby(COUNTERS_KEY, "tokens_saved", tokens * times)
+        pipe.hincrbyfloat(COUNTERS_KEY, "cost_saved", float(saved.cost) * times)
+        pipe.execute()
+
+
+def counters(connection: Redis) -> dict[str, float]:
+    raw = connection.hgetall(COUNTERS_KEY)
+    values = {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+    for name in ("hit", "miss", "coalesced", "tokens_saved", "cost_saved"):
+        values.setdefault(name, 0.0)
+    asked = values["hit"] + values["miss"] + values["coalesced"]
+    values["hit_ratio"] = (values["hit"] + values["coalesced"]) / asked if asked else 0.0
+    return values
