@@ -12,7 +12,7 @@ import redis
 
 from bench.harness import fleet, median, ms, percentile, record, setup_django
 
-FAST_TTFT, SLOW_TTFT, CAP = 0.4, 2.0, 8
+FAST_TTFT, SLOW_TTFT, CAP = 0.4, 2.0, 4
 DURATION = 20.0  # seconds of offered load per strategy
 STRATEGIES = ["peak_ewma", "round_robin", "weighted", "least_inflight"]
 

@@ -149,34 +149,70 @@ def worth_waiting(
     return mine > PATIENCE_RATIO * fastest and waited < mine - fastest
 
 
+_lines: dict[str, asyncio.Lock] = {}
+_lines_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _line(alias: str) -> asyncio.Lock:
+    """The waiting line for an alias in this process. asyncio's Lock is first come, first
+    served, so the prompt that has waited longest takes the next free slot; without it a
+    newcomer could take a slot just given back and old prompts would starve (measured: it
+    was the tail of the fleet benchmark under overload)."""
+    global _lines_loop
+    loop = asyncio.get_running_loop()
+    if _lines_loop is not loop:
+        _lines.clear()
+        _lines_loop = loop
+    line = _lines.get(alias)
+    if line is None:
+        line = _lines[alias] = asyncio.Lock()
+    return line
+
+
+async def _attempt(
+    candidates: list[Backend], alias: str, strategy: str, lease_ttl: float, waited: float
+) -> tuple[Backend, str] | None:
+    states = await live.snapshot([b.pk for b in candidates])
+    if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in candidates):
+        # Nothing healthy: fail fast rather than hold the prompt for a cool-down.
+        raise NoBackendAvailable(
+            f"Every backend for {alias!r} is failing right now; try again shortly."
+        )
+    for backend in rank(candidates, states, strategy):
+        if strategy == "peak_ewma" and worth_waiting(backend, candidates, states, waited):
+            return None
+        lease = await live.try_acquire(backend.pk, cap=backend.max_concurrency, ttl=lease_ttl)
+        if lease is not None:
+            return backend, lease
+    return None
+
+
 async def backend_acquire(
     candidates: list[Backend], *, alias: str, lease_ttl: float, wait_up_to: float
 ) -> tuple[Backend, str]:
-    """Pick a backend and take a lease on it. Waits while every backend is at its cap (up
-    to ``wait_up_to`` seconds); raises ``NoBackendAvailable`` if there is none at all."""
+    """Pick a backend and take a lease on it. Waits in line while every backend is at its
+    cap (up to ``wait_up_to`` seconds); raises ``NoBackendAvailable`` if there is none."""
     if not candidates:
         raise NoBackendAvailable(f"No backend serves the model {alias!r} right now.")
     strategy = strategy_for(alias)
+    line = _line(alias)
+    if not line.locked():  # no one waiting: no need to queue
+        found = await _attempt(candidates, alias, strategy, lease_ttl, 0.0)
+        if found is not None:
+            return found
     loop = asyncio.get_running_loop()
     started = loop.time()
-    delay = 0.02
     ids = [b.pk for b in candidates]
-    while True:
-        states = await live.snapshot(ids)
-        if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in candidates):
-            # Nothing healthy: fail fast rather than hold the prompt for a cool-down.
-            raise NoBackendAvailable(
-                f"Every backend for {alias!r} is failing right now; try again shortly."
-            )
-        waited = loop.time() - started
-        for backend in rank(candidates, states, strategy):
-            if strategy == "peak_ewma" and worth_waiting(backend, candidates, states, waited):
-                break
-            lease = await live.try_acquire(backend.pk, cap=backend.max_concurrency, ttl=lease_ttl)
-            if lease is not None:
-                return backend, lease
-        if waited >= wait_up_to:
-            raise NoBackendAvailable(f"Every backend for {alias!r} stayed busy; try again.")
-        # A slot given back in this process wakes us at once; others' are found by polling.
-        await live.wait_for_slot(ids, delay)
-        delay = min(delay * 2, 0.2)
+    async with line:
+        delay = 0.02
+        while True:
+            waited = loop.time() - started
+            found = await _attempt(candidates, alias, strategy, lease_ttl, waited)
+            if found is not None:
+                return found
+            if waited >= wait_up_to:
+                raise NoBackendAvailable(f"Every backend for {alias!r} stayed busy; try again.")
+            # A slot given back in this process wakes us at once; others' are found by
+            # polling.
+            await live.wait_for_slot(ids, delay)
+            delay = min(delay * 2, 0.2)
