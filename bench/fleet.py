@@ -79,6 +79,9 @@ def main() -> dict[str, dict[str, float]]:
                         owner=user,
                         model="fleet",
                         messages=[{"role": "user", "content": f"q{sent}"}],
+                        # Every strategy asks the same questions: measure the balancer,
+                        # not the cache.
+                        bypass_cache=True,
                     )
                     sent += 1
                 time.sleep(0.005)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -63,7 +64,8 @@ def submit(user, count: int) -> None:
             request_submit(
                 owner=user,
                 model="bench",
-                messages=[{"role": "user", "content": f"bench prompt {index}"}],
+                # Each prompt its own: a repeated one would be a cache hit, not a job.
+                messages=[{"role": "user", "content": f"bench prompt {uuid.uuid4()} {index}"}],
             )
 
 
