@@ -1,4 +1,4 @@
-"""ASGI entry point: Django views over HTTP, Channels consumers over websockets."""
+"""ASGI entry point: Django views over HTTP, the /v1/ API and websockets on Channels."""
 
 from __future__ import annotations
 
@@ -13,12 +13,18 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
+from apps.api.consumers import OpenAIConsumer  # noqa: E402
 from apps.chat.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # /v1/ is served by a Channels consumer: no sync middleware, no thread hops, and it
+        # can stream events from the worker (DESIGN.md, decision 8). Everything else: Django.
+        "http": URLRouter(
+            [re_path(r"^v1/", OpenAIConsumer.as_asgi()), re_path(r"", django_asgi_app)]  # type: ignore[arg-type]
+        ),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

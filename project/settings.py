@@ -257,6 +257,15 @@ BARISTA_SECRETS_KEY = envstr("BARISTA_SECRETS_KEY") or ""
 BARISTA_CACHE_POLICY = envstr("BARISTA_CACHE_POLICY", "all") or "all"
 BARISTA_CACHE_SCOPE = envstr("BARISTA_CACHE_SCOPE", "global") or "global"
 BARISTA_CACHE_TTL = envint("BARISTA_CACHE_TTL", 24 * 3600, minimum=1)
+
+# --- OpenAI-compatible API (/v1/) ----------------------------------------------------------
+BARISTA_API_MAX_BODY_BYTES = envint("BARISTA_API_MAX_BODY_BYTES", 1_000_000, minimum=1024)
+BARISTA_API_MAX_MESSAGES = envint("BARISTA_API_MAX_MESSAGES", 1000, minimum=1)
+BARISTA_API_MAX_TOKENS = envint("BARISTA_API_MAX_TOKENS", 32_768, minimum=1)
+# API traffic waits behind chat prompts: the last queue unless set.
+BARISTA_API_QUEUE = envstr("BARISTA_API_QUEUE") or BARISTA_QUEUES[-1]
+if BARISTA_API_QUEUE not in BARISTA_QUEUES:
+    raise ImproperlyConfigured(f"BARISTA_API_QUEUE must be one of BARISTA_QUEUES: {BARISTA_QUEUES}")
 if BARISTA_CACHE_POLICY not in ("all", "deterministic", "off"):
     raise ImproperlyConfigured(
         f"BARISTA_CACHE_POLICY must be all, deterministic or off, got {BARISTA_CACHE_POLICY!r}"

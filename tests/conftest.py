@@ -201,9 +201,9 @@ def start_worker(processes: Processes) -> Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def start_web(processes: Processes) -> Callable[..., str]:
-    def start() -> str:
+    def start(**env: str) -> str:
         port = free_port()
-        process = processes.spawn(web_argv(port))
+        process = processes.spawn(web_argv(port), env=child_env(**env))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", process=process)
         return url

@@ -12,5 +12,7 @@ urlpatterns = [
     path("backends/<int:pk>/state/", views.backend_set_state, name="backend-state"),
     path("cache/", views.cache_overview, name="cache"),
     path("cache/flush/", views.cache_flush, name="cache-flush"),
+    path("keys/", views.key_list, name="keys"),
+    path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
     path("audit/", views.audit_list, name="audit"),
 ]

@@ -21,6 +21,9 @@ from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 from rq import Worker
 
+from apps.api.forms import StaffApiKeyForm
+from apps.api.models import ApiKey
+from apps.api.services import api_key_revoke
 from apps.backends import health, live
 from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
@@ -263,6 +266,45 @@ def cache_flush(request: HttpRequest) -> HttpResponse:
         request, f"Flushed {dropped} stored answers{f' for {alias}' if alias else ''}."
     )
     return redirect("console:cache")
+
+
+# --- API keys -----------------------------------------------------------------------
+
+
+@staff_required
+def key_list(request: HttpRequest) -> HttpResponse:
+    form = StaffApiKeyForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        key, created = form.create(form.cleaned_data["owner"])
+        audit_record(
+            actor=request.user,
+            action="key.create",
+            target=f"{key.owner} / {key.name}",
+            detail=f"{key.prefix}…",
+        )
+        form = StaffApiKeyForm()
+    keys = ApiKey.objects.select_related("owner")[:500]
+    return render(
+        request,
+        "console/keys.html",
+        {"form": form, "keys": keys, "created": created, "section": "keys"},
+    )
+
+
+@staff_required
+@require_POST
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    key = get_object_or_404(ApiKey.objects.select_related("owner"), pk=pk)
+    api_key_revoke(key=key)
+    audit_record(
+        actor=request.user,
+        action="key.revoke",
+        target=f"{key.owner} / {key.name}",
+        detail=f"{key.prefix}…",
+    )
+    messages.success(request, f"Revoked {key.owner}'s key “{key.name}”.")
+    return redirect("console:keys")
 
 
 # --- Audit log --------------------------------------------------------------------------

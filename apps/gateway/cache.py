@@ -82,6 +82,11 @@ class CachedAnswer:
     cost: str = "0"  # what the backend charged for it, in the backends' currency
 
 
+def redis_key(key: str) -> str:
+    """The Redis key django-redis stores this answer under (for scripts)."""
+    return str(cache.make_key(f"{KEY_PREFIX}:{key}"))
+
+
 def lookup(key: str) -> CachedAnswer | None:
     found = cache.get(f"{KEY_PREFIX}:{key}")
     if not isinstance(found, dict):

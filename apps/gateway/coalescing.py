@@ -26,6 +26,8 @@ from django.conf import settings
 INFLIGHT = "barista:inflight:"
 FOLLOWERS = "barista:followers:"
 
+# KEYS[2] is the cached answer: a leader stores it before it closes the key, so a request
+# joining finds either a leader in flight or the answer — never neither.
 _JOIN = """
 local leader = redis.call('GET', KEYS[1])
 if leader and leader ~= ARGV[1] then
@@ -34,9 +36,11 @@ if leader and leader ~= ARGV[1] then
   redis.call('EXPIRE', followers, ARGV[2])
   return leader
 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'cached' end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
+CACHED = "cached"
 
 _CLOSE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -72,8 +76,13 @@ def _text(value: Any) -> str:
 
 
 def join(connection: Any, *, cache_key: str, request_id: str) -> str | None:
-    """Follow the request in flight for this key (returns its id), or lead (None)."""
-    leader = connection.eval(_JOIN, 1, INFLIGHT + cache_key, request_id, _ttl(), FOLLOWERS)
+    """Follow the request in flight for this key (returns its id); or ``CACHED`` when its
+    answer was stored meanwhile; or lead (None)."""
+    from apps.gateway.cache import redis_key
+
+    leader = connection.eval(
+        _JOIN, 2, INFLIGHT + cache_key, redis_key(cache_key), request_id, _ttl(), FOLLOWERS
+    )
     return _text(leader) if leader else None
 
 

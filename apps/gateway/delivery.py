@@ -47,6 +47,7 @@ def done_event(
         "backend": backend.name if backend else None,
         "simulated": bool(backend.simulated) if backend else False,
         "cache": cache_outcome,
+        "finish_reason": getattr(usage, "finish_reason", None) or "stop",
     }
 
 

@@ -44,6 +44,9 @@ class PromptRequest(models.Model):
         related_name="requests",
     )
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT)
+    api_key = models.ForeignKey(
+        "api.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+    )
     model = models.CharField(max_length=100, help_text="Public alias asked for.")
     messages = models.JSONField()
     params = models.JSONField(default=dict, blank=True)

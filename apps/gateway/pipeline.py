@@ -64,18 +64,20 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
             await push(request_id=request_id, owner_id=owner_id, event={"event": "cancelled"})
             await _hand_over(request, fanout)
         else:
-            await _fail(request, "The answer took too long and was stopped.")
+            await _fail(request, "The answer took too long and was stopped.", code="timeout")
             await _hand_over(request, fanout)
         raise
 
 
-async def _fail(request: PromptRequest, message: str) -> None:
-    """Record the failure (unless the row is already final) and tell the owner."""
+async def _fail(request: PromptRequest, message: str, code: str = "backend_failed") -> None:
+    """Record the failure (unless the row is already final) and tell the owner. ``code``
+    says what kind (the API maps it to an HTTP status): ``backend_failed``, ``timeout``,
+    ``unavailable`` (no backend can take it now)."""
     if await database_sync_to_async(services.request_fail)(request_id=request.id, error=message):
         await push(
             request_id=request.id,
             owner_id=request.owner_id,
-            event={"event": "failed", "error": message},
+            event={"event": "failed", "error": message, "code": code},
         )
 
 
@@ -139,7 +141,12 @@ class Fanout:
                 await push(
                     request_id=follower,
                     owner_id=owner,
-                    event={"event": "status", "status": "running", "restart": self.rerun},
+                    event={
+                        "event": "status",
+                        "status": "running",
+                        "restart": self.rerun,
+                        "cache": "coalesced",
+                    },
                 )
                 sent = 0
             if len(text) > sent:
@@ -245,7 +252,10 @@ async def _answer_once(
             )
         except NoBackendAvailable as exc:
             # After a failure with no other backend to try, the person hears what failed.
-            await _fail(request, f"The model backend failed: {last_error}." if tried else str(exc))
+            if tried:
+                await _fail(request, f"The model backend failed: {last_error}.")
+            else:
+                await _fail(request, str(exc), code="unavailable")
             await _hand_over(request, fanout)
             return
         tried.add(backend.pk)

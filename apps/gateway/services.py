@@ -34,6 +34,7 @@ def request_submit(
     request_id: uuid.UUID | None = None,
     queue: str | None = None,
     bypass_cache: bool = False,
+    api_key: Any = None,
 ) -> PromptRequest:
     """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
 
@@ -61,6 +62,7 @@ def request_submit(
         "conversation_id": conversation_id,
         "source": source,
         "cache_key": key or "",
+        "api_key": api_key,
     }
     if hit is not None:
         now = timezone.now()
@@ -85,7 +87,9 @@ def request_submit(
         connection = queues.connection()
         if key:
             leader = coalescing.join(connection, cache_key=key, request_id=str(request.id))
-            if leader is not None:
+            if leader == coalescing.CACHED and _answer_from_cache(request, key):
+                return
+            if leader is not None and leader != coalescing.CACHED:
                 PromptRequest.objects.filter(id=request.id).update(
                     coalesced_with=leader, cache_outcome=PromptRequest.CacheOutcome.COALESCED
                 )
@@ -96,6 +100,37 @@ def request_submit(
 
     transaction.on_commit(follow_or_enqueue)
     return request
+
+
+def _answer_from_cache(request: PromptRequest, key: str) -> bool:
+    """The answer was stored between this request's lookup and its commit (its leader
+    finished meanwhile): record it as a hit and replay it to the asker's group."""
+    from asgiref.sync import async_to_sync
+
+    from apps.gateway import delivery
+
+    hit = cache.lookup(key)
+    if hit is None:
+        return False  # expired in the meantime: ask the backend after all
+    recorded = request_complete_many(
+        completions=[
+            Completion(
+                request_id=str(request.id),
+                answer=hit.answer,
+                backend_id=hit.backend_id,
+                first_token_at=timezone.now(),
+                prompt_tokens=hit.prompt_tokens,
+                completion_tokens=hit.completion_tokens,
+                cache_outcome=PromptRequest.CacheOutcome.HIT,
+            )
+        ]
+    )
+    cache.count(queues.connection(), "hit", saved=hit)
+    if recorded.get(request_key(request.id)):
+        row = PromptRequest.objects.select_related("backend").get(id=request.id)
+        for event in delivery.replay_events(row):
+            async_to_sync(delivery.push)(request_id=row.id, owner_id=row.owner_id, event=event)
+    return True
 
 
 def request_enqueue(*, request_id: uuid.UUID | str, queue_name: str | None = None) -> None:

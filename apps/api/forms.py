@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth.models import User
+
+from apps.api.models import ApiKey
+from apps.api.services import api_key_create
+from apps.backends.selectors import alias_list
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What will use it, e.g. 'reporting script'.")
+    models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked to allow every model.",
+    )
+    requests_per_minute = forms.IntegerField(required=False, min_value=1, label="Requests/min")
+    tokens_per_minute = forms.IntegerField(required=False, min_value=1, label="Tokens/min")
+    max_concurrent = forms.IntegerField(required=False, min_value=1, label="At once")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        aliases = [str(entry["alias"]) for entry in alias_list()]
+        self.fields["models"].choices = [(alias, alias) for alias in aliases]  # type: ignore[attr-defined]
+
+    def create(self, owner: User) -> tuple[ApiKey, str]:
+        """Make the key the form describes; returns it and its secret (shown once)."""
+        data = self.cleaned_data
+        return api_key_create(
+            owner=owner,
+            name=data["name"],
+            allowed_models=data["models"],
+            requests_per_minute=data["requests_per_minute"],
+            tokens_per_minute=data["tokens_per_minute"],
+            max_concurrent=data["max_concurrent"],
+        )
+
+
+class StaffApiKeyForm(ApiKeyForm):
+    owner = forms.ModelChoiceField(
+        queryset=User.objects.filter(is_active=True).order_by("username")
+    )
+
+    field_order = ["owner", "name", "models"]

@@ -1,0 +1,46 @@
+"""A person's own API keys: make one (shown once), see them, revoke one."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from apps.api.forms import ApiKeyForm
+from apps.api.models import ApiKey
+from apps.api.services import api_key_revoke
+
+
+@never_cache
+@login_required
+def key_list(request: HttpRequest) -> HttpResponse:
+    form = ApiKeyForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        _, created = form.create(request.user)  # type: ignore[arg-type]
+        form = ApiKeyForm()
+    keys = ApiKey.objects.filter(owner=request.user.pk)
+    return render(
+        request,
+        "api/keys.html",
+        {
+            "form": form,
+            "keys": keys,
+            "created": created,
+            "base_url": request.build_absolute_uri("/v1"),
+        },
+    )
+
+
+@require_POST
+@login_required
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    key = ApiKey.objects.filter(pk=pk, owner=request.user.pk).first()
+    if key is None:
+        raise Http404("No such key.")  # someone else's key is "not found" too
+    api_key_revoke(key=key)
+    messages.success(request, f"Revoked “{key.name}”. Programs using it now get 401.")
+    return redirect("api:keys")

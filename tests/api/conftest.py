@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from apps.api.models import ApiKey
+from apps.api.services import api_key_create
+from tests.conftest import Simulator
+
+BODY_LIMIT = 65_536
+
+
+@dataclass
+class Api:
+    url: str  # http://127.0.0.1:PORT/v1
+    key: str
+    row: ApiKey
+    simulator: Simulator
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", **extra}
+
+
+@pytest.fixture
+def api(request, alice, start_simulator, start_worker, start_web, lifted_limits) -> Api:
+    """Barista served by daphne on loopback, a real worker and a simulator process.
+    ``@pytest.mark.web_env(NAME="value")`` sets environment for the web process."""
+    marker = request.node.get_closest_marker("web_env")
+    web_env = dict(marker.kwargs) if marker else {}
+    simulator = start_simulator("--ttft", "0.05", "--tps", "200", "--tokens", "30")
+    simulator.register(alias="sim-chat")
+    start_worker()
+    # A small body limit, so the over-the-limit tests fit in the sockets' buffers.
+    url = start_web(BARISTA_API_MAX_BODY_BYTES=str(BODY_LIMIT), **web_env)
+    row, key = api_key_create(owner=alice, name="tests")
+    return Api(url=f"{url}/v1", key=key, row=row, simulator=simulator)
+
+
+def no_backend_call(api: Api) -> bool:
+    stats: dict[str, Any] = api.simulator.stats()
+    return stats["requests_total"] == 0

@@ -1,0 +1,213 @@
+"""Every error of /v1/ in OpenAI's shape, with the right status, and a refused request
+makes no backend call and leaves no ledger row."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from apps.gateway.models import PromptRequest
+from tests.api.conftest import BODY_LIMIT, no_backend_call
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HELLO = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def post(api, body, **headers):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{api.url}/chat/completions",
+        content=content,
+        headers={**api.headers(), "Content-Type": "application/json", **headers},
+        timeout=10,
+    )
+
+
+def error_of(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in response.text and "<html" not in response.text.lower()
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        (b"{not json", None, "invalid_json"),
+        (b'{"model": "sim-chat", "messages": "\xff\xfe"}', None, "invalid_utf8"),
+        ([1, 2], None, None),
+        ({"messages": HELLO["messages"]}, "model", None),
+        ({"model": "sim-chat"}, "messages", None),
+        ({"model": "sim-chat", "messages": []}, "messages", None),
+        (
+            {"model": "sim-chat", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            None,
+        ),
+        (
+            {"model": "sim-chat", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            None,
+        ),
+        ({**HELLO, "temperature": "hot"}, "temperature", None),
+        ({**HELLO, "max_tokens": 10**9}, "max_tokens", None),
+        ({**HELLO, "n": 3}, "n", None),
+        ({**HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop", None),
+        ({**HELLO, "stream": "yes"}, "stream", None),
+        ({**HELLO, "stream_options": {"include_usage": True}}, "stream_options", None),
+        ({**HELLO, "frobnicate": True}, "frobnicate", "unknown_parameter"),
+    ],
+)
+def test_bad_requests_get_400_with_the_parameter_named(api, body, param, code):
+    error = error_of(post(api, body), 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    if code:
+        assert error["code"] == code
+    assert no_backend_call(api) and not PromptRequest.objects.exists()
+
+
+def test_too_many_messages(api):
+    many = {"model": "sim-chat", "messages": [{"role": "user", "content": "x"}] * 1001}
+    error = error_of(post(api, many), 400)  # the limit: BARISTA_API_MAX_MESSAGES=1000
+    assert error["param"] == "messages" and "Too many messages (1001)" in error["message"]
+    assert no_backend_call(api)
+
+
+def test_missing_and_bad_keys_get_401(api):
+    response = httpx.post(f"{api.url}/chat/completions", json=HELLO)
+    assert error_of(response, 401)["code"] == "missing_api_key"
+    response = httpx.post(
+        f"{api.url}/chat/completions", json=HELLO, headers={"Authorization": "Bearer bar-nope"}
+    )
+    error = error_of(response, 401)
+    assert error["code"] == "invalid_api_key" and "bar-nope" not in response.text
+    api.row.revoked_at = api.row.created_at
+    api.row.save()
+    assert error_of(post(api, HELLO), 401)["code"] == "invalid_api_key"
+    assert no_backend_call(api)
+
+
+def test_unknown_model_404_and_unknown_route_404(api):
+    assert error_of(post(api, {**HELLO, "model": "gpt-9"}), 404)["code"] == "model_not_found"
+    response = httpx.get(f"{api.url}/nothing-here", headers=api.headers())
+    assert error_of(response, 404)["code"] == "unknown_url"
+    assert no_backend_call(api)
+
+
+def _raw(api, head: bytes, body_parts: list[bytes]) -> tuple[int, bytes]:
+    """Talk HTTP/1.1 by hand (to send what httpx would not: chunked or lying bodies)."""
+    url = urlparse(api.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(2)
+        try:
+            for part in body_parts:
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # refused (and no longer read) before we finished: the answer is what counts
+        sock.settimeout(10)
+        reply = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"no full answer; got {reply!r}") from None
+            if not data:
+                break
+            reply += data
+            head_end = reply.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = int(reply.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                if len(reply) >= head_end + 4 + length:
+                    break
+    status = int(reply.split(b" ", 2)[1])
+    return status, reply.split(b"\r\n\r\n", 1)[1]
+
+
+def test_bodies_over_the_limit_get_413_however_they_are_sent(api):
+    big = b'{"model": "sim-chat", "messages": [{"role": "user", "content": "' + b"x" * BODY_LIMIT
+    error = error_of(post(api, big + b'"}]}'), 413)
+    assert error["code"] == "request_too_large"
+    auth = f"Authorization: Bearer {api.key}\r\n".encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth
+    chunks = [b"%x\r\n%s\r\n" % (8192, b"x" * 8192) for _ in range(10)] + [b"0\r\n\r\n"]
+    status, body = _raw(api, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    # A Content-Length over the limit is refused on the header alone.
+    over = b"x" * (BODY_LIMIT + 10)
+    status, body = _raw(api, head + b"Content-Length: %d\r\n\r\n" % len(over), [over])
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    assert no_backend_call(api) and not PromptRequest.objects.exists()
+
+
+def test_backend_trouble_is_502_and_unavailable_is_503(api):
+    api.simulator.control(error_rate=1)
+    error = error_of(post(api, {**HELLO, "messages": [{"role": "user", "content": "a"}]}), 502)
+    assert error["type"] == "api_error" and "HTTP 500" in error["message"]
+    assert "127.0.0.1" not in error["message"]  # the backend's address is not told
+    from apps.backends.models import Backend
+
+    Backend.objects.update(state="draining")  # nothing takes new prompts…
+    error = error_of(post(api, {**HELLO, "messages": [{"role": "user", "content": "b"}]}), 404)
+    assert error["code"] == "model_not_found"  # …so the alias is not served at all
+
+
+def test_the_cache_header_and_no_cache(api):
+    first = post(api, HELLO)
+    second = post(api, HELLO)
+    third = post(api, HELLO, **{"Cache-Control": "no-cache"})
+    assert [r.headers["x-barista-cache"] for r in (first, second, third)] == [
+        "miss",
+        "hit",
+        "miss",
+    ]
+    assert first.json()["choices"] == second.json()["choices"]
+    assert api.simulator.stats()["requests_total"] == 2
+
+
+def test_a_client_that_hangs_up_cancels_its_request(api):
+    api.simulator.control(ttft=0.2, tps=10, tokens=100)  # ten seconds of answer
+    body = {**HELLO, "stream": True}
+    with httpx.stream("POST", f"{api.url}/chat/completions", json=body, headers=api.headers()) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # one token seen: hang up
+    wait_for(lambda: PromptRequest.objects.get().status == "cancelled", timeout=10)
+    wait_for(lambda: api.simulator.stats()["disconnects_total"] == 1, timeout=10)
+    time.sleep(0.3)
+    assert api.simulator.stats()["in_flight"] == 0
+
+
+def test_every_backend_failing_is_503_with_retry_after(api, redis_conn):
+    from apps.backends.models import Backend
+
+    backend = Backend.objects.get()
+    redis_conn.hset(
+        f"barista:backend:{backend.pk}:stats",
+        mapping={"circuit": "open", "open_until": "99999999999"},
+    )
+    response = post(api, {**HELLO, "messages": [{"role": "user", "content": "c"}]})
+    error = error_of(response, 503)
+    assert error["code"] == "unavailable" and "failing right now" in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    assert no_backend_call(api)
+
+
+@pytest.mark.web_env(BARISTA_JOB_TIMEOUT="2")
+def test_an_answer_that_takes_too_long_is_504(api):
+    api.simulator.control(ttft=30)
+    error = error_of(post(api, {**HELLO, "messages": [{"role": "user", "content": "d"}]}), 504)
+    assert error["code"] == "timeout"
+    assert PromptRequest.objects.get().status == "failed"

@@ -1,0 +1,75 @@
+"""API keys: made on a person's own page, by staff in the console, or by a command; shown
+once, stored hashed, revocable; one person never sees or revokes another's."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from apps.api.models import ApiKey
+from apps.api.services import api_key_authenticate, hash_key
+from apps.console.models import AuditEntry
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_a_person_makes_a_key_sees_it_once_and_revokes_it(alice, bob, chat_backend):
+    client = signed_in(alice)
+    page = client.post(
+        "/settings/keys/", {"name": "my script", "models": ["sim-chat"], "requests_per_minute": 30}
+    ).content.decode()
+    key = ApiKey.objects.get()
+    plain = page.split('<code class="secret" id="new-key">')[1].split("</code>")[0]
+    assert plain.startswith("bar-") and key.hashed == hash_key(plain)
+    assert plain not in key.hashed and key.prefix == plain[:10]
+    assert (key.owner, key.name, key.allowed_models, key.requests_per_minute) == (
+        alice,
+        "my script",
+        ["sim-chat"],
+        30,
+    )
+    assert plain not in client.get("/settings/keys/").content.decode()  # never again
+    assert api_key_authenticate(plain) == key
+
+    # Bob sees none of it and cannot revoke it.
+    assert "my script" not in signed_in(bob).get("/settings/keys/").content.decode()
+    assert signed_in(bob).post(f"/settings/keys/{key.pk}/revoke/").status_code == 404
+    assert api_key_authenticate(plain) == key
+
+    client.post(f"/settings/keys/{key.pk}/revoke/")
+    assert api_key_authenticate(plain) is None
+    assert Client().get("/settings/keys/").status_code == 302  # signed out: sign in first
+
+
+def test_staff_make_and_revoke_keys_in_the_console_audited(staff, alice, chat_backend):
+    client = signed_in(staff)
+    page = client.post("/console/keys/", {"owner": alice.pk, "name": "for alice"}).content.decode()
+    plain = page.split('<code class="secret" id="new-key">')[1].split("</code>")[0]
+    key = ApiKey.objects.get()
+    assert key.owner == alice and api_key_authenticate(plain) == key
+    client.post(f"/console/keys/{key.pk}/revoke/")
+    assert api_key_authenticate(plain) is None
+    assert [e.action for e in AuditEntry.objects.order_by("pk")] == ["key.create", "key.revoke"]
+    assert all(plain not in e.detail for e in AuditEntry.objects.all())
+    person = signed_in(alice)
+    assert person.get("/console/keys/").status_code == 403
+    assert person.post(f"/console/keys/{key.pk}/revoke/").status_code == 403
+
+
+def test_the_command_prints_a_working_key(alice):
+    out = io.StringIO()
+    call_command("create_api_key", "--user", "alice", "--name", "ci", stdout=out)
+    plain = out.getvalue().strip()
+    key = api_key_authenticate(plain)
+    assert key is not None and key.owner == alice and key.name == "ci"
+    with pytest.raises(Exception, match="No user named"):
+        call_command("create_api_key", "--user", "nobody", "--name", "x")

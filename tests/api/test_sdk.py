@@ -1,0 +1,122 @@
+# mypy: disable-error-code="arg-type,index,operator,union-attr,misc"
+# (the SDK is strictly typed; these tests pass it plain dicts and read optional fields)
+"""The official ``openai`` package against Barista (daphne on loopback, a real worker, a
+simulator process): answers, streams, usage, and the SDK's own exception classes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+import pytest
+
+from apps.api.services import api_key_create
+from apps.gateway.models import PromptRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def client(api, **options) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url, api_key=api.key, max_retries=0, **options)
+
+
+def test_a_completion_arrives_with_usage_in_the_ledger_under_the_keys_owner(api, alice):
+    answer = client(api).chat.completions.create(
+        model="sim-chat", messages=[{"role": "user", "content": "Say hello to the SDK"}]
+    )
+    assert '"Say hello to the SDK"' in answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.object == "chat.completion" and answer.model == "sim-chat"
+    assert answer.usage.completion_tokens == 30
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + 30
+    row = PromptRequest.objects.get()
+    assert (row.owner, row.source, row.api_key, row.status) == (alice, "api", api.row, "done")
+    assert answer.id == f"chatcmpl-{row.id}"
+
+
+def test_a_stream_streams_as_tokens_arrive(api):
+    api.simulator.control(ttft=0.1, tps=20, tokens=30)  # about 1.5 s in all
+    started = time.monotonic()
+    arrivals, parts, usage = [], [], None
+    stream = client(api).chat.completions.create(
+        model="sim-chat",
+        messages=[{"role": "user", "content": "Stream to me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                parts.append(choice.delta.content)
+                arrivals.append(time.monotonic() - started)
+    text = "".join(parts)
+    assert '"Stream to me"' in text
+    assert len(arrivals) >= 5
+    assert arrivals[0] < arrivals[-1] - 0.7  # bytes came as tokens came, not at the end
+    assert usage is not None and usage.completion_tokens == 30
+    assert PromptRequest.objects.get().answer == text
+
+
+def test_the_async_client_runs_requests_side_by_side(api):
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=api.url, api_key=api.key, max_retries=0) as sdk:
+            answers = await asyncio.gather(
+                *(
+                    sdk.chat.completions.create(
+                        model="sim-chat", messages=[{"role": "user", "content": f"async {i}"}]
+                    )
+                    for i in range(8)
+                )
+            )
+        return [a.choices[0].message.content for a in answers]
+
+    contents = asyncio.run(main())
+    for index, content in enumerate(contents):
+        assert f'"async {index}"' in content
+
+
+def test_models_are_the_aliases_this_key_may_use(api, alice, start_simulator):
+    other = start_simulator()
+    other.register(alias="sim-deep")
+    assert {m.id for m in client(api).models.list()} == {"sim-chat", "sim-deep"}
+    _, narrow = api_key_create(owner=alice, name="narrow", allowed_models=["sim-deep"])
+    sdk = openai.OpenAI(base_url=api.url, api_key=narrow, max_retries=0)
+    assert [m.id for m in sdk.models.list()] == ["sim-deep"]
+    assert sdk.models.retrieve("sim-deep").id == "sim-deep"
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("sim-chat")
+
+
+def test_errors_raise_the_sdks_matching_exceptions(api, alice):
+    message = [{"role": "user", "content": "hi"}]
+    bad = openai.OpenAI(base_url=api.url, api_key="bar-not-a-real-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="sim-chat", messages=message)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client(api).chat.completions.create(model="no-such-model", messages=message)
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as invalid:
+        client(api).chat.completions.create(model="sim-chat", messages=message, temperature=7)
+    assert invalid.value.body["param"] == "temperature"
+    _, narrow = api_key_create(owner=alice, name="narrow", allowed_models=["sim-deep"])
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=api.url, api_key=narrow, max_retries=0).chat.completions.create(
+            model="sim-chat", messages=message
+        )
+    _, slow = api_key_create(owner=alice, name="one a minute", requests_per_minute=1)
+    limited = openai.OpenAI(base_url=api.url, api_key=slow, max_retries=0)
+    limited.chat.completions.create(model="sim-chat", messages=message)
+    with pytest.raises(openai.RateLimitError) as refused:
+        limited.chat.completions.create(model="sim-chat", messages=message)
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    api.simulator.control(error_rate=1)
+    with pytest.raises(openai.InternalServerError) as failed:
+        client(api).chat.completions.create(
+            model="sim-chat", messages=[{"role": "user", "content": "fail me"}]
+        )
+    assert failed.value.status_code == 502
+    assert failed.value.body["type"] == "api_error"
