@@ -101,6 +101,13 @@ def store(key: str, answer: CachedAnswer) -> None:
     cache.set(f"{KEY_PREFIX}:{key}", asdict(answer), timeout=settings.BARISTA_CACHE_TTL)
 
 
+def encode(answer: CachedAnswer) -> bytes:
+    """The bytes django-redis would store for this answer (its serializer and compressor),
+    so a worker can write it from its own asyncio Redis client, in the same script that
+    closes the key to new followers, and ``lookup`` reads it back."""
+    return bytes(cache.client.encode(asdict(answer), allow_int=False))  # type: ignore[attr-defined]
+
+
 def flush(alias: str | None = None) -> int:
     """Drop stored answers (all, or one model alias's); returns how many."""
     pattern = f"{KEY_PREFIX}:{alias}:*" if alias else f"{KEY_PREFIX}:*"

@@ -42,7 +42,10 @@ return false
 """
 CACHED = "cached"
 
+# Stores the answer (when ARGV[2] is not empty) *before* it closes the key, in one step:
+# a request arriving after finds the answer; one arriving before is among the followers.
 _CLOSE = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 local followers = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
@@ -106,7 +109,21 @@ async def followers(connection: Any, *, leader_id: str) -> list[str]:
     return [_text(item) for item in await connection.lrange(FOLLOWERS + leader_id, 0, -1)]
 
 
-async def close(connection: Any, *, cache_key: str, leader_id: str) -> list[str]:
-    """No one joins from now on; returns the followers to answer with the leader."""
-    reply = await connection.eval(_CLOSE, 2, INFLIGHT + cache_key, FOLLOWERS + leader_id, leader_id)
+async def close(
+    connection: Any, *, cache_key: str, leader_id: str, answer: bytes = b"", ttl: int = 0
+) -> list[str]:
+    """Store the answer (if given), then let no one join; returns the followers to answer
+    with the leader."""
+    from apps.gateway.cache import redis_key
+
+    reply = await connection.eval(
+        _CLOSE,
+        3,
+        INFLIGHT + cache_key,
+        FOLLOWERS + leader_id,
+        redis_key(cache_key),
+        leader_id,
+        answer,
+        ttl,
+    )
     return [_text(item) for item in reply]

@@ -169,18 +169,14 @@ class Fanout:
         self.sent.clear()
 
 
-def _store_answer(key: str, answer: str, backend: Backend, usage: Usage) -> cache.CachedAnswer:
-    stored = cache.CachedAnswer(
+def _cached_answer(answer: str, backend: Backend, usage: Usage) -> cache.CachedAnswer:
+    return cache.CachedAnswer(
         answer=answer,
         backend_id=backend.pk,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cost=cache.cost_of(backend, usage.prompt_tokens, usage.completion_tokens),
     )
-    # Only a complete answer is kept: one cut short by max_tokens is not.
-    if usage.finish_reason != "length":
-        cache.store(key, stored)
-    return stored
 
 
 # Retry budget: retries under way in this process stay below a fifth of the prompts in
@@ -331,13 +327,15 @@ async def _answer_once(
     ]
     owners = {str(request_id): owner_id}
     if request.cache_key:
-        # django-redis is synchronous: a short hop off the loop (not the database thread).
-        stored = await sync_to_async(_store_answer, thread_sensitive=False)(
-            request.cache_key, answer, backend, usage
-        )
-        # From here no one can join; those who did are answered with the leader.
+        stored = _cached_answer(answer, backend, usage)
+        # One script stores the answer (only a complete one: not one cut short by
+        # max_tokens) and closes the key; those who joined are answered with the leader.
         followers = await coalescing.close(
-            live.client(), cache_key=request.cache_key, leader_id=str(request_id)
+            live.client(),
+            cache_key=request.cache_key,
+            leader_id=str(request_id),
+            answer=cache.encode(stored) if usage.finish_reason != "length" else b"",
+            ttl=settings.BARISTA_CACHE_TTL,
         )
         assert fanout is not None
         owners.update(await fanout.owner_ids(followers))
