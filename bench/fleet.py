@@ -121,7 +121,7 @@ def main() -> dict[str, dict[str, float]]:
     table = f"""## Balancer under a mixed fleet
 
 `bench/fleet.py` — four simulated backends, each answering at most {CAP} at once (429 with
-Retry-After beyond; Barista's own cap is set above that), per-request timeout 3 s: two
+Retry-After beyond; Barista's cap for each is the same), per-request timeout 3 s: two
 answering in {FAST_TTFT} s, one in {SLOW_TTFT} s (five times slower), and one as fast that,
 halfway through each run, starts answering half its requests with HTTP 500 and hanging on
 30 %. Prompts arrive steadily for {DURATION:.0f} s, at two loads: 80 % of the whole fleet's
