@@ -140,6 +140,11 @@ CHANNEL_LAYERS = {
                 {
                     "address": REDIS_URL,
                     "max_connections": envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1),
+                    # redis-py 8 reads with a 5 s socket timeout by default, and
+                    # channels-redis blocks 5 s in BZPOPMIN waiting for a message: every
+                    # idle consumer was torn down after about 5 s (channels_redis#422).
+                    # Longer than the block, so a dead Redis is still noticed.
+                    "socket_timeout": 15,
                 }
             ],
             "capacity": envint("BARISTA_CHANNEL_CAPACITY", 1000, minimum=1),

@@ -3,6 +3,7 @@ real channel layer on Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -202,3 +203,15 @@ async def test_a_frame_whose_owner_is_not_the_socket_user_is_refused(alice, bob)
     await consumer.request_event({**event, "owner": alice.pk})
     assert len(sent) == 1
     assert json.loads(sent[0])["text"] == "bob's words"
+
+
+async def test_an_idle_socket_stays_open_past_the_channel_layers_wait(alice, chat_backend):
+    """redis-py 8 reads with a 5 s timeout and channels-redis blocks 5 s waiting for a
+    message: without a longer socket timeout every idle consumer crashed after ~5 s."""
+    communicator, connected, _ = await connect(alice)
+    assert connected
+    await asyncio.sleep(7)
+    await communicator.send_to(text_data=json.dumps({"type": "nonsense"}))
+    reply = await communicator.receive_json_from(timeout=5)
+    assert reply["code"] == "unknown_type"  # still there, still answering
+    await communicator.disconnect()
