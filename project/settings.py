@@ -263,6 +263,11 @@ BARISTA_CACHE_POLICY = envstr("BARISTA_CACHE_POLICY", "all") or "all"
 BARISTA_CACHE_SCOPE = envstr("BARISTA_CACHE_SCOPE", "global") or "global"
 BARISTA_CACHE_TTL = envint("BARISTA_CACHE_TTL", 24 * 3600, minimum=1)
 
+# --- Metrics ---------------------------------------------------------------------------------
+# GET /metrics (Prometheus) answers a request bearing this token, or signed-in staff.
+BARISTA_METRICS_TOKEN = envstr("BARISTA_METRICS_TOKEN") or ""
+BARISTA_METRICS_ENABLED = envbool("BARISTA_METRICS_ENABLED", True)
+
 # --- OpenAI-compatible API (/v1/) ----------------------------------------------------------
 BARISTA_API_MAX_BODY_BYTES = envint("BARISTA_API_MAX_BODY_BYTES", 1_000_000, minimum=1024)
 BARISTA_API_MAX_MESSAGES = envint("BARISTA_API_MAX_MESSAGES", 1000, minimum=1)

@@ -10,6 +10,7 @@ urlpatterns = [
     path("backends/add/", views.backend_edit, name="backend-add"),
     path("backends/<int:pk>/", views.backend_edit, name="backend-edit"),
     path("backends/<int:pk>/state/", views.backend_set_state, name="backend-state"),
+    path("metrics/", views.metrics_page, name="metrics"),
     path("cache/", views.cache_overview, name="cache"),
     path("cache/flush/", views.cache_flush, name="cache-flush"),
     path("keys/", views.key_list, name="keys"),

@@ -307,6 +307,14 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("console:keys")
 
 
+# --- Live metrics ---------------------------------------------------------------------
+
+
+@staff_required
+def metrics_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/metrics.html", {"section": "metrics"})
+
+
 # --- Audit log --------------------------------------------------------------------------
 
 

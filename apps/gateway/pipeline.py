@@ -23,6 +23,7 @@ from apps.backends.providers.openai_compat import BackendError, Delta, Usage, st
 from apps.gateway import cache, coalescing, services
 from apps.gateway.delivery import TokenBatcher, done_event, push
 from apps.gateway.ledger import ledger
+from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 from apps.gateway.worker import CANCEL_REQUEUE, CANCEL_STOP
 
@@ -74,6 +75,7 @@ async def _fail(request: PromptRequest, message: str, code: str = "backend_faile
     says what kind (the API maps it to an HTTP status): ``backend_failed``, ``timeout``,
     ``unavailable`` (no backend can take it now)."""
     if await database_sync_to_async(services.request_fail)(request_id=request.id, error=message):
+        recorder.request(outcome="failed", model=request.model)
         await push(
             request_id=request.id,
             owner_id=request.owner_id,
@@ -273,6 +275,9 @@ async def _answer_once(
             batcher.discard()
             raise
         except BackendError as exc:
+            recorder.backend_call(
+                backend=backend.name, model=request.model, status=str(exc.status or "error")
+            )
             overloaded = exc.status == 429
             await live.record(
                 backend.pk, ok=False, retry_after=exc.retry_after, overloaded=overloaded
@@ -311,6 +316,7 @@ async def _answer_once(
                 await _hand_over(request, fanout)
             return
         await live.record(backend.pk, ok=True)
+        recorder.backend_call(backend=backend.name, model=request.model, status="200")
         break
     # No last flush: the final frame carries the whole answer.
     await batcher.close()
@@ -350,8 +356,21 @@ async def _answer_once(
         if followers:
             await sync_to_async(cache.add_saved, thread_sensitive=False)(stored, len(followers))
     recorded = await asyncio.gather(*(ledger().complete(c) for c in completions))
+    finished = timezone.now()
     for completion, was_recorded in zip(completions, recorded, strict=True):
         if was_recorded:
+            leader = completion.request_id == str(request_id)
+            recorder.request(
+                outcome=completion.cache_outcome,
+                model=request.model,
+                # Times from the leader's submission (a follower's own is not loaded here).
+                latency=(finished - request.queued_at).total_seconds() if leader else None,
+                ttft=(first_token_at - request.queued_at).total_seconds()
+                if leader and first_token_at
+                else None,
+                tokens_in=usage.prompt_tokens,
+                tokens_out=usage.completion_tokens,
+            )
             await push(
                 request_id=completion.request_id,
                 owner_id=owners[completion.request_id],

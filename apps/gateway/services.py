@@ -17,7 +17,8 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from apps.gateway import cache, coalescing, queues
-from apps.gateway.admission import admit
+from apps.gateway.admission import Rejection, admit
+from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 
 Status = PromptRequest.Status
@@ -47,7 +48,11 @@ def request_submit(
     Enqueueing after commit means a worker never sees a job whose row it cannot load,
     and a rolled-back submission leaves no job behind.
     """
-    admit(user_id=owner.pk)
+    try:
+        admit(user_id=owner.pk)
+    except Rejection:
+        recorder.request(outcome="rejected", model=model)
+        raise
     params = params or {}
     key = cache.cache_key(
         alias=model, messages=messages, params=params, owner_id=owner.pk, bypass=bypass_cache
@@ -79,6 +84,14 @@ def request_submit(
             finished_at=now,
         )
         cache.count(queues.connection(), "hit", saved=hit)
+        recorder.request(
+            outcome="hit",
+            model=model,
+            latency=0.0,
+            ttft=0.0,
+            tokens_in=hit.prompt_tokens,
+            tokens_out=hit.completion_tokens,
+        )
         return request
     request = PromptRequest.objects.create(**fields)
     queue_name = queue or settings.BARISTA_QUEUES[0]
@@ -126,6 +139,7 @@ def _answer_from_cache(request: PromptRequest, key: str) -> bool:
         ]
     )
     cache.count(queues.connection(), "hit", saved=hit)
+    recorder.request(outcome="hit", model=request.model, latency=0.0, ttft=0.0)
     if recorded.get(request_key(request.id)):
         row = PromptRequest.objects.select_related("backend").get(id=request.id)
         for event in delivery.replay_events(row):
@@ -226,6 +240,7 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
         request.error = "Cancelled."
         request.finished_at = timezone.now()
         request.save(update_fields=["status", "error", "finished_at"])
+    recorder.request(outcome="cancelled", model=request.model)
     connection = queues.connection()
     key = request_key(request.id)
     if request.coalesced_with is not None:

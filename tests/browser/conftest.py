@@ -50,3 +50,10 @@ def _real_password_hasher(settings: Any) -> None:
     # Users made here sign in through a separate daphne process with production settings,
     # which does not know the fast test hasher.
     settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
+
+
+def fill_sign_in(page: Any, username: str) -> None:
+    """Fill in the sign-in form the page shows (users made by ``make_user``)."""
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(f"{username}-pw")
+    page.get_by_role("button", name="Sign in").click()

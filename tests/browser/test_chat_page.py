@@ -7,6 +7,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import fill_sign_in
 from tests.conftest import OUTPUT_DIR, make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -14,9 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 def sign_in(page, username):
     """Fill in the sign-in form the page shows, and land on the chat page."""
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(f"{username}-pw")
-    page.get_by_role("button", name="Sign in").click()
+    fill_sign_in(page, username)
     expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
 
 

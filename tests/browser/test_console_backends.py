@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import fill_sign_in
 from tests.conftest import OUTPUT_DIR, make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -18,9 +19,7 @@ def test_staff_watch_backends_live_and_drain_one(browser, start_simulator, start
 
     page = browser.new_page(viewport={"width": 1280, "height": 720})
     page.goto(f"{url}/console/backends/")
-    page.get_by_label("Username").fill("sam")
-    page.get_by_label("Password").fill("sam-pw")
-    page.get_by_role("button", name="Sign in").click()
+    fill_sign_in(page, "sam")
     row = page.locator(f'tr[data-backend="{backend.pk}"]')
     expect(row).to_contain_text("0 / 8")
 

@@ -49,6 +49,9 @@ def test_only_staff_get_in(alice, chat_backend):
         "/console/backends/add/",
         f"/console/backends/{chat_backend.pk}/",
         "/console/audit/",
+        "/console/metrics/",
+        "/console/cache/",
+        "/console/keys/",
     ]
     anonymous, person = Client(), signed_in(alice)
     for page in pages:

@@ -1,0 +1,82 @@
+"""GET /metrics: refused without the token, Prometheus' format with it, and the counts of
+the whole deployment (a worker process's requests appear, read from Redis)."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from apps.chat.services import chat_prompt_submit
+from apps.gateway.admission import Rejection
+from apps.gateway.metrics import recorder
+from apps.gateway.models import PromptRequest
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TOKEN = "metrics-canary-7f3a"
+
+
+def scrape(client: Client, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_refused_without_the_token_or_staff(alice, staff, settings):
+    settings.BARISTA_METRICS_TOKEN = TOKEN
+    assert Client().get("/metrics").status_code == 401
+    wrong = Client().get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and TOKEN not in wrong.content.decode()
+    person = Client()
+    person.force_login(alice)
+    assert person.get("/metrics").status_code == 401
+    boss = Client()
+    boss.force_login(staff)
+    assert boss.get("/metrics").status_code == 200
+    settings.BARISTA_METRICS_TOKEN = ""  # no token set: only staff, never "Bearer "
+    assert Client().get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_counts_from_every_process_in_prometheus_format(
+    alice, settings, start_simulator, start_worker, lifted_limits
+):
+    settings.BARISTA_METRICS_TOKEN = TOKEN
+    simulator = start_simulator("--ttft", "0.1", "--tps", "0")
+    simulator.register(alias="sim-chat", name="sim-one")
+    start_worker()
+    chat_prompt_submit(user=alice, model="sim-chat", content="count me")
+    chat_prompt_submit(user=alice, model="sim-chat", content="count me")  # the same: merged
+    wait_for(lambda: PromptRequest.objects.filter(status="done").count() == 2, timeout=20)
+    settings.BARISTA_USER_MAX_PENDING = 0
+    with pytest.raises(Rejection):
+        chat_prompt_submit(user=alice, model="sim-chat", content="refused")
+    recorder.flush()  # this process's counts (the refusal); the worker flushes every second
+    client = Client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+    def counted(name: str, **labels: str) -> float:
+        return scrape(client, **bearer).get((name, tuple(sorted(labels.items()))), 0.0)
+
+    wait_for(
+        lambda: counted("barista_requests_total", outcome="coalesced", model="sim-chat") == 1,
+        timeout=10,
+    )
+    assert counted("barista_requests_total", outcome="miss", model="sim-chat") == 1
+    assert counted("barista_requests_total", outcome="rejected", model="sim-chat") == 1
+    assert (
+        counted("barista_backend_requests_total", backend="sim-one", model="sim-chat", status="200")
+        == 1
+    )
+    assert counted("barista_request_duration_seconds_count") == 1
+    assert counted("barista_time_to_first_token_seconds_bucket", le="+Inf") == 1
+    assert counted("barista_tokens_total", direction="out") == 120  # two answers of 60
+    assert counted("barista_workers") == 1
+    assert counted("barista_queue_depth", queue="interactive") == 0
+    assert counted("barista_inflight", backend="sim-one") == 0
