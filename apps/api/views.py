@@ -13,15 +13,20 @@ from apps.api.forms import ApiKeyForm
 from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
 
+NEW_KEY_SESSION = "barista.new_api_key"
+
 
 @never_cache
 @login_required
 def key_list(request: HttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
-    created = None
     if request.method == "POST" and form.is_valid():
-        _, created = form.create(request.user)  # type: ignore[arg-type]
-        form = ApiKeyForm()
+        _, plain = form.create(request.user)  # type: ignore[arg-type]
+        # Post/redirect/get: a reload must not make a second key. The secret waits in the
+        # (server-side) session for the very next page, which shows it once.
+        request.session[NEW_KEY_SESSION] = plain
+        return redirect("api:keys")
+    created = request.session.pop(NEW_KEY_SESSION, None)
     keys = ApiKey.objects.filter(owner=request.user.pk)
     return render(
         request,

@@ -24,6 +24,7 @@ from rq import Worker
 from apps.api.forms import StaffApiKeyForm
 from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
+from apps.api.views import NEW_KEY_SESSION
 from apps.backends import health, live
 from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
@@ -274,16 +275,17 @@ def cache_flush(request: HttpRequest) -> HttpResponse:
 @staff_required
 def key_list(request: HttpRequest) -> HttpResponse:
     form = StaffApiKeyForm(request.POST or None)
-    created = None
     if request.method == "POST" and form.is_valid():
-        key, created = form.create(form.cleaned_data["owner"])
+        key, plain = form.create(form.cleaned_data["owner"])
         audit_record(
             actor=request.user,
             action="key.create",
             target=f"{key.owner} / {key.name}",
             detail=f"{key.prefix}…",
         )
-        form = StaffApiKeyForm()
+        request.session[NEW_KEY_SESSION] = plain  # shown once, by the next page
+        return redirect("console:keys")
+    created = request.session.pop(NEW_KEY_SESSION, None)
     keys = ApiKey.objects.select_related("owner")[:500]
     return render(
         request,

@@ -25,7 +25,9 @@ def signed_in(user) -> Client:
 def test_a_person_makes_a_key_sees_it_once_and_revokes_it(alice, bob, chat_backend):
     client = signed_in(alice)
     page = client.post(
-        "/settings/keys/", {"name": "my script", "models": ["sim-chat"], "requests_per_minute": 30}
+        "/settings/keys/",
+        {"name": "my script", "models": ["sim-chat"], "requests_per_minute": 30},
+        follow=True,  # post, redirect, get: a reload makes no second key
     ).content.decode()
     key = ApiKey.objects.get()
     plain = page.split('<code class="secret" id="new-key">')[1].split("</code>")[0]
@@ -52,7 +54,9 @@ def test_a_person_makes_a_key_sees_it_once_and_revokes_it(alice, bob, chat_backe
 
 def test_staff_make_and_revoke_keys_in_the_console_audited(staff, alice, chat_backend):
     client = signed_in(staff)
-    page = client.post("/console/keys/", {"owner": alice.pk, "name": "for alice"}).content.decode()
+    page = client.post(
+        "/console/keys/", {"owner": alice.pk, "name": "for alice"}, follow=True
+    ).content.decode()
     plain = page.split('<code class="secret" id="new-key">')[1].split("</code>")[0]
     key = ApiKey.objects.get()
     assert key.owner == alice and api_key_authenticate(plain) == key
