@@ -91,7 +91,8 @@ def chat_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any], 
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise InvalidRequest("Each message must be an object.", where)
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"'role' must be one of {', '.join(sorted(ROLES))}.", f"{where}.role"
             )

@@ -54,6 +54,11 @@ def error_of(response, status):
             "messages[0].role",
             None,
         ),
+        (  # found by the fuzzer: an unhashable role was a 500
+            {"model": "sim-chat", "messages": [{"role": ["user"], "content": "x"}]},
+            "messages[0].role",
+            None,
+        ),
         (
             {"model": "sim-chat", "messages": [{"role": "user", "content": 5}]},
             "messages[0].content",
