@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 
 from apps.backends.models import Backend
@@ -29,3 +31,47 @@ def alias_list() -> list[dict[str, object]]:
 
 def alias_exists(alias: str) -> bool:
     return backend_list_enabled(alias=alias).exists()
+
+
+def backend_names_active() -> list[tuple[int, str]]:
+    """(id, name) of the enabled and draining backends, by name: the metrics' labels."""
+    return list(backend_list_active().order_by("name").values_list("pk", "name"))
+
+
+def alias_health(connection: Any) -> list[dict[str, object]]:
+    """Each public alias with whether any of its enabled backends can answer now, and
+    if none can, why — for the chat page's model picker. Redis unreachable: all unknown."""
+    from redis.exceptions import RedisError
+
+    from apps.backends import live
+
+    backends = list(backend_list_enabled().only("pk", "alias", "simulated", "name"))
+    try:
+        states = live.snapshot_sync(connection, [b.pk for b in backends])
+    except RedisError:
+        states = {}
+    aliases: dict[str, dict[str, Any]] = {}
+    for backend in backends:
+        entry = aliases.setdefault(
+            backend.alias,
+            {"alias": backend.alias, "simulated": True, "up": False, "reasons": []},
+        )
+        entry["simulated"] = entry["simulated"] and backend.simulated
+        state = states.get(backend.pk)
+        if state is None or (state.usable and state.up is not False):
+            entry["up"] = True
+        elif state.up is False:
+            # (Not the check's own words: they may name the backend's address.)
+            entry["reasons"].append("not answering health checks")
+        elif state.retry_after > 0:
+            entry["reasons"].append(f"asked us to wait {state.retry_after:.0f} s")
+        else:
+            entry["reasons"].append("failing; taken out for a moment")
+    result = []
+    for entry in sorted(aliases.values(), key=lambda e: str(e["alias"])):
+        reasons = entry.pop("reasons")
+        entry["reason"] = (
+            "" if entry["up"] else "Every backend is down: " + "; ".join(dict.fromkeys(reasons))
+        )
+        result.append(entry)
+    return result

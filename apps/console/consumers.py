@@ -46,7 +46,7 @@ class MetricsConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self._send({"type": "snapshot", **await live_metrics.snapshot()})
+                await self.send(text_data=await live_metrics.snapshot_frame())
             except Exception:  # Redis away: say so, keep trying
                 logger.warning("metrics snapshot failed", exc_info=True)
                 await self._send({"type": "unavailable"})

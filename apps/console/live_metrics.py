@@ -3,6 +3,8 @@ the gauges read at that moment (queue depth, in flight per backend, workers)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
 
@@ -10,7 +12,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from apps.backends import live
-from apps.backends.models import Backend
+from apps.backends.selectors import backend_names_active
 from apps.gateway import cache, metrics
 
 HISTORY_SECONDS = 15 * 60
@@ -39,12 +41,36 @@ def percentile(counts: dict[str, float], kind: str, q: float) -> float | None:
 def point(second: int, raw: dict[Any, Any]) -> dict[str, Any]:
     counts = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
     requests = {outcome: counts.get(f"req|{outcome}", 0.0) for outcome in metrics.OUTCOMES}
+    gauges: dict[str, dict[str, float]] = {"depth": {}, "oldest": {}, "inflight": {}}
+    backend_seconds: dict[str, float] = {}
+    backend_ttft: dict[str, float] = {}
+    answered: dict[str, float] = {}
+    for field, value in counts.items():
+        kind, _, label = field.partition("|")
+        if kind in gauges:
+            gauges[kind][label] = value
+        elif kind == "bsec":
+            backend_seconds[label] = value
+        elif kind == "bttft":
+            backend_ttft[label] = value
+        elif kind == "bn":
+            answered[label] = value
     return {
         "t": second,
         "requests": requests,
         "latency": {f"p{q}": percentile(counts, "lat", q / 100) for q in (50, 95, 99)},
         "ttft": {f"p{q}": percentile(counts, "ttft", q / 100) for q in (50, 95, 99)},
         "tokens_out": counts.get("tokens_out", 0.0),
+        # Gauges a worker wrote for this second (absent when no worker ran then).
+        "queues": gauges["depth"] or None,
+        "oldest": gauges["oldest"] or None,
+        "inflight": gauges["inflight"] or None,
+        "workers": counts.get("workers"),
+        # Mean time per answered backend call, and to its first token.
+        "backend_latency": {name: backend_seconds[name] / n for name, n in answered.items()},
+        "backend_ttft": {
+            name: backend_ttft[name] / n for name, n in answered.items() if name in backend_ttft
+        },
     }
 
 
@@ -59,17 +85,9 @@ async def history(seconds: int = HISTORY_SECONDS) -> list[dict[str, Any]]:
     return [point(second, raw) for second, raw in zip(span, replies, strict=True)]
 
 
-def _backends() -> list[tuple[int, str]]:
-    return list(
-        Backend.objects.exclude(state=Backend.State.DISABLED)
-        .order_by("name")
-        .values_list("pk", "name")
-    )
-
-
 async def gauges() -> dict[str, Any]:
     redis = live.client()
-    backends = await database_sync_to_async(_backends)()
+    backends = await database_sync_to_async(backend_names_active)()
     states = await live.snapshot([pk for pk, _ in backends])
     async with redis.pipeline(transaction=False) as pipe:
         for name in settings.BARISTA_QUEUES:
@@ -89,8 +107,39 @@ async def gauges() -> dict[str, Any]:
     }
 
 
+_latest: tuple[int, dict[str, Any]] | None = None
+_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
 async def snapshot() -> dict[str, Any]:
-    """The last complete second, and the gauges now."""
+    """The last complete second, and the gauges now. Read once per second per process,
+    however many metrics pages this process serves: a hundred open pages cost the same
+    Redis round trips as one."""
+    global _latest
     second = int(time.time()) - 1
-    raw = await live.client().hgetall(metrics.SECOND_KEY.format(second=second))
-    return {"point": point(second, raw), "gauges": await gauges()}
+    if _latest is not None and _latest[0] == second:
+        return _latest[1]
+    loop = asyncio.get_running_loop()
+    if loop not in _locks:
+        _locks.clear()  # a lock belongs to one loop; a process serves from one
+        _locks[loop] = asyncio.Lock()
+    async with _locks[loop]:
+        if _latest is not None and _latest[0] == second:
+            return _latest[1]
+        raw = await live.client().hgetall(metrics.SECOND_KEY.format(second=second))
+        taken = {"point": point(second, raw), "gauges": await gauges()}
+        _latest = (second, taken)
+        return taken
+
+
+_frame: tuple[int, str] | None = None
+
+
+async def snapshot_frame() -> str:
+    """The snapshot as the websocket frame every page is sent, encoded once per second."""
+    global _frame
+    taken = await snapshot()
+    second = taken["point"]["t"]
+    if _frame is None or _frame[0] != second:
+        _frame = (second, json.dumps({"type": "snapshot", **taken}))
+    return _frame[1]

@@ -4,7 +4,13 @@ from apps.console import views
 
 app_name = "console"
 urlpatterns = [
-    path("", views.backend_list, name="home"),
+    path("", views.overview, name="home"),
+    path("queues/", views.queue_list, name="queues"),
+    path("queues/<str:name>/pause/", views.queue_pause, name="queue-pause"),
+    path("jobs/", views.job_list, name="jobs"),
+    path("jobs/<str:job_id>/", views.job_action, name="job-action"),
+    path("workers/", views.worker_list, name="workers"),
+    path("workers/action/", views.worker_action, name="worker-action"),
     path("backends/", views.backend_list, name="backends"),
     path("backends/live.json", views.backend_live, name="backends-live"),
     path("backends/add/", views.backend_edit, name="backend-add"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -16,10 +17,13 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 from rq import Worker
+from rq.command import send_shutdown_command
+from rq.suspension import is_suspended, resume, suspend
 
 from apps.api.forms import StaffApiKeyForm
 from apps.api.models import ApiKey
@@ -28,9 +32,11 @@ from apps.api.views import NEW_KEY_SESSION
 from apps.backends import health, live
 from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
+from apps.console import selectors
 from apps.console.models import AuditEntry
 from apps.console.services import audit_record
-from apps.gateway import cache
+from apps.gateway import cache, queues
+from apps.gateway import services as gateway_services
 from apps.gateway.queues import connection as redis_connection
 
 View = Callable[..., HttpResponse]
@@ -307,6 +313,141 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     )
     messages.success(request, f"Revoked {key.owner}'s key “{key.name}”.")
     return redirect("console:keys")
+
+
+# --- Overview, queues, jobs, workers -------------------------------------------------
+
+
+@staff_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/overview.html", {**selectors.overview(), "section": "overview"})
+
+
+@staff_required
+def queue_list(request: HttpRequest) -> HttpResponse:
+    try:
+        rows: list[selectors.QueueRow] | None = selectors.queue_rows(redis_connection())
+    except RedisError:
+        rows = None
+    return render(request, "console/queues.html", {"queues": rows, "section": "queues"})
+
+
+@staff_required
+@require_POST
+def queue_pause(request: HttpRequest, name: str) -> HttpResponse:
+    if name not in settings.BARISTA_QUEUES:
+        messages.error(request, f"There is no queue named {name!r}.")
+        return redirect("console:queues")
+    paused = request.POST.get("action") == "pause"
+    queues.queue_pause(redis_connection(), name, paused=paused)
+    audit_record(
+        actor=request.user, action="queue.pause" if paused else "queue.resume", target=name
+    )
+    messages.success(
+        request,
+        f"Paused {name}: its prompts wait until you resume it."
+        if paused
+        else f"Resumed {name}: workers take from it within a second.",
+    )
+    return redirect("console:queues")
+
+
+JOB_KINDS = ("failed", "waiting")
+
+
+@staff_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    kind = request.GET.get("kind", "failed")
+    if kind not in JOB_KINDS:
+        kind = "failed"
+    try:
+        rows: list[selectors.JobRow] | None = selectors.job_rows(redis_connection(), kind=kind)
+    except RedisError:
+        rows = None
+    return render(
+        request,
+        "console/jobs.html",
+        {"jobs": rows, "kind": kind, "kinds": JOB_KINDS, "section": "jobs"},
+    )
+
+
+@staff_required
+@require_POST
+def job_action(request: HttpRequest, job_id: str) -> HttpResponse:
+    action = request.POST.get("action", "")
+    kind = request.POST.get("kind", "failed")
+    back = redirect(f"{reverse('console:jobs')}?kind={kind if kind in JOB_KINDS else 'failed'}")
+    try:
+        request_id = uuid.UUID(job_id)
+    except ValueError:
+        messages.error(request, "That is not a prompt's job.")
+        return back
+    if action == "retry":
+        row = gateway_services.request_retry(request_id=request_id)
+        if row is None:
+            messages.error(request, "Nothing to retry: that prompt was answered or cancelled.")
+            return back
+        messages.success(request, f"Retrying {row.owner}'s prompt: it is back in its queue.")
+    elif action == "cancel":
+        row = gateway_services.request_discard_job(request_id=request_id)
+        if row is None:
+            messages.error(request, "No prompt has that id.")
+            return back
+        messages.success(request, f"Cancelled the job for {row.owner}'s prompt.")
+    else:
+        messages.error(request, f"Unknown action {action!r}.")
+        return back
+    audit_record(
+        actor=request.user, action=f"job.{action}", target=str(request_id), detail=str(row.owner)
+    )
+    return back
+
+
+@staff_required
+def worker_list(request: HttpRequest) -> HttpResponse:
+    redis = redis_connection()
+    try:
+        rows: list[selectors.WorkerRow] | None = selectors.worker_rows(redis)
+        suspended = bool(is_suspended(redis))
+    except RedisError:
+        rows, suspended = None, False
+    return render(
+        request,
+        "console/workers.html",
+        {
+            "workers": rows,
+            "suspended": suspended,
+            "stale_after": settings.BARISTA_WORKER_HEARTBEAT_TTL,
+            "section": "workers",
+        },
+    )
+
+
+@staff_required
+@require_POST
+def worker_action(request: HttpRequest) -> HttpResponse:
+    redis = redis_connection()
+    action = request.POST.get("action", "")
+    if action == "suspend":
+        suspend(redis)
+        messages.success(request, "Suspended: workers finish what they hold and take nothing new.")
+        target = "all workers"
+    elif action == "resume":
+        resume(redis)
+        messages.success(request, "Resumed: workers take prompts again.")
+        target = "all workers"
+    elif action == "shutdown":
+        target = request.POST.get("name", "")
+        if target not in {worker.name for worker in Worker.all(connection=redis)}:
+            messages.error(request, "No worker by that name is running.")
+            return redirect("console:workers")
+        send_shutdown_command(redis, target)
+        messages.success(request, f"Asked {target} to stop: it finishes its prompts, then exits.")
+    else:
+        messages.error(request, f"Unknown action {action!r}.")
+        return redirect("console:workers")
+    audit_record(actor=request.user, action=f"workers.{action}", target=target)
+    return redirect("console:workers")
 
 
 # --- Live metrics ---------------------------------------------------------------------

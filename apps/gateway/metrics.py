@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import datetime
 import logging
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from django.conf import settings
 
@@ -82,11 +84,25 @@ class Recorder:
         if tokens_out:
             self._add("tokens_out", tokens_out)
 
-    def backend_call(self, *, backend: str, model: str, status: str) -> None:
-        """One call to a backend ended: ``status`` is its HTTP status, or ``error``."""
+    def backend_call(
+        self,
+        *,
+        backend: str,
+        model: str,
+        status: str,
+        seconds: float | None = None,
+        ttft: float | None = None,
+    ) -> None:
+        """One call to a backend ended: ``status`` is its HTTP status, or ``error``;
+        ``seconds`` and ``ttft`` time an answered call from the moment it was sent."""
         if not settings.BARISTA_METRICS_ENABLED:
             return
         self._add(f"breq|{backend}|{model}|{status}", 1, f"breq|{backend}|{status}")
+        if seconds is not None:
+            self._add(f"bsec|{backend}", seconds)
+            self._add(f"bn|{backend}", 1)
+        if ttft is not None:
+            self._add(f"bttft|{backend}", ttft)
 
     def flush(self) -> None:
         with self._lock:
@@ -131,6 +147,59 @@ def _increment(pipe: object, key: str, field: str, amount: float) -> None:
 
 
 recorder = Recorder()
+
+GAUGE_TURN_KEY = "barista:metrics:gauges:{second}"
+
+
+def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: str) -> bool:
+    """Write this second's gauges — queue depth and oldest wait per queue, calls in
+    flight per backend, workers alive — into the second's hash, if no other process has
+    this second (the gauges are the same whoever reads them). Two round trips."""
+    from apps.backends import live
+
+    second = int(time.time())
+    if not connection.set(GAUGE_TURN_KEY.format(second=second), claimant, nx=True, ex=5):
+        return False
+    names = settings.BARISTA_QUEUES
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(f"rq:queue:{name}")
+            pipe.lindex(f"rq:queue:{name}", 0)
+        pipe.scard("rq:workers")
+        replies = pipe.execute()
+    heads = [replies[2 * i + 1] for i in range(len(names))]
+    with connection.pipeline(transaction=False) as pipe:
+        for head in heads:
+            pipe.hget(f"rq:job:{head.decode()}", "enqueued_at") if head else pipe.echo("")
+        enqueued = pipe.execute()
+    states = live.snapshot_sync(connection, [pk for pk, _ in backends])
+    fields: dict[str, float] = {"workers": int(replies[-1])}
+    wall = time.time()
+    for index, name in enumerate(names):
+        fields[f"depth|{name}"] = int(replies[2 * index])
+        fields[f"oldest|{name}"] = round(_age(enqueued[index], wall), 3)
+    for pk, name in backends:
+        fields[f"inflight|{name}"] = states[pk].in_flight
+    key = SECOND_KEY.format(second=second)
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, KEEP_SECONDS)
+        pipe.execute()
+    return True
+
+
+def _age(enqueued_at: bytes | str | None, wall: float) -> float:
+    """Seconds since an RQ ``enqueued_at`` stamp (UTC, ISO 8601); 0 when there is none."""
+    if not enqueued_at:
+        return 0.0
+    text = enqueued_at.decode() if isinstance(enqueued_at, bytes) else enqueued_at
+    try:
+        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return max(0.0, wall - stamp.timestamp())
 
 
 def totals(connection: object) -> dict[str, float]:

@@ -258,6 +258,7 @@ async def _answer_once(
             return
         tried.add(backend.pk)
         asked = time.monotonic()
+        ttft_seconds: float | None = None
         try:
             async with live.held(backend.pk, lease, ttl=settings.BARISTA_LEASE_TTL):
                 async for event in stream_chat(
@@ -266,7 +267,8 @@ async def _answer_once(
                     if isinstance(event, Delta):
                         if first_token_at is None:
                             first_token_at = timezone.now()
-                            await live.observe_ttft(backend.pk, time.monotonic() - asked)
+                            ttft_seconds = time.monotonic() - asked
+                            await live.observe_ttft(backend.pk, ttft_seconds)
                         parts.append(event.text)
                         await batcher.add(event.text)
                     else:
@@ -316,7 +318,13 @@ async def _answer_once(
                 await _hand_over(request, fanout)
             return
         await live.record(backend.pk, ok=True)
-        recorder.backend_call(backend=backend.name, model=request.model, status="200")
+        recorder.backend_call(
+            backend=backend.name,
+            model=request.model,
+            status="200",
+            seconds=time.monotonic() - asked,
+            ttft=ttft_seconds,
+        )
         break
     # No last flush: the final frame carries the whole answer.
     await batcher.close()

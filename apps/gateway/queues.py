@@ -31,3 +31,21 @@ def queues() -> list[Queue]:
 
 def connection() -> Redis:
     return queue(settings.BARISTA_QUEUES[0]).connection
+
+
+PAUSED_KEY = "barista:queues:paused"
+
+
+def paused_queues(connection: Redis) -> set[str]:
+    """Queues staff paused: workers take nothing from them until they are resumed."""
+    return {
+        name.decode() if isinstance(name, bytes) else name
+        for name in connection.smembers(PAUSED_KEY)
+    }
+
+
+def queue_pause(connection: Redis, name: str, *, paused: bool) -> None:
+    if paused:
+        connection.sadd(PAUSED_KEY, name)
+    else:
+        connection.srem(PAUSED_KEY, name)

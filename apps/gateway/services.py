@@ -15,6 +15,7 @@ from rq import Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 
 from apps.gateway import cache, coalescing, queues
 from apps.gateway.admission import Rejection, admit
@@ -259,6 +260,62 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
     except (NoSuchJobError, InvalidJobOperation):
         pass  # already gone: the row's status is what counts, and a worker checks it
     return request
+
+
+def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
+    """Staff retry a failed prompt (console, jobs): its row waits again and its job goes
+    back to its queue. Returns None when there is nothing to retry (answered, cancelled,
+    or not there). A re-run after tokens were shown restarts that message on the page."""
+    key = request_key(request_id)
+    with transaction.atomic():
+        row = PromptRequest.objects.select_for_update().filter(id=key).first()
+        if row is None or row.status in (Status.DONE, Status.CANCELLED):
+            return None
+        row.status, row.error, row.finished_at = Status.QUEUED, "", None
+        row.save(update_fields=["status", "error", "finished_at"])
+    connection = queues.connection()
+    try:
+        job = Job.fetch(key, connection=connection)
+        registry = FailedJobRegistry(job.origin, connection=connection)
+        if job in registry:
+            registry.requeue(job)
+        elif job.get_status() != JobStatus.QUEUED:
+            job.delete()
+            request_enqueue(request_id=key, queue_name=job.origin)
+    except NoSuchJobError:
+        request_enqueue(request_id=key, queue_name=_queue_for(row))
+    from asgiref.sync import async_to_sync
+
+    from apps.gateway import delivery
+
+    async_to_sync(delivery.push)(
+        request_id=key,
+        owner_id=row.owner_id,
+        event={"event": "status", "status": "queued", "restart": True},
+    )
+    return row
+
+
+def _queue_for(row: PromptRequest) -> str:
+    if row.source == PromptRequest.Source.API:
+        return settings.BARISTA_API_QUEUE
+    return settings.BARISTA_QUEUES[0]
+
+
+def request_discard_job(*, request_id: uuid.UUID | str) -> PromptRequest | None:
+    """Staff drop a job (console, jobs): a waiting or running prompt is cancelled as its
+    owner would cancel it; a failed one stays failed and its job leaves the failed list."""
+    key = request_key(request_id)
+    row = PromptRequest.objects.select_related("owner").filter(id=key).first()
+    if row is not None and not row.is_final:
+        request_cancel(owner=row.owner, request_id=key)
+    try:
+        job = Job.fetch(key, connection=queues.connection())
+        if job.get_status() in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            job.delete()
+    except NoSuchJobError:
+        pass
+    return row
 
 
 @dataclass(frozen=True, slots=True)

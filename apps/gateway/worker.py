@@ -41,8 +41,10 @@ from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, WorkerStatus
 
 from apps.backends import health
-from apps.backends.selectors import backend_list_active
+from apps.backends.selectors import backend_list_active, backend_names_active
+from apps.gateway import metrics
 from apps.gateway.admission import COMPLETED_KEY
+from apps.gateway.queues import paused_queues
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,9 @@ class GatewayWorker(BaseWorker):
         self._stopping = False
         self._finished: list[tuple[Running, BaseException | None]] = []
         self.completed = 0
+        self._paused: set[str] = set()
+        self._gauge_backends: list[tuple[int, str]] = []
+        self._gauge_backends_at = float("-inf")
         self._functions: dict[str, Callable[..., Any]] = {}
         # The blocking pop runs in a thread and needs a connection of its own.
         pool = self.connection.connection_pool
@@ -132,6 +137,14 @@ class GatewayWorker(BaseWorker):
             self._call_soon(self._cancel_job, payload.get("job_id", ""), CANCEL_STOP)
         elif command == "shutdown":
             self._call_soon(self._request_stop)
+
+    def _refresh_paused(self) -> None:
+        """Queues staff paused in the console (``apps.gateway.queues``): not taken from
+        until resumed; their jobs wait where they are."""
+        self._paused = paused_queues(self.connection)
+
+    def _open_queues(self) -> list[Queue]:
+        return [queue for queue in self.queues if queue.name not in self._paused]
 
     def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -186,6 +199,7 @@ class GatewayWorker(BaseWorker):
             if time.monotonic() - suspended_checked > 1.0:
                 suspended_checked = time.monotonic()
                 suspended = bool(is_suspended(self.connection, self))
+                self._refresh_paused()
                 self.set_state(
                     WorkerStatus.SUSPENDED
                     if suspended
@@ -219,7 +233,13 @@ class GatewayWorker(BaseWorker):
         """Block (in a thread) until a job id appears in one of our queues, up to 1 s, and
         pop it (BLPOP takes keys in order, so priority holds). Returns (queue key, job id)."""
         assert self._wake is not None
-        keys = [queue.key for queue in self.queues]
+        keys = [queue.key for queue in self._open_queues()]
+        if not keys:  # every queue paused: wait as if none had a job
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            return None
         waiter = asyncio.get_running_loop().run_in_executor(None, self._blocking_pop, keys)
         wake: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
         pending: set[asyncio.Future[Any]] = {waiter, wake}
@@ -249,7 +269,7 @@ class GatewayWorker(BaseWorker):
             first_queue = next(q for q in self.queues if q.key == first[0])
             popped.append((first_queue, [first[1]]))
             free -= 1
-        for queue in self.queues:
+        for queue in self._open_queues():
             if free <= 0:
                 break
             ids: Any = self.connection.lpop(queue.key, free)
@@ -373,14 +393,22 @@ class GatewayWorker(BaseWorker):
     async def _housekeeping(self) -> None:
         """Heartbeats for the worker and every job in flight; finished-job flushes;
         RQ's maintenance (which re-enqueues the jobs of workers that died)."""
-        last_maintenance = 0.0
+        last_maintenance, last_gauges = 0.0, 0
         while True:
-            await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 1.0))
+            await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 0.5))
             self._flush_finished()
             if time.monotonic() - getattr(self, "_last_beat", 0.0) >= self.heartbeat_interval:
                 self._last_beat = time.monotonic()
                 with self.connection.pipeline() as pipe:
                     self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
+                    # For the console's workers page.
+                    pipe.hset(
+                        self.key,
+                        mapping={
+                            "barista_inflight": len(self.running),
+                            "barista_done": self.completed,
+                        },
+                    )
                     stamp = now()
                     for running in list(self.running.values()):
                         running.execution.heartbeat(
@@ -388,9 +416,25 @@ class GatewayWorker(BaseWorker):
                         )
                         running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
                     pipe.execute()
+            if int(time.time()) != last_gauges:  # once in every wall-clock second
+                last_gauges = int(time.time())
+                await self._record_gauges()
             if time.monotonic() - last_maintenance >= self.maintenance_interval:
                 last_maintenance = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
+
+    async def _record_gauges(self) -> None:
+        """This second's queue depths, in-flight counts and workers, for the metrics store
+        (one worker of the fleet writes them; see ``apps.gateway.metrics``)."""
+        if not settings.BARISTA_METRICS_ENABLED:
+            return
+        try:
+            if time.monotonic() - self._gauge_backends_at > 10:
+                self._gauge_backends = await database_sync_to_async(backend_names_active)()
+                self._gauge_backends_at = time.monotonic()
+            metrics.record_gauges(self.connection, self._gauge_backends, self.name)
+        except Exception:  # metrics must never stop the worker
+            logger.warning("worker %s: could not record gauges", self.name, exc_info=True)
 
     async def _health_checks(self) -> None:
         """Active health checks of every backend, by one worker of the fleet at a time."""

@@ -75,6 +75,7 @@
     draw("chart-queues", queueNames.map((q) => series(q, (p) => (p.queues || {})[q] ?? null)));
     const backendNames = Object.keys((lastGauges || {}).inflight || {});
     draw("chart-inflight", backendNames.map((b) => series(b, (p) => (p.inflight || {})[b] ?? null)));
+    draw("chart-backend-latency", backendNames.map((b) => series(b, (p) => (p.backend_latency || {})[b] ?? null)));
     draw("chart-errors", ["failed", "rejected"].map((o) => series(o, (p) => p.requests[o] || 0)));
     const last = points[points.length - 1];
     if (!last) return;
@@ -84,6 +85,8 @@
     now("ttft").textContent = `${fmt(last.ttft.p50)} s`;
     if (lastGauges) {
       now("queued").textContent = String(sum(lastGauges.queues));
+      const oldest = Math.max(0, ...Object.values(last.oldest || {}));
+      now("oldest").textContent = oldest ? `oldest ${fmt(oldest)} s` : "";
       now("workers").textContent = String(lastGauges.workers);
       now("cache").textContent = lastGauges.cache_ratio == null ? "—" : `${Math.round(lastGauges.cache_ratio * 100)} %`;
     }
@@ -91,7 +94,8 @@
 
   function add(point, gauges) {
     lastGauges = gauges;
-    points.push({ ...point, queues: gauges.queues, inflight: gauges.inflight });
+    // Stored gauges (written by a worker each second) first; the live reading otherwise.
+    points.push({ ...point, queues: point.queues || gauges.queues, inflight: point.inflight || gauges.inflight });
     while (points.length > WINDOW) points.shift();
   }
 
@@ -104,8 +108,9 @@
       if (frame.type === "history") {
         points.length = 0;
         lastGauges = frame.gauges;
-        for (const p of frame.points) points.push({ ...p, queues: null, inflight: null });
-        if (points.length) Object.assign(points[points.length - 1], { queues: frame.gauges.queues, inflight: frame.gauges.inflight });
+        for (const p of frame.points) points.push({ ...p });
+        const last = points[points.length - 1];
+        if (last && !last.queues) Object.assign(last, { queues: frame.gauges.queues, inflight: frame.gauges.inflight });
       } else if (frame.type === "snapshot") {
         add(frame.point, frame.gauges);
         setState("live", "Live");

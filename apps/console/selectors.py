@@ -1,0 +1,284 @@
+"""What the console shows about the running system: Redis, the database, queues, jobs and
+workers. Reads only; every function answers quickly or says what it could not reach."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection as db_connection
+from django.utils import timezone
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Worker
+from rq.job import Job
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from apps.backends import live
+from apps.backends.models import Backend
+from apps.gateway import cache
+from apps.gateway.models import PromptRequest
+from apps.gateway.queues import connection, paused_queues, queue
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One part of the system: is it well, and the figures that say so."""
+
+    name: str
+    ok: bool
+    summary: str
+    details: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _ms(started: float) -> str:
+    return f"{(time.perf_counter() - started) * 1000:.1f} ms"
+
+
+def check_redis(redis: Redis) -> Check:
+    started = time.perf_counter()
+    try:
+        redis.ping()
+        took = _ms(started)
+        info: dict[str, Any] = redis.info()
+    except RedisError as exc:
+        return Check("Redis", False, f"unreachable ({type(exc).__name__})")
+    return Check(
+        "Redis",
+        True,
+        f"answering in {took}",
+        [
+            ("version", str(info.get("redis_version", "?"))),
+            ("memory", str(info.get("used_memory_human", "?"))),
+            ("clients", str(info.get("connected_clients", "?"))),
+            ("commands/s", str(info.get("instantaneous_ops_per_sec", "?"))),
+        ],
+    )
+
+
+def check_database() -> Check:
+    started = time.perf_counter()
+    try:
+        with db_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        took = _ms(started)
+        waiting = PromptRequest.objects.filter(status=PromptRequest.Status.QUEUED).count()
+        running = PromptRequest.objects.filter(status=PromptRequest.Status.RUNNING).count()
+    except Exception as exc:  # any database error means "not well"
+        return Check("Database", False, f"unreachable ({type(exc).__name__})")
+    return Check(
+        "Database",
+        True,
+        f"answering in {took}",
+        [
+            ("engine", db_connection.vendor),
+            ("prompts waiting", str(waiting)),
+            ("prompts running", str(running)),
+        ],
+    )
+
+
+def check_workers(workers: list[WorkerRow] | None) -> Check:
+    if workers is None:
+        return Check("Workers", False, "unknown (Redis unreachable)")
+    if not workers:
+        return Check("Workers", False, "none running: prompts wait in their queues")
+    in_flight = sum(worker.in_flight for worker in workers)
+    return Check(
+        "Workers",
+        True,
+        f"{len(workers)} alive",
+        [("prompts in flight", str(in_flight))],
+    )
+
+
+def check_backends(redis: Redis) -> Check:
+    backends = list(Backend.objects.exclude(state=Backend.State.DISABLED))
+    if not backends:
+        return Check("Backends", False, "none enabled: add one under Backends")
+    try:
+        states = live.snapshot_sync(redis, [b.pk for b in backends])
+    except RedisError:
+        return Check("Backends", False, "unknown (Redis unreachable)")
+    usable = [
+        b for b in backends if states[b.pk].circuit != "open" and states[b.pk].up is not False
+    ]
+    down = [b.name for b in backends if b not in usable]
+    return Check(
+        "Backends",
+        bool(usable),
+        f"{len(usable)} of {len(backends)} usable",
+        [("down", ", ".join(down))] if down else [],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    name: str
+    depth: int
+    oldest_wait: float | None  # seconds the job at the head has waited
+    running: int
+    failed: int
+    paused: bool
+
+
+def queue_rows(redis: Redis) -> list[QueueRow]:
+    paused = paused_queues(redis)
+    rows = []
+    now = timezone.now()
+    for name in settings.BARISTA_QUEUES:
+        rq_queue = queue(name)
+        head = rq_queue.get_job_ids(0, 1)
+        oldest = None
+        if head:
+            job = (
+                Job.fetch(head[0], connection=redis) if redis.exists(f"rq:job:{head[0]}") else None
+            )
+            if job is not None and job.enqueued_at is not None:
+                enqueued = job.enqueued_at
+                if enqueued.tzinfo is None:
+                    enqueued = enqueued.replace(tzinfo=datetime.UTC)
+                oldest = max(0.0, (now - enqueued).total_seconds())
+        rows.append(
+            QueueRow(
+                name=name,
+                depth=rq_queue.count,
+                oldest_wait=oldest,
+                running=StartedJobRegistry(name, connection=redis).count,
+                failed=FailedJobRegistry(name, connection=redis).count,
+                paused=name in paused,
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    queue: str
+    status: str
+    when: datetime.datetime | None
+    error: str
+    request: PromptRequest | None
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
+    """``failed`` jobs (newest first) or ``waiting`` ones (head of each queue first),
+    with the ledger rows they answer."""
+    found: list[tuple[str, str]] = []
+    for name in settings.BARISTA_QUEUES:
+        if kind == "failed":
+            ids = FailedJobRegistry(name, connection=redis).get_job_ids(0, limit - 1, desc=True)
+        else:
+            ids = queue(name).get_job_ids(0, limit)
+        found += [(name, job_id) for job_id in ids]
+    found = found[:limit]
+    jobs = Job.fetch_many([job_id for _, job_id in found], connection=redis)
+    requests = {
+        str(row.id): row
+        for row in PromptRequest.objects.select_related("owner").filter(
+            id__in=[job_id for _, job_id in found if _is_uuid(job_id)]
+        )
+    }
+    rows = []
+    for (name, job_id), job in zip(found, jobs, strict=True):
+        request = requests.get(job_id)
+        if job is None:
+            rows.append(JobRow(job_id, name, "gone", None, "", request))
+            continue
+        error = ""
+        if kind == "failed":
+            result = job.latest_result()
+            error = _last_line(result.exc_string if result else None)
+        rows.append(
+            JobRow(
+                id=job_id,
+                queue=name,
+                status=str(job.get_status(refresh=False)),
+                when=job.ended_at if kind == "failed" else job.enqueued_at,
+                error=error,
+                request=request,
+            )
+        )
+    return rows
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    name: str
+    hostname: str
+    pid: int | None
+    state: str
+    queues: list[str]
+    in_flight: int
+    done: int
+    last_heartbeat: datetime.datetime | None
+    born: datetime.datetime | None
+
+
+def worker_rows(redis: Redis) -> list[WorkerRow]:
+    workers = Worker.all(connection=redis)
+    with redis.pipeline(transaction=False) as pipe:
+        for worker in workers:
+            pipe.hmget(worker.key, "barista_inflight", "barista_done")
+        extra = pipe.execute()
+    rows = []
+    for worker, (in_flight, done) in zip(workers, extra, strict=True):
+        rows.append(
+            WorkerRow(
+                name=worker.name,
+                hostname=str(worker.hostname or ""),
+                pid=worker.pid,
+                state=str(worker.get_state()),
+                queues=worker.queue_names(),
+                in_flight=int(in_flight or 0),
+                done=int(done or 0),
+                last_heartbeat=worker.last_heartbeat,
+                born=worker.birth_date,
+            )
+        )
+    return sorted(rows, key=lambda row: row.name)
+
+
+def overview() -> dict[str, Any]:
+    redis = connection()
+    redis_check = check_redis(redis)
+    workers: list[WorkerRow] | None = None
+    queues: list[QueueRow] = []
+    counters: dict[str, float] = {}
+    if redis_check.ok:
+        try:
+            workers = worker_rows(redis)
+            queues = queue_rows(redis)
+            counters = cache.counters(redis)
+        except RedisError:
+            pass
+    asked = sum(counters.get(name, 0.0) for name in ("hit", "miss", "coalesced"))
+    saved = counters.get("hit", 0.0) + counters.get("coalesced", 0.0)
+    checks = [redis_check, check_database(), check_workers(workers)]
+    if redis_check.ok:
+        checks.append(check_backends(redis))
+    return {
+        "checks": checks,
+        "queues": queues,
+        "cache_ratio": saved / asked if asked else None,
+        "all_ok": all(check.ok for check in checks),
+    }
