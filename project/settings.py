@@ -89,6 +89,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.chat.context_processors.barista",
             ],
         },
     },
@@ -199,6 +200,8 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
 
 # --- Barista --------------------------------------------------------------------------
+# Anyone may make an account at /accounts/signup/ (off: staff add people in the admin).
+BARISTA_SIGNUP = envbool("BARISTA_SIGNUP", False)
 BARISTA_MAX_PROMPT_CHARS = envint("BARISTA_MAX_PROMPT_CHARS", 32_000, minimum=1)
 BARISTA_MAX_SOCKET_MESSAGE_BYTES = envint("BARISTA_MAX_SOCKET_MESSAGE_BYTES", 256_000, minimum=1)
 BARISTA_JOB_TIMEOUT = envint("BARISTA_JOB_TIMEOUT", 300, minimum=1)

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from apps.chat import views as chat_views
 from apps.console import views as console_views
 from apps.console.prometheus import prometheus_metrics
 
@@ -11,6 +12,7 @@ urlpatterns = [
     path("metrics", prometheus_metrics, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/signup/", chat_views.signup, name="signup"),
     path("console/", include("apps.console.urls")),
     path("settings/keys/", include("apps.api.urls")),
     path("admin/rq/", include("django_rq.urls")),

@@ -13,7 +13,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.backends.selectors import alias_exists
-from apps.chat.services import ConversationNotFound, chat_prompt_submit
+from apps.chat import markdown
+from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prompt_submit
 from apps.gateway import delivery
 from apps.gateway.admission import Rejection, estimate_wait
 from apps.gateway.models import PromptRequest
@@ -106,6 +107,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         fresh = payload.get("fresh", False)
         if not isinstance(fresh, bool):
             raise InvalidInput("'fresh' must be true or false.", "invalid_fresh")
+        replace_last = payload.get("replace_last", False)
+        if not isinstance(replace_last, bool) or (replace_last and conversation is None):
+            raise InvalidInput(
+                "'replace_last' must be true or false, and needs a conversation.",
+                "invalid_replace",
+            )
+        params = _params(payload.get("params"))
 
         # Join the request's group before the job exists, so no early token is missed.
         request_id = uuid.uuid4()
@@ -120,10 +128,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 conversation_id=conversation,
                 request_id=request_id,
                 bypass_cache=fresh,
+                params=params,
+                replace_last=replace_last,
             )
         except ConversationNotFound:
             await self._leave(group)
             raise InvalidInput("Conversation not found.", "not_found") from None
+        except ConversationBusy:
+            await self._leave(group)
+            raise InvalidInput(
+                "The last answer is still on its way: stop it first.", "busy"
+            ) from None
         except Rejection as exc:
             await self._leave(group)
             raise InvalidInput(exc.message, exc.code, retry_after=exc.retry_after) from None
@@ -223,6 +238,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _deliver(self, event: dict[str, Any]) -> None:
         frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
         frame["type"] = event["event"]
+        if frame["type"] == "done" and isinstance(frame.get("content"), str):
+            frame["html"] = markdown.render(frame["content"])  # sanitized on the server
         if frame["type"] == "status" and frame.get("status") == "queued":
             self._watch(str(event["request"]))  # put back in line by a worker shutting down
         else:
@@ -246,6 +263,30 @@ def _is_uuid(value: Any) -> bool:
     except ValueError:
         return False
     return isinstance(value, str)
+
+
+def _params(value: Any) -> dict[str, Any] | None:
+    """The conversation's sampling parameters from a prompt frame, checked; None keeps
+    the conversation's own."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"temperature", "max_tokens"}:
+        raise InvalidInput("'params' may hold only temperature and max_tokens.", "invalid_params")
+    params: dict[str, Any] = {}
+    temperature = value.get("temperature")
+    if temperature is not None:
+        if type(temperature) not in (int, float) or not 0 <= temperature <= 2:
+            raise InvalidInput("Temperature must be a number from 0 to 2.", "invalid_params")
+        params["temperature"] = float(temperature)
+    max_tokens = value.get("max_tokens")
+    if max_tokens is not None:
+        limit = settings.BARISTA_API_MAX_TOKENS
+        if type(max_tokens) is not int or not 1 <= max_tokens <= limit:
+            raise InvalidInput(
+                f"Max tokens must be a whole number from 1 to {limit}.", "invalid_params"
+            )
+        params["max_tokens"] = max_tokens
+    return params
 
 
 def _ref(payload: Any) -> Any:

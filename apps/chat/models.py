@@ -10,6 +10,9 @@ class Conversation(models.Model):
     )
     title = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=100, blank=True, help_text="Alias last used.")
+    # Sampling parameters chosen on the chat page (temperature, max_tokens), sent with
+    # every prompt of this conversation.
+    params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -6,4 +6,8 @@ app_name = "chat"
 urlpatterns = [
     path("", views.home, name="home"),
     path("c/<int:pk>/", views.home, name="conversation"),
+    path("c/<int:pk>/rename/", views.conversation_rename, name="rename"),
+    path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
+    path("models.json", views.model_health, name="models"),
+    path("settings/", views.account_settings, name="settings"),
 ]

@@ -1,12 +1,23 @@
+"""The chat pages: conversations (list, search, open, rename, delete), the model picker's
+health, the person's settings and usage, and optional self sign-up."""
+
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib import messages as flash
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
 
-from apps.backends.selectors import alias_list
-from apps.chat import selectors
+from apps.api.models import ApiKey
+from apps.backends.selectors import alias_health
+from apps.chat import selectors, services
+from apps.gateway.queues import connection
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -27,17 +38,82 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
             {"id": str(r.id), "status": r.status}
             for r in selectors.request_list_pending(conversation=conversation)
         ]
-    models = alias_list()
-    selected = conversation.model if conversation and conversation.model else None
+    models = alias_health(connection())
+    up = [str(m["alias"]) for m in models if m["up"]]
+    selected = (
+        conversation.model
+        if conversation and conversation.model
+        else (up[0] if up else (str(models[0]["alias"]) if models else ""))
+    )
+    search = request.GET.get("q", "")[:200]
     return render(
         request,
         "chat/home.html",
         {
-            "conversations": selectors.conversation_list(user=request.user)[:100],
+            "conversations": selectors.conversation_list(user=request.user, search=search)[:100],
+            "search": search,
             "conversation": conversation,
             "chat_messages": messages,
             "pending": pending,
             "models": models,
-            "selected_model": selected or (models[0]["alias"] if models else ""),
+            "selected_model": selected,
+            "params": conversation.params if conversation else {},
+            "max_tokens_limit": settings.BARISTA_API_MAX_TOKENS,
         },
     )
+
+
+@never_cache
+@login_required
+def model_health(request: HttpRequest) -> JsonResponse:
+    """The picker's health dots, polled by the chat page."""
+    return JsonResponse({"models": alias_health(connection())})
+
+
+@require_POST
+@login_required
+def conversation_rename(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.conversation_rename(user=request.user, pk=pk, title=request.POST.get("title", ""))
+    except services.ConversationNotFound:
+        raise Http404("Conversation not found.") from None
+    except ValueError as exc:
+        flash.error(request, str(exc))
+    return redirect("chat:conversation", pk=pk)
+
+
+@require_POST
+@login_required
+def conversation_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.conversation_delete(user=request.user, pk=pk)
+    except services.ConversationNotFound:
+        raise Http404("Conversation not found.") from None
+    flash.success(request, "Conversation deleted.")
+    return redirect("chat:home")
+
+
+@login_required
+def account_settings(request: AuthenticatedHttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "chat/settings.html",
+        {
+            "usage": selectors.usage_summary(user=request.user),
+            "keys": ApiKey.objects.filter(owner=request.user, revoked_at__isnull=True),
+        },
+    )
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    """Self sign-up, when ``BARISTA_SIGNUP`` is on (off by default: staff add people)."""
+    if not settings.BARISTA_SIGNUP:
+        raise Http404("Sign-up is closed; ask an administrator for an account.")
+    if request.user.is_authenticated:
+        return redirect("chat:home")
+    form: UserCreationForm[User] = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("chat:home")
+    return render(request, "registration/signup.html", {"form": form})

@@ -38,6 +38,24 @@ _SENTENCES = [
     "Good coffee, like a good answer, is worth a short wait.",
     "Nothing ordered is forgotten, even when the shop is busy.",
 ]
+# Answered (after the quote) when a prompt mentions Markdown.
+MARKDOWN_SAMPLE = """
+
+## Brewing notes
+
+- **Grind** fine for espresso
+- *Steam* the milk to 65 °C
+
+| drink | shots |
+|---|---|
+| cortado | 2 |
+
+```python
+def brew(shots: int) -> str:
+    return "espresso " * shots
+```
+
+"""
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 MAX_BODY = 8 * 1024 * 1024
 
@@ -103,7 +121,10 @@ def compose_answer(request: dict[str, Any], length: int) -> list[str]:
     ).digest()
     rng = random.Random(digest)
     quoted = last_user_message(request.get("messages") or [])
-    tokens = _TOKEN_RE.findall(f'You said: "{quoted}". Here is a simulated answer. ')
+    opening = f'You said: "{quoted}". Here is a simulated answer. '
+    if "markdown" in quoted.lower():  # something for the chat page to render
+        opening += MARKDOWN_SAMPLE
+    tokens = _TOKEN_RE.findall(opening)
     target = max(length, len(tokens) + 8)
     while len(tokens) < target:
         tokens += _TOKEN_RE.findall(rng.choice(_SENTENCES) + " ")

@@ -15,8 +15,10 @@
     stateText.textContent = text;
   }
 
+  let view = WINDOW; // seconds shown: 15 min, 5 min or 1 min (buttons above the charts)
+
   function series(name, pick) {
-    return { name, values: points.map(pick) };
+    return { name, values: points.slice(-view).map(pick) };
   }
 
   function draw(id, list) {
@@ -26,22 +28,27 @@
     let max = 0;
     for (const s of list) for (const v of s.values) if (v != null && v > max) max = v;
     max = max > 0 ? niceCeil(max) : 1;
-    const n = Math.max(points.length, 2);
+    const n = Math.max(Math.min(points.length, view), 2);
     const x = (i) => pad + (i * (width - pad - 4)) / (n - 1);
     const y = (v) => height - 16 - (v * (height - 24)) / max;
     const parts = [`<line class="axis" x1="${pad}" y1="${y(0)}" x2="${width - 4}" y2="${y(0)}"/>`,
       `<line class="grid" x1="${pad}" y1="${y(max / 2)}" x2="${width - 4}" y2="${y(max / 2)}"/>`,
       `<text class="tick" x="${pad - 4}" y="${y(max) + 8}" text-anchor="end">${fmt(max)}</text>`,
       `<text class="tick" x="${pad - 4}" y="${y(max / 2) + 4}" text-anchor="end">${fmt(max / 2)}</text>`,
-      `<text class="tick" x="${pad}" y="${height - 2}">−15 min</text>`,
+      `<text class="tick" x="${pad}" y="${height - 2}">−${view >= 60 ? view / 60 + " min" : view + " s"}</text>`,
       `<text class="tick" x="${width - 4}" y="${height - 2}" text-anchor="end">now</text>`];
     list.forEach((s, index) => {
       let d = "";
+      const color = COLORS[index % COLORS.length];
       s.values.forEach((v, i) => {
         if (v == null) return;
         d += (d && s.values[i - 1] != null ? "L" : "M") + x(i).toFixed(1) + " " + y(v).toFixed(1);
+        // A point with no neighbour draws no line: show it as a dot.
+        if (s.values[i - 1] == null && s.values[i + 1] == null) {
+          parts.push(`<circle cx="${x(i).toFixed(1)}" cy="${y(v).toFixed(1)}" r="2" fill="${color}"/>`);
+        }
       });
-      parts.push(`<path d="${d}" fill="none" stroke="${COLORS[index % COLORS.length]}" stroke-width="1.6"/>`);
+      parts.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"/>`);
     });
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.innerHTML = parts.join("");
@@ -126,6 +133,13 @@
     };
   }
 
+  for (const button of document.querySelectorAll("[data-window]")) {
+    button.addEventListener("click", () => {
+      view = Number(button.dataset.window);
+      for (const other of document.querySelectorAll("[data-window]")) other.setAttribute("aria-pressed", String(other === button));
+      redraw();
+    });
+  }
   window.addEventListener("resize", redraw);
   connect();
 })();

@@ -41,6 +41,9 @@ def test_the_metrics_page_moves_while_prompts_run(
     assert len(path.get_attribute("d") or "") > 10  # a line was drawn
     latency = page.locator('[data-now="latency"]').inner_text()
     assert latency != "—" and "s" in latency
+    # The last minute, close up: the axis says so and the lines are drawn across it.
+    page.get_by_role("button", name="1 min").click()
+    expect(page.locator("#chart-throughput text").filter(has_text="−1 min")).to_have_count(1)
     OUTPUT_DIR.mkdir(exist_ok=True)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(OUTPUT_DIR / "console-metrics.png"), full_page=True)
