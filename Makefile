@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test lint bench chromium clean
+.PHONY: up test lint bench chaos audit chromium clean
 
 $(PY):
 	@python=$${PYTHON:-$$(scripts/find-python)} || exit 1; \
@@ -31,7 +31,18 @@ chromium:
 	  fi; }
 
 test: $(STAMP) chromium
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+# The proving suite: isolation under cancellation, worker/Redis/backend faults, hostile
+# input, secrets, hygiene. Figures go to test-output/chaos-figures.json.
+chaos: $(STAMP) chromium
+	$(PY) -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
+
+# Static security checks: bandit (medium and up must be clean; see docs/security.md) and
+# pip-audit (needs to reach a vulnerability database).
+audit: $(STAMP)
+	$(VENV)/bin/bandit -r apps project -q -ll
+	$(VENV)/bin/pip-audit --skip-editable
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -45,6 +45,8 @@ def setup_django() -> dict[str, str]:
         "DEBUG": "0",
         "SECRET_KEY": "benchmark-only-not-secret",
         "SESSION_COOKIE_SECURE": "0",
+        "CSRF_COOKIE_SECURE": "0",
+        "SECURE_SSL_REDIRECT": "0",  # loopback, plain HTTP
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
         # Benchmarks send thousands of prompts as one person; the fairness cap and rate

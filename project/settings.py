@@ -13,6 +13,10 @@ from pathlib import Path
 import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from project.env import envbool, envfloat, envint, envlist, envstr
 
@@ -146,6 +150,9 @@ CHANNEL_LAYERS = {
                     # idle consumer was torn down after about 5 s (channels_redis#422).
                     # Longer than the block, so a dead Redis is still noticed.
                     "socket_timeout": 15,
+                    # A connection broken by a Redis restart fails once, then reconnects.
+                    "retry": AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                    "retry_on_error": [RedisConnectionError, RedisTimeoutError],
                 }
             ],
             "capacity": envint("BARISTA_CHANNEL_CAPACITY", 1000, minimum=1),
@@ -198,6 +205,17 @@ X_FRAME_OPTIONS = "DENY"
 if not DEBUG:
     SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
+    # Production is served over HTTPS: plain HTTP is redirected (probes and Prometheus
+    # excepted) and browsers are told to stay on HTTPS. Behind a proxy that ends TLS, set
+    # SECURE_PROXY_SSL_HEADER=1 so Django trusts its X-Forwarded-Proto.
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 3600, minimum=0)
+    # Off by default: they bind every subdomain of the host to HTTPS, for a long time.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    if envbool("SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Barista --------------------------------------------------------------------------
 # Anyone may make an account at /accounts/signup/ (off: staff add people in the admin).
@@ -217,10 +235,18 @@ BARISTA_WORKER_GRACE = envfloat("BARISTA_WORKER_GRACE", 30.0, minimum=0.0)
 BARISTA_MAX_QUEUED = envint("BARISTA_MAX_QUEUED", 10_000, minimum=1)
 BARISTA_USER_RATE_PER_MINUTE = envint("BARISTA_USER_RATE_PER_MINUTE", 60, minimum=1)
 BARISTA_USER_MAX_PENDING = envint("BARISTA_USER_MAX_PENDING", 20, minimum=1)
+# Seconds without a frame for an answer in flight before a chat socket checks the ledger and,
+# if the answer has ended, sends its final frame from there (frames lost on the way).
+BARISTA_DELIVERY_STALL = envfloat("BARISTA_DELIVERY_STALL", 5.0, minimum=0.5)
 # How often a waiting person's place in line is refreshed (seconds).
 BARISTA_QUEUE_POSITION_INTERVAL = envfloat("BARISTA_QUEUE_POSITION_INTERVAL", 1.0, minimum=0.1)
 # Times a prompt is re-run after its worker died mid-answer.
 BARISTA_JOB_RETRIES = envint("BARISTA_JOB_RETRIES", 3, minimum=0)
+# The reconciler (apps/gateway/reconciler.py): every INTERVAL s one worker re-queues
+# prompts waiting longer than AFTER s whose job Redis lost, and fails running ones lost
+# past their timeout.
+BARISTA_RECONCILE_INTERVAL = envint("BARISTA_RECONCILE_INTERVAL", 10, minimum=1)
+BARISTA_RECONCILE_AFTER = envint("BARISTA_RECONCILE_AFTER", 30, minimum=1)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
 # Balancer: peak_ewma (default), round_robin, weighted, least_inflight; per alias with

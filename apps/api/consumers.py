@@ -12,6 +12,7 @@ its request (unless others follow it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
@@ -62,8 +64,33 @@ class ApiError(Exception):
         return json.dumps({"error": error}).encode()
 
 
+REDIS_UNAVAILABLE = ApiError(
+    503,
+    "Barista is temporarily unavailable: its queue (Redis) is not answering. "
+    "Try again in a few seconds.",
+    "server_error",
+    code="unavailable",
+    headers=[(b"retry-after", b"5")],
+)
+
 # A failed event's code → HTTP status, when nothing was streamed yet.
 FAILURE_STATUS = {"timeout": 504, "unavailable": 503}
+
+
+def _final_event(request_id: str | None) -> dict[str, Any] | None:
+    """The event that ends a request, from the ledger; None while it is still going."""
+    if request_id is None:
+        return None
+    row = PromptRequest.objects.select_related("backend").filter(id=request_id).first()
+    if row is None or not row.is_final:
+        return None
+    if row.status == PromptRequest.Status.DONE:
+        return delivery.done_event(
+            answer=row.answer, usage=row, backend=row.backend, cache_outcome=row.cache_outcome
+        )
+    if row.status == PromptRequest.Status.CANCELLED:
+        return {"event": "cancelled"}
+    return {"event": "failed", "error": row.error or "The request failed."}
 
 
 class OpenAIConsumer(AsyncHttpConsumer):
@@ -83,6 +110,9 @@ class OpenAIConsumer(AsyncHttpConsumer):
         self.sent_chars = 0
         self.created = int(time.time())
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.event_lock = asyncio.Lock()
+        self.last_event = time.monotonic()
+        self.watchdog: asyncio.Task[None] | None = None
 
     # --- ASGI plumbing ----------------------------------------------------------------
 
@@ -105,6 +135,9 @@ class OpenAIConsumer(AsyncHttpConsumer):
             await self.route(b"".join(self.body))
         except ApiError as exc:
             await self._error(exc)
+        except RedisError:
+            logger.warning("API request refused: Redis is not answering")
+            await self._error(REDIS_UNAVAILABLE)
         except Exception:
             logger.exception("API request failed")
             await self._error(ApiError(500, "The server had an error.", "server_error"))
@@ -120,10 +153,28 @@ class OpenAIConsumer(AsyncHttpConsumer):
         await self._stop()
 
     async def _stop(self) -> None:
+        if self.watchdog is not None and self.watchdog is not asyncio.current_task():
+            self.watchdog.cancel()
         if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            self.group = None
+            group, self.group = self.group, None
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except RedisError:
+                pass  # the group expires by itself
         raise StopConsumer()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Redis going away while a request waits for its answer (the channel layer's
+        receive fails) ends that request with a clear 503 — or, mid-stream, an error event
+        — instead of a dropped connection. The ledger still holds the prompt."""
+        try:
+            await super().__call__(scope, receive, send)
+        except RedisError:
+            logger.warning("API request %s: Redis stopped answering", self.request_id)
+            try:
+                await self._error(REDIS_UNAVAILABLE)
+            except Exception:  # the client is gone too: nothing left to tell
+                logger.info("API request %s: the client left as well", self.request_id)
 
     def _header(self, name: bytes) -> str | None:
         for key, value in self.scope.get("headers", []):
@@ -229,7 +280,7 @@ class OpenAIConsumer(AsyncHttpConsumer):
             ) from None
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # too deeply nested is invalid too
             raise ApiError(
                 400, "We could not parse the JSON body of your request.", code="invalid_json"
             ) from None
@@ -268,6 +319,9 @@ class OpenAIConsumer(AsyncHttpConsumer):
         if request.status == PromptRequest.Status.DONE:  # a cache hit: replayed like a live one
             for event in await database_sync_to_async(delivery.replay_events)(request):
                 await self._on_event(event)
+            return
+        self.last_event = time.monotonic()
+        self.watchdog = asyncio.create_task(self._watch_delivery())
 
     async def _key_limits(self, key: ApiKey) -> None:
         """The key's own limits: requests per minute (with x-ratelimit-* headers), tokens
@@ -306,18 +360,43 @@ class OpenAIConsumer(AsyncHttpConsumer):
 
     async def request_event(self, event: dict[str, Any]) -> None:
         if event.get("owner") != self.owner_id or event.get("request") != self.request_id:
-            delivery.refused_frames += 1
+            delivery.count_refused()
             logger.error(
                 "refused an API event for request %s: owner mismatch", event.get("request")
             )
             return
-        if self.finished:
-            return
+        self.last_event = time.monotonic()
         try:
-            await self._on_event(event)
+            async with self.event_lock:
+                if self.finished:
+                    return
+                await self._on_event(event)
         finally:
             if self.finished:
                 await self._stop()
+
+    async def _watch_delivery(self) -> None:
+        """The channel layer may drop events (a full channel, a Redis hiccup): when the
+        request has sent nothing for ``BARISTA_DELIVERY_STALL`` seconds, look it up in the
+        ledger and, if it has ended, answer from there."""
+        stall = settings.BARISTA_DELIVERY_STALL
+        while not self.finished:
+            await asyncio.sleep(min(1.0, stall))
+            if time.monotonic() - self.last_event < stall:
+                continue
+            self.last_event = time.monotonic()
+            try:
+                event = await database_sync_to_async(_final_event)(self.request_id)
+            except Exception:  # the database away too: try again next round
+                logger.warning("could not check request %s", self.request_id, exc_info=True)
+                continue
+            if event is None:
+                continue
+            async with self.event_lock:
+                if self.finished:
+                    return
+                await self._on_event(event)
+            delivery.count_caught_up()
 
     async def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis import Redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 TAU = 10.0  # seconds for the EWMA to forget
 
@@ -176,8 +180,14 @@ def client() -> aioredis.Redis:
         _clients.clear()
         # A blocking pool: with hundreds of prompts in flight, an operation waits for a free
         # connection instead of failing (redis-py's default pool raises past 100).
+        # Connections broken by a Redis restart fail once, then reconnect: retried with a
+        # short backoff, so the first prompts after Redis returns do not fail on them.
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=settings.BARISTA_LIVE_REDIS_CONNECTIONS, timeout=30
+            settings.REDIS_URL,
+            max_connections=settings.BARISTA_LIVE_REDIS_CONNECTIONS,
+            timeout=30,
+            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         found = _clients[loop] = aioredis.Redis(connection_pool=pool)
     return found

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from apps.backends.selectors import alias_exists
 from apps.chat import markdown
@@ -49,12 +51,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # The owner's prompts still waiting in line: request id -> last (position, eta) sent.
         self.waiting: dict[str, tuple[int, int] | None] = {}
         self.position_task: asyncio.Task[None] | None = None
+        # Requests in flight on this socket -> when their last frame arrived (watchdog).
+        self.expecting: dict[str, float] = {}
+        self.ended: set[str] = set()
+        self.watchdog: asyncio.Task[None] | None = None
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        task = getattr(self, "position_task", None)
-        if task is not None:
-            task.cancel()
+        for task in (getattr(self, "position_task", None), getattr(self, "watchdog", None)):
+            if task is not None:
+                task.cancel()
         for group in getattr(self, "groups_joined", set()):
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -67,7 +73,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise InvalidInput("Message too large.", "message_too_large")
             try:
                 payload = json.loads(text_data)
-            except ValueError:
+            except (ValueError, RecursionError):  # too deeply nested is invalid too
                 raise InvalidInput("Message is not valid JSON.", "invalid_json") from None
             if not isinstance(payload, dict):
                 raise InvalidInput("Message must be a JSON object.", "invalid_json")
@@ -83,6 +89,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "Unknown message type; expected 'prompt', 'follow' or 'cancel'.",
                     "unknown_type",
                 )
+        except RedisError:
+            logger.warning("chat frame refused: Redis is not answering")
+            exc = InvalidInput(
+                "Barista is temporarily unavailable (its queue is not answering). "
+                "Try again in a few seconds.",
+                "unavailable",
+                retry_after=5,
+            )
+            frame = {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
+            frame["retry_after"] = 5
+            await self.send_json(frame)
         except InvalidInput as exc:
             frame = {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
             if exc.retry_after is not None:
@@ -160,6 +177,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             for event in await database_sync_to_async(delivery.replay_events)(request):
                 await self._deliver(event)
             return
+        self._expect(str(request.id))
         self._watch(str(request.id))
 
     async def handle_follow(self, payload: dict[str, Any]) -> None:
@@ -173,25 +191,57 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.add(group)
         # It may have finished between the page render and now: send the final state.
-        request = await database_sync_to_async(PromptRequest.objects.get)(id=request.id)
-        if request.status == PromptRequest.Status.DONE:
-            await self._deliver(
-                {"event": "done", "request": str(request.id), "content": request.answer}
+        row = await self._catch_up(str(request.id))
+        if row is not None and not row.is_final:
+            await self.send_json({"type": "status", "request": str(row.id), "status": row.status})
+            self._expect(str(row.id))
+            if row.status == PromptRequest.Status.QUEUED:
+                self._watch(str(row.id))
+
+    async def _catch_up(self, request_id: str) -> PromptRequest | None:
+        """Send a request's final frame from the database if it has ended (the ledger is
+        the record, DESIGN.md decision 2). Returns the row as it is now."""
+        row = await database_sync_to_async(
+            PromptRequest.objects.select_related("backend").filter(id=request_id).first
+        )()
+        if row is None or not row.is_final:
+            return row
+        if row.status == PromptRequest.Status.DONE:
+            event = delivery.done_event(
+                answer=row.answer, usage=row, backend=row.backend, cache_outcome=row.cache_outcome
             )
-        elif request.status in (PromptRequest.Status.FAILED, PromptRequest.Status.CANCELLED):
-            await self._deliver(
-                {
-                    "event": "failed",
-                    "request": str(request.id),
-                    "error": request.error or request.status,
-                }
-            )
+        elif row.status == PromptRequest.Status.CANCELLED:
+            event = {"event": "cancelled"}
         else:
-            await self.send_json(
-                {"type": "status", "request": str(request.id), "status": request.status}
-            )
-            if request.status == PromptRequest.Status.QUEUED:
-                self._watch(str(request.id))
+            event = {"event": "failed", "error": row.error or "The request failed."}
+        await self._deliver({**event, "request": str(row.id)})
+        return row
+
+    def _expect(self, request_id: str) -> None:
+        """Frames are on their way for this request: watch that they keep coming."""
+        self.expecting[request_id] = time.monotonic()
+        if self.watchdog is None or self.watchdog.done():
+            self.watchdog = asyncio.create_task(self._watch_delivery())
+
+    async def _watch_delivery(self) -> None:
+        """The channel layer may drop frames (a full channel, a Redis hiccup): when a
+        request in flight has sent nothing for ``BARISTA_DELIVERY_STALL`` seconds, look
+        it up in the ledger and, if it has ended, send its final frame from there."""
+        stall = settings.BARISTA_DELIVERY_STALL
+        while self.expecting:
+            await asyncio.sleep(min(1.0, stall))
+            now = time.monotonic()
+            for request_id, last in list(self.expecting.items()):
+                if now - last < stall:
+                    continue
+                self.expecting[request_id] = now
+                try:
+                    row = await self._catch_up(request_id)
+                except Exception:  # the database away too: try again next round
+                    logger.warning("could not check request %s", request_id, exc_info=True)
+                    continue
+                if row is not None and row.is_final:
+                    delivery.count_caught_up()
 
     async def handle_cancel(self, payload: dict[str, Any]) -> None:
         request = (
@@ -209,7 +259,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def request_event(self, event: dict[str, Any]) -> None:
         """A progress event from a worker. Re-check the owner before anything is sent."""
         if event.get("owner") != self.user_id:
-            delivery.refused_frames += 1
+            delivery.count_refused()
             logger.error("refused a frame for request %s: owner mismatch", event.get("request"))
             return
         await self._deliver(event)
@@ -238,6 +288,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _deliver(self, event: dict[str, Any]) -> None:
         frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
         frame["type"] = event["event"]
+        request_id = str(event["request"])
+        if frame["type"] in {"done", "failed", "cancelled"}:
+            if request_id in self.ended:
+                return  # already ended here (a late frame after a catch-up): once is enough
+            self.ended.add(request_id)
+            self.expecting.pop(request_id, None)
+        elif request_id in self.expecting:
+            self.expecting[request_id] = time.monotonic()
         if frame["type"] == "done" and isinstance(frame.get("content"), str):
             frame["html"] = markdown.render(frame["content"])  # sanitized on the server
         if frame["type"] == "status" and frame.get("status") == "queued":
@@ -251,7 +309,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _leave(self, group: str) -> None:
         if group in self.groups_joined:
             self.groups_joined.discard(group)
-            await self.channel_layer.group_discard(group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except RedisError:
+                pass  # the group expires by itself
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content))

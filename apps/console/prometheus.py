@@ -61,6 +61,17 @@ class BaristaCollector:
         yield requests
         yield calls
         yield tokens
+        yield CounterMetricFamily(
+            "barista_caught_up_answers",
+            "Final frames the channel layer never delivered, sent from the ledger instead.",
+            value=totals.get("caught_up", 0.0),
+        )
+        yield CounterMetricFamily(
+            "barista_refused_frames",
+            "Frames the delivery guard refused because their owner was not the socket's "
+            "user. Anything but zero means something upstream is broken.",
+            value=totals.get("refused", 0.0),
+        )
         yield _histogram(
             "barista_request_duration_seconds",
             "Time from submission to the recorded answer.",

@@ -182,7 +182,7 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
         found += [(name, job_id) for job_id in ids]
     found = found[:limit]
     jobs = Job.fetch_many([job_id for _, job_id in found], connection=redis)
-    requests = {
+    rows_by_id = {
         str(row.id): row
         for row in PromptRequest.objects.select_related("owner").filter(
             id__in=[job_id for _, job_id in found if _is_uuid(job_id)]
@@ -190,7 +190,7 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
     }
     rows = []
     for (name, job_id), job in zip(found, jobs, strict=True):
-        request = requests.get(job_id)
+        request = rows_by_id.get(job_id)
         if job is None:
             rows.append(JobRow(job_id, name, "gone", None, "", request))
             continue

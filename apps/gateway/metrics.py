@@ -104,6 +104,15 @@ class Recorder:
         if ttft is not None:
             self._add(f"bttft|{backend}", ttft)
 
+    def caught_up(self) -> None:
+        """A final frame lost on the way and sent from the ledger instead (chat sockets)."""
+        self._add("caught_up", 1)
+
+    def refused_frame(self) -> None:
+        """A frame the delivery guard refused: its owner was not the socket's user.
+        Counted even with metrics off — it must never go unnoticed."""
+        self._add("refused", 1)
+
     def flush(self) -> None:
         with self._lock:
             total, self._total = self._total, Counter()

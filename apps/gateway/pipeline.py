@@ -68,6 +68,16 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
             await _fail(request, "The answer took too long and was stopped.", code="timeout")
             await _hand_over(request, fanout)
         raise
+    except Exception:
+        # Anything else (Redis went away mid-answer, a bug): the row must not be left
+        # running. The owner gets a clear error; the job still fails, with the trace.
+        await _fail(
+            request,
+            "Barista lost track of this answer (its queue or database was unavailable). "
+            "Please send it again.",
+            code="unavailable",
+        )
+        raise
 
 
 async def _fail(request: PromptRequest, message: str, code: str = "backend_failed") -> None:
@@ -76,11 +86,14 @@ async def _fail(request: PromptRequest, message: str, code: str = "backend_faile
     ``unavailable`` (no backend can take it now)."""
     if await database_sync_to_async(services.request_fail)(request_id=request.id, error=message):
         recorder.request(outcome="failed", model=request.model)
-        await push(
-            request_id=request.id,
-            owner_id=request.owner_id,
-            event={"event": "failed", "error": message, "code": code},
-        )
+        try:
+            await push(
+                request_id=request.id,
+                owner_id=request.owner_id,
+                event={"event": "failed", "error": message, "code": code},
+            )
+        except Exception:  # Redis away: the ledger has it; the page catches up on reconnect
+            logger.warning("request %s: could not tell its owner it failed", request.id)
 
 
 async def _hand_over(request: PromptRequest, fanout: Fanout | None = None) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from channels.db import database_sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import parse_payload
 from rq.executions import Execution
@@ -39,10 +40,11 @@ from rq.job import Job, JobStatus
 from rq.suspension import is_suspended
 from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, WorkerStatus
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 from apps.backends import health
 from apps.backends.selectors import backend_list_active, backend_names_active
-from apps.gateway import metrics
+from apps.gateway import metrics, reconciler
 from apps.gateway.admission import COMPLETED_KEY
 from apps.gateway.queues import paused_queues
 
@@ -115,6 +117,7 @@ class GatewayWorker(BaseWorker):
         self._finished: list[tuple[Running, BaseException | None]] = []
         self.completed = 0
         self._paused: set[str] = set()
+        self._redis_warned = 0.0
         self._gauge_backends: list[tuple[int, str]] = []
         self._gauge_backends_at = float("-inf")
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -137,6 +140,12 @@ class GatewayWorker(BaseWorker):
             self._call_soon(self._cancel_job, payload.get("job_id", ""), CANCEL_STOP)
         elif command == "shutdown":
             self._call_soon(self._request_stop)
+
+    def _redis_trouble(self, exc: BaseException) -> None:
+        now_ = time.monotonic()
+        if now_ - self._redis_warned > 5:
+            self._redis_warned = now_
+            logger.warning("worker %s: Redis is not answering (%s); retrying", self.name, exc)
 
     def _refresh_paused(self) -> None:
         """Queues staff paused in the console (``apps.gateway.queues``): not taken from
@@ -196,38 +205,44 @@ class GatewayWorker(BaseWorker):
         assert self._wake is not None
         suspended_checked, suspended = 0.0, False
         while not self._stopping:
-            if time.monotonic() - suspended_checked > 1.0:
-                suspended_checked = time.monotonic()
-                suspended = bool(is_suspended(self.connection, self))
-                self._refresh_paused()
-                self.set_state(
-                    WorkerStatus.SUSPENDED
-                    if suspended
-                    else (WorkerStatus.BUSY if self.running else WorkerStatus.IDLE)
-                )
-            free = self.concurrency - len(self.running)
-            started = 0
-            if free > 0 and not suspended:
-                started = await self._start_batch(free)
-            if burst and not started and not self.running:
-                return
-            if started and started == free:
-                continue
-            if started:
-                await asyncio.sleep(0)
-                continue
-            # Nothing to start: wait for a slot, a new job, or a stop — briefly, so new jobs
-            # are picked up fast without a blocking pop stalling the loop.
-            self._wake.clear()
-            if free > 0 and not suspended:
-                first = await self._wait_for_jobs()
-                if first is not None:
-                    await self._start_batch(free, first)
-            else:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
+            try:
+                if time.monotonic() - suspended_checked > 1.0:
+                    suspended_checked = time.monotonic()
+                    suspended = bool(is_suspended(self.connection, self))
+                    self._refresh_paused()
+                    self.set_state(
+                        WorkerStatus.SUSPENDED
+                        if suspended
+                        else (WorkerStatus.BUSY if self.running else WorkerStatus.IDLE)
+                    )
+                free = self.concurrency - len(self.running)
+                started = 0
+                if free > 0 and not suspended:
+                    started = await self._start_batch(free)
+                if burst and not started and not self.running:
+                    return
+                if started and started == free:
+                    continue
+                if started:
+                    await asyncio.sleep(0)
+                    continue
+                # Nothing to start: wait for a slot, a new job, or a stop — briefly, so new jobs
+                # are picked up fast without a blocking pop stalling the loop.
+                self._wake.clear()
+                if free > 0 and not suspended:
+                    first = await self._wait_for_jobs()
+                    if first is not None:
+                        await self._start_batch(free, first)
+                else:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+            except RedisError as exc:
+                # Redis restarting or unreachable: keep what is in flight, retry in a
+                # second (redis-py reconnects by itself), never die over it.
+                self._redis_trouble(exc)
+                await asyncio.sleep(1.0)
 
     async def _wait_for_jobs(self) -> tuple[str, str] | None:
         """Block (in a thread) until a job id appears in one of our queues, up to 1 s, and
@@ -347,6 +362,13 @@ class GatewayWorker(BaseWorker):
         if not self._finished:
             return
         finished, self._finished = self._finished, []
+        try:
+            self._record_finished(finished)
+        except RedisError as exc:
+            # The ledger already holds each answer; only RQ's registries miss these.
+            self._redis_trouble(exc)
+
+    def _record_finished(self, finished: list[tuple[Running, BaseException | None]]) -> None:
         requeue: list[Running] = []
         with self.connection.pipeline() as pipe:
             for running, error in finished:
@@ -393,35 +415,55 @@ class GatewayWorker(BaseWorker):
     async def _housekeeping(self) -> None:
         """Heartbeats for the worker and every job in flight; finished-job flushes;
         RQ's maintenance (which re-enqueues the jobs of workers that died)."""
-        last_maintenance, last_gauges = 0.0, 0
+        last_maintenance, last_gauges, last_reconcile = 0.0, 0, 0.0
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 0.5))
-            self._flush_finished()
-            if time.monotonic() - getattr(self, "_last_beat", 0.0) >= self.heartbeat_interval:
-                self._last_beat = time.monotonic()
-                with self.connection.pipeline() as pipe:
-                    self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
-                    # For the console's workers page.
-                    pipe.hset(
-                        self.key,
-                        mapping={
-                            "barista_inflight": len(self.running),
-                            "barista_done": self.completed,
-                        },
+            try:
+                last_maintenance, last_gauges, last_reconcile = await self._housekeep(
+                    last_maintenance, last_gauges, last_reconcile
+                )
+            except Exception as exc:  # Redis away, most likely: try again next round
+                self._redis_trouble(exc)
+
+    async def _housekeep(
+        self, last_maintenance: float, last_gauges: int, last_reconcile: float
+    ) -> tuple[float, int, float]:
+        self._flush_finished()
+        if time.monotonic() - getattr(self, "_last_beat", 0.0) >= self.heartbeat_interval:
+            self._last_beat = time.monotonic()
+            with self.connection.pipeline() as pipe:
+                self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
+                # For the console's workers page.
+                pipe.hset(
+                    self.key,
+                    mapping={
+                        "barista_inflight": len(self.running),
+                        "barista_done": self.completed,
+                    },
+                )
+                stamp = now()
+                for running in list(self.running.values()):
+                    running.execution.heartbeat(
+                        running.job.started_job_registry, self.heartbeat_ttl, pipeline=pipe
                     )
-                    stamp = now()
-                    for running in list(self.running.values()):
-                        running.execution.heartbeat(
-                            running.job.started_job_registry, self.heartbeat_ttl, pipeline=pipe
-                        )
-                        running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
-                    pipe.execute()
-            if int(time.time()) != last_gauges:  # once in every wall-clock second
-                last_gauges = int(time.time())
-                await self._record_gauges()
-            if time.monotonic() - last_maintenance >= self.maintenance_interval:
-                last_maintenance = time.monotonic()
-                await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
+                    running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
+                pipe.execute()
+        if int(time.time()) != last_gauges:  # once in every wall-clock second
+            last_gauges = int(time.time())
+            await self._record_gauges()
+        if time.monotonic() - last_maintenance >= self.maintenance_interval:
+            last_maintenance = time.monotonic()
+            if not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
+                # Redis came back without our registration (a restart without
+                # persistence): register again, so the fleet and the console see us.
+                self.connection.delete(self.key)
+                self.register_birth()  # type: ignore[no-untyped-call]
+            await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
+        if time.monotonic() - last_reconcile >= settings.BARISTA_RECONCILE_INTERVAL:
+            last_reconcile = time.monotonic()
+            if reconciler.claim_turn(self.connection, self.name):
+                await database_sync_to_async(reconciler.reconcile)(self.connection)
+        return last_maintenance, last_gauges, last_reconcile
 
     async def _record_gauges(self) -> None:
         """This second's queue depths, in-flight counts and workers, for the metrics store

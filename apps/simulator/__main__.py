@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--error-rate", type=float, default=0.0, help="share answered with 500")
     parser.add_argument("--hang-rate", type=float, default=0.0, help="share never answered")
     parser.add_argument(
+        "--reset-rate", type=float, default=0.0, help="share whose connection drops mid-answer"
+    )
+    parser.add_argument(
+        "--garbage-rate", type=float, default=0.0, help="share answered with malformed JSON/SSE"
+    )
+    parser.add_argument(
         "--max-concurrency", type=int, default=0, help="in-flight cap, 429 beyond it (0 = none)"
     )
     parser.add_argument(
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         tokens=args.tokens,
         error_rate=args.error_rate,
         hang_rate=args.hang_rate,
+        reset_rate=args.reset_rate,
+        garbage_rate=args.garbage_rate,
         max_concurrency=args.max_concurrency,
         max_running=args.max_running,
         cut_after=args.cut_after,

@@ -68,6 +68,8 @@ class SimulatorConfig:
     tokens: int = 60  # answer length in tokens, before max_tokens caps it
     error_rate: float = 0.0  # share of requests answered with a 500
     hang_rate: float = 0.0  # share of requests that never answer
+    reset_rate: float = 0.0  # share whose connection drops after a few bytes of answer
+    garbage_rate: float = 0.0  # share answered 200 with malformed JSON / SSE
     max_concurrency: int = 0  # 0 = unlimited; beyond it: 429 with Retry-After
     # Like vLLM's batch: at most this many answered at once, the rest wait in the server's
     # own queue (published as vllm:num_requests_waiting); 0 = no batch limit.
@@ -266,6 +268,14 @@ class Simulator:
             stats.hangs_total += 1
             await asyncio.sleep(3600)
             return
+        roll -= config.error_rate + config.hang_rate
+        if roll < config.reset_rate:
+            stats.errors_total += 1
+            await _reset(send)
+        if roll < config.reset_rate + config.garbage_rate:
+            stats.errors_total += 1
+            await _garbage(send, bool(request.get("stream")))
+            return
         await self._answer(request, send)
         stats.completed_total += 1
 
@@ -353,6 +363,38 @@ class Simulator:
             parts.append(chunk({}, with_usage=True))
         parts.append(b"data: [DONE]\n\n")
         await send({"type": "http.response.body", "body": b"".join(parts)})
+
+
+async def _reset(send: Send) -> None:
+    """Promise an answer, send a few bytes of it, then drop the connection."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b'{"id": "chatcmpl-', "more_body": True})
+    raise ConnectionResetError("simulated connection reset")
+
+
+async def _garbage(send: Send, stream: bool) -> None:
+    """A 200 whose body is not what the protocol promises: broken JSON, or SSE lines that
+    are not JSON, not SSE, and never end with [DONE]."""
+    if not stream:
+        body = b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "unterminated'
+        content_type = b"application/json"
+    else:
+        body = (
+            b"data: {not json at all\n\n"
+            b"event: ???\n\x00\xff\xfe garbage bytes\n\n"
+            b'data: {"choices": "should be a list"}\n\n'
+        )
+        content_type = b"text/event-stream"
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _error(message: str, code: str) -> dict[str, Any]:

@@ -183,6 +183,7 @@ async def test_a_frame_whose_owner_is_not_the_socket_user_is_refused(alice, bob)
     consumer.user_id = alice.pk
     consumer.groups_joined = set()
     consumer.waiting = {}
+    consumer.expecting, consumer.ended = {}, set()
     sent: list[str] = []
 
     async def capture(text_data=None, bytes_data=None, close=False):
@@ -200,6 +201,12 @@ async def test_a_frame_whose_owner_is_not_the_socket_user_is_refused(alice, bob)
     await consumer.request_event({**event, "owner": bob.pk})
     assert sent == []
     assert delivery.refused_frames == before + 1
+    # Counted in the metrics store too, for every process (Prometheus reads it there).
+    from apps.gateway.metrics import recorder, totals
+    from apps.gateway.queues import connection
+
+    recorder.flush()
+    assert totals(connection())["refused"] >= 1
     await consumer.request_event({**event, "owner": alice.pk})
     assert len(sent) == 1
     assert json.loads(sent[0])["text"] == "bob's words"
@@ -214,4 +221,30 @@ async def test_an_idle_socket_stays_open_past_the_channel_layers_wait(alice, cha
     await communicator.send_to(text_data=json.dumps({"type": "nonsense"}))
     reply = await communicator.receive_json_from(timeout=5)
     assert reply["code"] == "unknown_type"  # still there, still answering
+    await communicator.disconnect()
+
+
+async def test_an_answer_whose_final_frame_was_lost_is_sent_from_the_ledger(
+    alice, chat_backend, settings
+):
+    # The worker recorded the answer, but its frames never reached the socket (a channel
+    # layer that fell behind, a Redis hiccup): the socket's watchdog reads the ledger.
+    settings.BARISTA_DELIVERY_STALL = 0.5
+    communicator, connected, _ = await connect(alice)
+    assert connected
+    frame = {"type": "prompt", "model": "sim-chat", "content": "hello?"}
+    await communicator.send_to(text_data=json.dumps(frame))
+    accepted = await communicator.receive_json_from(timeout=5)
+    assert accepted["type"] == "accepted"
+    await database_sync_to_async(PromptRequest.objects.filter(id=accepted["request"]).update)(
+        status="done", answer="recorded, never pushed"
+    )
+    while True:
+        reply = await communicator.receive_json_from(timeout=5)
+        if reply["type"] != "queue":
+            break
+    assert reply["type"] == "done" and reply["content"] == "recorded, never pushed"
+    assert "<p>recorded, never pushed</p>" in reply["html"]
+    # The watchdog stops watching it: nothing more arrives for this answer.
+    assert await communicator.receive_nothing(timeout=1.5)
     await communicator.disconnect()

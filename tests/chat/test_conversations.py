@@ -35,7 +35,8 @@ def answered(user, content: str, answer: str, conversation_id: int | None = None
     )
     PromptRequest.objects.filter(id=request.id).update(status="done", answer=answer)
     message_record_answers(requests=[PromptRequest.objects.get(id=request.id)])
-    return Conversation.objects.get(pk=request.conversation_id)
+    assert request.conversation is not None
+    return request.conversation
 
 
 # --- Markdown ---------------------------------------------------------------------------

@@ -89,26 +89,35 @@ async def stream_chat(
                     retryable=status >= 500 or status in (408, 429),
                     retry_after=_retry_after(response.headers.get("retry-after")),
                 )
+            finished = False
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    finished = True
                     break
+                # A backend that breaks the protocol fails like one that errs: another
+                # backend may do better, and the breaker counts it.
                 try:
                     chunk = json.loads(data)
-                except ValueError:
-                    raise BackendError(
-                        f"backend {backend.name} sent a malformed stream", retryable=False
-                    ) from None
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield Delta(text)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
+                    choices = chunk.get("choices") or []
+                    if not isinstance(choices, list):
+                        raise ValueError("choices is not a list")
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                    for choice in choices:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            if not isinstance(text, str):
+                                raise ValueError("content is not text")
+                            yield Delta(text)
+                        if choice.get("finish_reason"):
+                            finish_reason = str(choice["finish_reason"])
+                except (ValueError, AttributeError, TypeError):
+                    raise BackendError(f"backend {backend.name} sent a malformed stream") from None
+            if not finished and finish_reason is None:
+                raise BackendError(f"backend {backend.name} ended its answer early")
     except httpx.TimeoutException:
         raise BackendError(f"backend {backend.name} timed out") from None
     except httpx.TransportError:

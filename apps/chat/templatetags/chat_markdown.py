@@ -11,4 +11,5 @@ register = template.Library()
 @register.filter(name="markdown")
 def markdown_filter(text: str) -> SafeString:
     """Render an answer (sanitized by ``apps.chat.markdown``)."""
-    return mark_safe(markdown.render(text or ""))  # noqa: S308 — sanitized just above
+    # Sanitized by nh3 with an allow-list (apps.chat.markdown); tests/chat checks it.
+    return mark_safe(markdown.render(text or ""))  # noqa: S308  # nosec B308 B703

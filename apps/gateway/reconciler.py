@@ -1,0 +1,130 @@
+"""The reconciler: no ledger row waits or runs forever.
+
+The ledger (the database) is the record of what was accepted; Redis holds the jobs. When
+Redis loses its data (a restart without persistence, a failover, a flush), rows can be
+left without the job or the leader that would answer them. Every
+``BARISTA_RECONCILE_INTERVAL`` seconds one worker of the fleet looks for them:
+
+* a **queued** row older than ``BARISTA_RECONCILE_AFTER`` seconds whose job is gone or
+  ended (its retries ran out), or whose leader (the identical request it follows) has
+  already finished, is enqueued again
+  as its own job — accepted prompts are not lost, and ``request_complete_many`` still
+  records exactly one answer;
+* a **running** row whose job is gone or ended and which started longer ago than the job
+  timeout
+  (so no worker can still be answering it) is failed with a clear error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+from redis import Redis
+
+from apps.gateway import services
+from apps.gateway.models import PromptRequest
+
+logger = logging.getLogger(__name__)
+
+TURN_KEY = "barista:reconciler:turn"
+BATCH = 500
+LOST_WHILE_RUNNING = (
+    "This answer was lost when Barista's queue restarted while it ran. Please send it again."
+)
+
+Status = PromptRequest.Status
+
+
+@dataclass
+class Reconciled:
+    requeued: int = 0
+    failed: int = 0
+
+
+def claim_turn(connection: Redis, claimant: str) -> bool:
+    """One pass per interval for the whole fleet."""
+    interval = max(1, int(settings.BARISTA_RECONCILE_INTERVAL))
+    return bool(connection.set(TURN_KEY, claimant, nx=True, ex=interval))
+
+
+# A job in one of these states will never answer its row.
+ENDED_JOB = {b"failed", b"stopped", b"canceled"}
+
+
+def _jobs_alive(connection: Redis, ids: list[str]) -> dict[str, bool]:
+    """Whether each request's job can still answer it: it exists and has not ended
+    (a job whose retries ran out sits in the failed registry, its row unanswered)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for request_id in ids:
+            pipe.hget(f"rq:job:{request_id}", "status")
+        statuses = pipe.execute()
+    return {
+        request_id: status is not None and status not in ENDED_JOB
+        for request_id, status in zip(ids, statuses, strict=True)
+    }
+
+
+def reconcile(connection: Redis) -> Reconciled:
+    now = timezone.now()
+    done = Reconciled()
+    waited = now - datetime.timedelta(seconds=settings.BARISTA_RECONCILE_AFTER)
+    queued = list(
+        PromptRequest.objects.filter(status=Status.QUEUED, queued_at__lt=waited)
+        .order_by("queued_at")
+        .values_list("id", "coalesced_with", "source")[:BATCH]
+    )
+    if queued:
+        ids = [str(row_id) for row_id, _, _ in queued]
+        alive = _jobs_alive(connection, ids)
+        leaders = {str(leader) for _, leader, _ in queued if leader is not None}
+        finished_leaders = {
+            str(leader_id)
+            for leader_id in PromptRequest.objects.filter(
+                id__in=leaders, status__in=PromptRequest.FINAL_STATUSES
+            ).values_list("id", flat=True)
+        }
+        for row_id, leader, source in queued:
+            key = str(row_id)
+            if leader is not None:
+                if str(leader) not in finished_leaders:
+                    continue  # its leader is still answering; the answer will reach it
+            elif alive[key]:
+                continue  # its job is waiting in a queue (or running)
+            updated = PromptRequest.objects.filter(id=row_id, status=Status.QUEUED).update(
+                coalesced_with=None, cache_outcome=PromptRequest.CacheOutcome.MISS
+            )
+            if updated:
+                connection.delete(f"rq:job:{key}")  # an ended job of the same id goes
+                queue_name = (
+                    settings.BARISTA_API_QUEUE
+                    if source == PromptRequest.Source.API
+                    else settings.BARISTA_QUEUES[0]
+                )
+                services.request_enqueue(request_id=key, queue_name=queue_name)
+                done.requeued += 1
+    stale = now - datetime.timedelta(
+        seconds=settings.BARISTA_JOB_TIMEOUT + settings.BARISTA_RECONCILE_AFTER
+    )
+    running = [
+        str(row_id)
+        for row_id in PromptRequest.objects.filter(
+            status=Status.RUNNING, started_at__lt=stale
+        ).values_list("id", flat=True)[:BATCH]
+    ]
+    if running:
+        alive = _jobs_alive(connection, running)
+        for key in running:
+            if not alive[key] and services.request_fail(request_id=key, error=LOST_WHILE_RUNNING):
+                done.failed += 1
+    if done.requeued or done.failed:
+        logger.warning(
+            "reconciler: %d waiting prompts had lost their jobs and were queued again; "
+            "%d lost while running were failed",
+            done.requeued,
+            done.failed,
+        )
+    return done

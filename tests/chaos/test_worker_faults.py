@@ -1,0 +1,88 @@
+"""Workers die at random during 1,000 prompts: each prompt still ends — answered, or
+failed with an explicit error — within its timeout plus the recovery interval; none is
+lost, none is recorded twice."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from apps.chat.models import Message
+from apps.chat.services import chat_prompt_submit
+from apps.gateway.models import PromptRequest
+from tests.chaos.conftest import record
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
+
+PROMPTS = 1000
+WORKERS = 3
+KILL_EVERY = 3.0  # seconds
+RECOVERY = {
+    "BARISTA_WORKER_HEARTBEAT": "0.3",
+    "BARISTA_WORKER_HEARTBEAT_TTL": "2",
+    "BARISTA_WORKER_MAINTENANCE_INTERVAL": "1",
+    "BARISTA_WORKER_CONCURRENCY": "128",
+}
+
+
+@pytest.mark.timeout(420)
+def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start_worker, settings):
+    settings.BARISTA_JOB_TIMEOUT = 60
+    settings.BARISTA_JOB_RETRIES = 10  # a prompt may be caught in several kills
+    rng = random.Random(7)
+    # About 1.5 s per answer, streamed: most kills land mid-stream.
+    sim = start_simulator("--ttft", "0.3", "--tps", "20", "--tokens", "24")
+    sim.register(alias="sim-chat")
+    ids = [
+        str(chat_prompt_submit(user=alice, model="sim-chat", content=f"kiwi {i:04d}").id)
+        for i in range(PROMPTS)
+    ]
+    workers = [start_worker(**RECOVERY) for _ in range(WORKERS)]
+    kills = 0
+    started = time.monotonic()
+
+    def unfinished() -> int:
+        return PromptRequest.objects.exclude(status__in=["done", "failed", "cancelled"]).count()
+
+    while unfinished() and time.monotonic() - started < 240:
+        time.sleep(KILL_EVERY)
+        if not unfinished():
+            break
+        victim = rng.choice(workers)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        kills += 1
+        workers[workers.index(victim)] = start_worker(**RECOVERY)
+    wait_for(lambda: unfinished() == 0, timeout=60, interval=0.5)
+    elapsed = time.monotonic() - started
+
+    rows = PromptRequest.objects.in_bulk(ids)
+    statuses = [row.status for row in rows.values()]
+    assert len(rows) == PROMPTS
+    failed = [row for row in rows.values() if row.status == "failed"]
+    for row in failed:
+        assert row.error  # an explicit reason, never a silent loss
+    for row in rows.values():
+        if row.status == "done":
+            quoted = row.messages[-1]["content"]
+            assert f'"{quoted}"' in row.answer  # each row holds its own answer
+    answers = list(Message.objects.filter(role="assistant").values_list("request_id", flat=True))
+    assert len(answers) == len(set(answers))  # none recorded twice
+    assert {str(a) for a in answers} == {str(r.id) for r in rows.values() if r.status == "done"}
+    assert kills >= 3
+    record(
+        "worker SIGKILL",
+        prompts=PROMPTS,
+        workers=WORKERS,
+        kills=kills,
+        answered=statuses.count("done"),
+        failed_explicitly=len(failed),
+        lost=PROMPTS - statuses.count("done") - len(failed),
+        recorded_twice=len(answers) - len(set(answers)),
+        backend_calls=sim.stats()["requests_total"],
+        seconds=round(elapsed, 1),
+    )
