@@ -5,8 +5,9 @@ Redis loses its data (a restart without persistence, a failover, a flush), rows 
 left without the job or the leader that would answer them. Every
 ``BARISTA_RECONCILE_INTERVAL`` seconds one worker of the fleet looks for them:
 
-* a **queued** row older than ``BARISTA_RECONCILE_AFTER`` seconds whose job is gone or
-  ended (its retries ran out), or whose leader (the identical request it follows) has
+* a **queued** row older than ``BARISTA_RECONCILE_AFTER`` seconds whose job is gone,
+  ended (its retries ran out) or nowhere a worker will find it (popped by a worker that
+  died before starting it), or whose leader (the identical request it follows) has
   already finished, is enqueued again
   as its own job — accepted prompts are not lost, and ``request_complete_many`` still
   records exactly one answer;
@@ -56,16 +57,33 @@ ENDED_JOB = {b"failed", b"stopped", b"canceled"}
 
 
 def _jobs_alive(connection: Redis, ids: list[str]) -> dict[str, bool]:
-    """Whether each request's job can still answer it: it exists and has not ended
-    (a job whose retries ran out sits in the failed registry, its row unanswered)."""
+    """Whether each request's job can still answer it: it exists, has not ended (a job
+    whose retries ran out sits in the failed registry, its row unanswered), and is where
+    a worker will find it — in its queue, or in the started registry. A job a worker
+    popped but died before starting is in neither."""
     with connection.pipeline(transaction=False) as pipe:
         for request_id in ids:
-            pipe.hget(f"rq:job:{request_id}", "status")
-        statuses = pipe.execute()
-    return {
-        request_id: status is not None and status not in ENDED_JOB
-        for request_id, status in zip(ids, statuses, strict=True)
-    }
+            pipe.hmget(f"rq:job:{request_id}", "status", "origin")
+        found = pipe.execute()
+    with connection.pipeline(transaction=False) as pipe:
+        for request_id, (status, origin) in zip(ids, found, strict=True):
+            queue = (origin or b"").decode()
+            if status == b"queued":
+                pipe.lpos(f"rq:queue:{queue}", request_id)
+            elif status == b"started":
+                pipe.zscore(f"rq:wip:{queue}", request_id)
+            else:
+                pipe.echo("")  # keeps the replies in step
+        placed = pipe.execute()
+    alive = {}
+    for request_id, (status, _), where in zip(ids, found, placed, strict=True):
+        if status is None or status in ENDED_JOB:
+            alive[request_id] = False
+        elif status in (b"queued", b"started"):
+            alive[request_id] = where is not None
+        else:  # deferred, scheduled, finished: let RQ and the pipeline have it
+            alive[request_id] = True
+    return alive
 
 
 def reconcile(connection: Redis) -> Reconciled:

@@ -83,6 +83,10 @@
     const backendNames = Object.keys((lastGauges || {}).inflight || {});
     draw("chart-inflight", backendNames.map((b) => series(b, (p) => (p.inflight || {})[b] ?? null)));
     draw("chart-backend-latency", backendNames.map((b) => series(b, (p) => (p.backend_latency || {})[b] ?? null)));
+    draw("chart-cache", [series("answered without a backend call", (p) => {
+      const r = p.requests, asked = (r.hit || 0) + (r.coalesced || 0) + (r.miss || 0);
+      return asked ? (100 * ((r.hit || 0) + (r.coalesced || 0))) / asked : null;
+    })]);
     draw("chart-errors", ["failed", "rejected"].map((o) => series(o, (p) => p.requests[o] || 0)));
     const last = points[points.length - 1];
     if (!last) return;

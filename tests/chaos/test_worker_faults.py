@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import redis
 
 from apps.chat.models import Message
 from apps.chat.services import chat_prompt_submit
@@ -26,6 +27,10 @@ RECOVERY = {
     "BARISTA_WORKER_HEARTBEAT_TTL": "2",
     "BARISTA_WORKER_MAINTENANCE_INTERVAL": "1",
     "BARISTA_WORKER_CONCURRENCY": "128",
+    # A prompt a worker popped but died before starting is found by the reconciler.
+    "BARISTA_JOB_TIMEOUT": "60",
+    "BARISTA_RECONCILE_AFTER": "5",
+    "BARISTA_RECONCILE_INTERVAL": "1",
 }
 
 
@@ -57,7 +62,16 @@ def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start
         victim.wait()
         kills += 1
         workers[workers.index(victim)] = start_worker(**RECOVERY)
-    wait_for(lambda: unfinished() == 0, timeout=60, interval=0.5)
+    try:
+        wait_for(lambda: unfinished() == 0, timeout=60, interval=0.5)
+    except AssertionError:
+        stuck = PromptRequest.objects.exclude(status__in=["done", "failed", "cancelled"])
+        connection = redis.Redis.from_url(settings.REDIS_URL)
+        details = [
+            (str(row.id)[:8], row.status, connection.hmget(f"rq:job:{row.id}", "status", "origin"))
+            for row in stuck[:10]
+        ]
+        raise AssertionError(f"{stuck.count()} prompts never ended: {details}") from None
     elapsed = time.monotonic() - started
 
     rows = PromptRequest.objects.in_bulk(ids)
@@ -70,6 +84,14 @@ def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start
         if row.status == "done":
             quoted = row.messages[-1]["content"]
             assert f'"{quoted}"' in row.answer  # each row holds its own answer
+    # Each ends within its timeout plus the recovery interval (heartbeat TTL 2 s and a
+    # maintenance pass each second), counted from when it was submitted.
+    slowest = max(
+        (row.finished_at - row.queued_at).total_seconds()
+        for row in rows.values()
+        if row.finished_at is not None
+    )
+    assert slowest < settings.BARISTA_JOB_TIMEOUT + 3 + 5
     answers = list(Message.objects.filter(role="assistant").values_list("request_id", flat=True))
     assert len(answers) == len(set(answers))  # none recorded twice
     assert {str(a) for a in answers} == {str(r.id) for r in rows.values() if r.status == "done"}
@@ -85,4 +107,5 @@ def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start
         recorded_twice=len(answers) - len(set(answers)),
         backend_calls=sim.stats()["requests_total"],
         seconds=round(elapsed, 1),
+        slowest_prompt_s=round(slowest, 1),
     )

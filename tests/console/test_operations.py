@@ -219,3 +219,16 @@ def test_a_worker_writes_queue_depth_in_flight_and_workers_each_second(
     assert point["depth|interactive"] == "0" and point["depth|bulk"] == "0"
     key = metrics.SECOND_KEY.format(second=int(time.time()) - 1)
     assert 24 * 3600 - 10 < redis_conn.ttl(key) <= 24 * 3600  # kept a day
+
+
+def test_html_a_person_typed_is_shown_as_text_in_the_console_and_the_sidebar(staff, alice):
+    from apps.api.services import api_key_create
+
+    api_key_create(owner=alice, name="<script>alert('key')</script>")
+    chat_prompt_submit(user=alice, model="sim-chat", content="<img src=x onerror=alert(1)> hi")
+    console = signed_in(staff).get("/console/keys/").content.decode()
+    assert "<script>alert(" not in console
+    assert "&lt;script&gt;alert(" in console
+    sidebar = signed_in(alice).get("/").content.decode()
+    assert "<img src=x" not in sidebar
+    assert "&lt;img src=x onerror=alert(1)&gt; hi" in sidebar

@@ -31,17 +31,22 @@ def test_waiting_rows_whose_jobs_are_gone_or_ended_are_queued_again(alice, setti
     ended = chat_prompt_submit(user=alice, model="sim-chat", content="ended")
     fine = chat_prompt_submit(user=alice, model="sim-chat", content="fine")
     young = chat_prompt_submit(user=alice, model="sim-chat", content="young")
+    popped = chat_prompt_submit(user=alice, model="sim-chat", content="popped")
     redis.flushdb()  # Redis came back empty
-    for request in (ended, fine):  # two whose jobs did come back: one ended, one waiting
-        redis.hset(f"rq:job:{request.id}", mapping={"status": "queued"})
+    # Three whose jobs did come back: one ended, one waiting in its queue, and one a
+    # worker popped from the queue and died holding before it started it.
+    for request in (ended, fine, popped):
+        redis.hset(f"rq:job:{request.id}", mapping={"status": "queued", "origin": "interactive"})
     redis.hset(f"rq:job:{ended.id}", "status", "failed")
     redis.rpush("rq:queue:interactive", str(fine.id))
-    for request in (lost, ended, fine):
+    for request in (lost, ended, fine, popped):
         aged(request.id, seconds=settings.BARISTA_RECONCILE_AFTER + 5)
 
     done = reconciler.reconcile(redis)
-    assert done.requeued == 2 and done.failed == 0
-    assert sorted(queued_ids(redis)) == sorted([str(fine.id), str(lost.id), str(ended.id)])
+    assert done.requeued == 3 and done.failed == 0
+    assert sorted(queued_ids(redis)) == sorted(
+        [str(fine.id), str(lost.id), str(ended.id), str(popped.id)]
+    )
     assert str(young.id) not in queued_ids(redis)  # too young to judge
     assert redis.hget(f"rq:job:{ended.id}", "status") == b"queued"  # a fresh job
     assert reconciler.reconcile(redis).requeued == 0  # and not twice
