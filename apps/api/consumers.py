@@ -84,13 +84,7 @@ def _final_event(request_id: str | None) -> dict[str, Any] | None:
     row = PromptRequest.objects.select_related("backend").filter(id=request_id).first()
     if row is None or not row.is_final:
         return None
-    if row.status == PromptRequest.Status.DONE:
-        return delivery.done_event(
-            answer=row.answer, usage=row, backend=row.backend, cache_outcome=row.cache_outcome
-        )
-    if row.status == PromptRequest.Status.CANCELLED:
-        return {"event": "cancelled"}
-    return {"event": "failed", "error": row.error or "The request failed."}
+    return delivery.final_event(row)
 
 
 class OpenAIConsumer(AsyncHttpConsumer):

@@ -91,15 +91,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
         except RedisError:
             logger.warning("chat frame refused: Redis is not answering")
-            exc = InvalidInput(
-                "Barista is temporarily unavailable (its queue is not answering). "
-                "Try again in a few seconds.",
-                "unavailable",
-                retry_after=5,
+            await self.send_json(
+                {
+                    "type": "error",
+                    "error": "Barista is temporarily unavailable (its queue is not answering). "
+                    "Try again in a few seconds.",
+                    "code": "unavailable",
+                    "ref": _ref(payload),
+                    "retry_after": 5,
+                }
             )
-            frame = {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
-            frame["retry_after"] = 5
-            await self.send_json(frame)
         except InvalidInput as exc:
             frame = {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
             if exc.retry_after is not None:
@@ -206,15 +207,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )()
         if row is None or not row.is_final:
             return row
-        if row.status == PromptRequest.Status.DONE:
-            event = delivery.done_event(
-                answer=row.answer, usage=row, backend=row.backend, cache_outcome=row.cache_outcome
-            )
-        elif row.status == PromptRequest.Status.CANCELLED:
-            event = {"event": "cancelled"}
-        else:
-            event = {"event": "failed", "error": row.error or "The request failed."}
-        await self._deliver({**event, "request": str(row.id)})
+        await self._deliver({**delivery.final_event(row), "request": str(row.id)})
         return row
 
     def _expect(self, request_id: str) -> None:

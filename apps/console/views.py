@@ -385,7 +385,7 @@ def job_action(request: HttpRequest, job_id: str) -> HttpResponse:
     if action == "retry":
         row = gateway_services.request_retry(request_id=request_id)
         if row is None:
-            messages.error(request, "Nothing to retry: that prompt was answered or cancelled.")
+            messages.error(request, "Nothing to retry: only a failed prompt can be retried.")
             return back
         messages.success(request, f"Retrying {row.owner}'s prompt: it is back in its queue.")
     elif action == "cancel":

@@ -51,6 +51,21 @@ def done_event(
     }
 
 
+def final_event(request: Any) -> dict[str, Any]:
+    """The event that ended a final ledger row, built from the row alone: what a socket or
+    an API request is sent when the live event never reached it."""
+    if request.status == "done":
+        return done_event(
+            answer=request.answer,
+            usage=request,
+            backend=request.backend,
+            cache_outcome=request.cache_outcome,
+        )
+    if request.status == "cancelled":
+        return {"event": "cancelled"}
+    return {"event": "failed", "error": request.error or "The request failed."}
+
+
 def replay_events(request: Any) -> list[dict[str, Any]]:
     """A cached answer as the events of a live one: running, token batches, done."""
     owner, request_id = request.owner_id, str(request.id)

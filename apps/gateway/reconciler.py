@@ -117,12 +117,9 @@ def reconcile(connection: Redis) -> Reconciled:
             )
             if updated:
                 connection.delete(f"rq:job:{key}")  # an ended job of the same id goes
-                queue_name = (
-                    settings.BARISTA_API_QUEUE
-                    if source == PromptRequest.Source.API
-                    else settings.BARISTA_QUEUES[0]
+                services.request_enqueue(
+                    request_id=key, queue_name=services.queue_for(source=source)
                 )
-                services.request_enqueue(request_id=key, queue_name=queue_name)
                 done.requeued += 1
     stale = now - datetime.timedelta(
         seconds=settings.BARISTA_JOB_TIMEOUT + settings.BARISTA_RECONCILE_AFTER

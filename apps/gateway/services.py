@@ -264,12 +264,13 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
 
 def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
     """Staff retry a failed prompt (console, jobs): its row waits again and its job goes
-    back to its queue. Returns None when there is nothing to retry (answered, cancelled,
-    or not there). A re-run after tokens were shown restarts that message on the page."""
+    back to its queue. Returns None when there is nothing to retry (only a failed row
+    can be: one waiting or running still has a job that will answer it). A re-run after
+    tokens were shown restarts that message on the page."""
     key = request_key(request_id)
     with transaction.atomic():
         row = PromptRequest.objects.select_for_update().filter(id=key).first()
-        if row is None or row.status in (Status.DONE, Status.CANCELLED):
+        if row is None or row.status != Status.FAILED:
             return None
         row.status, row.error, row.finished_at = Status.QUEUED, "", None
         row.save(update_fields=["status", "error", "finished_at"])
@@ -283,7 +284,7 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
             job.delete()
             request_enqueue(request_id=key, queue_name=job.origin)
     except NoSuchJobError:
-        request_enqueue(request_id=key, queue_name=_queue_for(row))
+        request_enqueue(request_id=key, queue_name=queue_for(source=row.source))
     from asgiref.sync import async_to_sync
 
     from apps.gateway import delivery
@@ -296,8 +297,9 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
     return row
 
 
-def _queue_for(row: PromptRequest) -> str:
-    if row.source == PromptRequest.Source.API:
+def queue_for(*, source: str) -> str:
+    """The queue a prompt from this door waits in: API traffic behind chat prompts."""
+    if source == PromptRequest.Source.API:
         return settings.BARISTA_API_QUEUE
     return settings.BARISTA_QUEUES[0]
 
