@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.harness import fleet, median, ms, percentile, record, setup_django
+from bench.harness import cookie_header, fleet, median, ms, percentile, record, setup_django
 
 RUNS = 60
 WARMUP = 8
@@ -88,19 +88,10 @@ async def crowd(ws_url: str, cookies: list[str], origin: str, fresh: bool) -> li
 
 def main() -> dict[str, float]:
     env = setup_django()
-    from django.conf import settings
     from django.contrib.auth.models import User
-    from django.test import Client
 
     from apps.backends.models import Backend
     from apps.gateway.localrun import free_port
-
-    def cookie_for(user: User) -> str:
-        client = Client()
-        client.force_login(user)
-        return (
-            f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-        )
 
     with fleet(env) as running:
         instant = running.simulator(free_port(), "--ttft", "0", "--tps", "0", "--tokens", "60")
@@ -112,7 +103,7 @@ def main() -> dict[str, float]:
             simulated=True,
         )
         people = [User.objects.create_user(f"person{i}") for i in range(CROWD)]
-        cookies = [cookie_for(person) for person in people]
+        cookies = [cookie_header(person) for person in people]
         running.worker()
         web_url = running.web(free_port())
         ws_url = web_url.replace("http://", "ws://") + "/ws/chat/"

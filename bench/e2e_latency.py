@@ -11,7 +11,7 @@ import time
 import httpx
 import websockets
 
-from bench.harness import fleet, median, ms, percentile, record, setup_django
+from bench.harness import cookie_header, fleet, median, ms, percentile, record, setup_django
 
 RUNS = 60
 WARMUP = 8
@@ -76,9 +76,7 @@ def ledger_stages() -> dict[str, float]:
 
 def main() -> dict[str, float]:
     env = setup_django()
-    from django.conf import settings
     from django.contrib.auth.models import User
-    from django.test import Client
 
     from apps.backends.models import Backend
     from apps.gateway.localrun import free_port
@@ -93,11 +91,7 @@ def main() -> dict[str, float]:
             simulated=True,
         )
         user = User.objects.create_user("bench", password="bench-pw")  # noqa: S106
-        client = Client()
-        client.force_login(user)
-        cookie = (
-            f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-        )
+        cookie = cookie_header(user)
         running.worker()
         web_url = running.web(free_port())
 

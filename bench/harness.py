@@ -14,6 +14,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 from apps.gateway.localrun import (
     simulator_argv,
@@ -64,6 +68,16 @@ def setup_django() -> dict[str, str]:
     call_command("migrate", verbosity=0)
     atexit.register(redis.stop)
     return {**os.environ, **env}
+
+
+def cookie_header(user: User) -> str:
+    """A ``Cookie`` header value signing ``user`` in (call after ``setup_django``)."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
 class Fleet:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import websockets
 
-from bench.harness import fleet, median, record, setup_django
+from bench.harness import cookie_header, fleet, median, record, setup_django
 from bench.worker_capacity import submit, wait_done
 
 PROMPTS = 1000  # per round
@@ -77,9 +77,7 @@ async def watch_pages(ws_url: str, headers: dict[str, str], pages: int, pid: int
 
 def main() -> dict[str, float]:
     env = setup_django()
-    from django.conf import settings
     from django.contrib.auth.models import User
-    from django.test import Client
 
     from apps.backends.models import Backend
     from apps.gateway.localrun import free_port, worker_argv
@@ -120,12 +118,7 @@ def main() -> dict[str, float]:
         port = free_port()
         web_url = running.web(port)
         web_pid = running.processes[-1].pid
-        client = Client()
-        client.force_login(staff)
-        cookie = (
-            f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-        )
-        headers = {"Cookie": cookie, "Origin": web_url}
+        headers = {"Cookie": cookie_header(staff), "Origin": web_url}
         ws_url = web_url.replace("http://", "ws://") + "/ws/metrics/"
         for pages in PAGES:
             cpu[pages] = asyncio.run(watch_pages(ws_url, headers, pages, web_pid))

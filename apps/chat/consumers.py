@@ -20,7 +20,7 @@ from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prom
 from apps.gateway import delivery
 from apps.gateway.admission import Rejection, estimate_wait
 from apps.gateway.models import PromptRequest
-from apps.gateway.selectors import queue_position, request_get_owned
+from apps.gateway.selectors import is_request_id, queue_position, request_get_owned
 from apps.gateway.services import request_cancel
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(request_cancel)(
                 owner=self.scope["user"], request_id=str(payload.get("request", ""))
             )
-            if _is_uuid(payload.get("request"))
+            if is_request_id(payload.get("request"))
             else None
         )
         if request is None:
@@ -309,14 +309,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content))
-
-
-def _is_uuid(value: Any) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return isinstance(value, str)
 
 
 def _params(value: Any) -> dict[str, Any] | None:

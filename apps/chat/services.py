@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.chat.models import Conversation, Message
+from apps.chat.selectors import request_list_pending
 from apps.gateway.models import PromptRequest
 from apps.gateway.services import request_submit
 
@@ -87,9 +88,7 @@ def chat_prompt_submit(
 
 
 def _drop_last_exchange(conversation: Conversation) -> None:
-    if conversation.requests.filter(
-        status__in=[PromptRequest.Status.QUEUED, PromptRequest.Status.RUNNING]
-    ).exists():
+    if request_list_pending(conversation=conversation).exists():
         raise ConversationBusy
     last_prompt = conversation.messages.filter(role=Message.Role.USER).last()
     if last_prompt is not None:
@@ -120,9 +119,7 @@ def conversation_delete(*, user: User, pk: int) -> None:
     conversation = Conversation.objects.filter(pk=pk, owner=user).first()
     if conversation is None:
         raise ConversationNotFound
-    pending = conversation.requests.filter(
-        status__in=[PromptRequest.Status.QUEUED, PromptRequest.Status.RUNNING]
-    ).values_list("id", flat=True)
+    pending = request_list_pending(conversation=conversation).values_list("id", flat=True)
     for request_id in list(pending):
         request_cancel(owner=user, request_id=request_id)
     conversation.delete()

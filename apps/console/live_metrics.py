@@ -95,15 +95,13 @@ async def gauges() -> dict[str, Any]:
         pipe.scard("rq:workers")
         pipe.hgetall(cache.COUNTERS_KEY)
         *depths, workers, counters = await pipe.execute()
-    counted = {k.decode(): float(v) for k, v in counters.items()}
-    asked = sum(counted.get(name, 0.0) for name in ("hit", "miss", "coalesced"))
-    saved = counted.get("hit", 0.0) + counted.get("coalesced", 0.0)
+    counted = cache.counters_from(counters)
     return {
         "queues": dict(zip(settings.BARISTA_QUEUES, depths, strict=True)),
         "inflight": {name: states[pk].in_flight for pk, name in backends},
         "circuits": {name: states[pk].circuit for pk, name in backends},
         "workers": workers,
-        "cache_ratio": saved / asked if asked else None,
+        "cache_ratio": counted["hit_ratio"] if counted["asked"] else None,
     }
 
 

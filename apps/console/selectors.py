@@ -10,7 +10,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection as db_connection
-from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
@@ -19,9 +18,10 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from apps.backends import live
 from apps.backends.models import Backend
-from apps.gateway import cache
+from apps.gateway import cache, metrics
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection, paused_queues, queue
+from apps.gateway.selectors import is_request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +128,11 @@ class QueueRow:
 def queue_rows(redis: Redis) -> list[QueueRow]:
     paused = paused_queues(redis)
     rows = []
-    now = timezone.now()
     for name in settings.BARISTA_QUEUES:
         rq_queue = queue(name)
         head = rq_queue.get_job_ids(0, 1)
-        oldest = None
-        if head:
-            job = (
-                Job.fetch(head[0], connection=redis) if redis.exists(f"rq:job:{head[0]}") else None
-            )
-            if job is not None and job.enqueued_at is not None:
-                enqueued = job.enqueued_at
-                if enqueued.tzinfo is None:
-                    enqueued = enqueued.replace(tzinfo=datetime.UTC)
-                oldest = max(0.0, (now - enqueued).total_seconds())
+        stamp = redis.hget(f"rq:job:{head[0]}", "enqueued_at") if head else None
+        oldest = metrics.seconds_since(stamp, time.time()) if stamp else None
         rows.append(
             QueueRow(
                 name=name,
@@ -185,7 +176,7 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
     rows_by_id = {
         str(row.id): row
         for row in PromptRequest.objects.select_related("owner").filter(
-            id__in=[job_id for _, job_id in found if _is_uuid(job_id)]
+            id__in=[job_id for _, job_id in found if is_request_id(job_id)]
         )
     }
     rows = []
@@ -209,16 +200,6 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
             )
         )
     return rows
-
-
-def _is_uuid(text: str) -> bool:
-    import uuid
-
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,14 +252,12 @@ def overview() -> dict[str, Any]:
             counters = cache.counters(redis)
         except RedisError:
             pass
-    asked = sum(counters.get(name, 0.0) for name in ("hit", "miss", "coalesced"))
-    saved = counters.get("hit", 0.0) + counters.get("coalesced", 0.0)
     checks = [redis_check, check_database(), check_workers(workers)]
     if redis_check.ok:
         checks.append(check_backends(redis))
     return {
         "checks": checks,
         "queues": queues,
-        "cache_ratio": saved / asked if asked else None,
+        "cache_ratio": counters["hit_ratio"] if counters.get("asked") else None,
         "all_ok": all(check.ok for check in checks),
     }

@@ -152,10 +152,16 @@ def add_saved(saved: CachedAnswer, times: int) -> None:
 
 
 def counters(connection: Redis) -> dict[str, float]:
-    raw = connection.hgetall(COUNTERS_KEY)
-    values = {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+    return counters_from(connection.hgetall(COUNTERS_KEY))  # type: ignore[arg-type]
+
+
+def counters_from(raw: dict[bytes, bytes]) -> dict[str, float]:
+    """The counters hash as numbers, with ``asked`` (every cacheable request) and
+    ``hit_ratio`` (the share answered without a backend call; 0 when nothing was asked)."""
+    values = {k.decode(): float(v) for k, v in raw.items()}
     for name in ("hit", "miss", "coalesced", "tokens_saved", "cost_saved"):
         values.setdefault(name, 0.0)
-    asked = values["hit"] + values["miss"] + values["coalesced"]
-    values["hit_ratio"] = (values["hit"] + values["coalesced"]) / asked if asked else 0.0
+    values["asked"] = values["hit"] + values["miss"] + values["coalesced"]
+    saved = values["hit"] + values["coalesced"]
+    values["hit_ratio"] = saved / values["asked"] if values["asked"] else 0.0
     return values

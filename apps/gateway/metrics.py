@@ -186,7 +186,7 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: st
     wall = time.time()
     for index, name in enumerate(names):
         fields[f"depth|{name}"] = int(replies[2 * index])
-        fields[f"oldest|{name}"] = round(_age(enqueued[index], wall), 3)
+        fields[f"oldest|{name}"] = round(seconds_since(enqueued[index], wall), 3)
     for pk, name in backends:
         fields[f"inflight|{name}"] = states[pk].in_flight
     key = SECOND_KEY.format(second=second)
@@ -197,7 +197,7 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: st
     return True
 
 
-def _age(enqueued_at: bytes | str | None, wall: float) -> float:
+def seconds_since(enqueued_at: bytes | str | None, wall: float) -> float:
     """Seconds since an RQ ``enqueued_at`` stamp (UTC, ISO 8601); 0 when there is none."""
     if not enqueued_at:
         return 0.0

@@ -7,6 +7,17 @@ from django.contrib.auth.models import User
 from apps.gateway.models import PromptRequest
 
 
+def is_request_id(value: object) -> bool:
+    """Whether ``value`` is a string holding a UUID: the shape of every ledger row's id."""
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def request_get_owned(*, user: User, request_id: str | uuid.UUID) -> PromptRequest | None:
     """The ledger row if ``user`` owns it; None if missing, malformed or someone else's."""
     try:

@@ -118,6 +118,9 @@ class GatewayWorker(BaseWorker):
         self.completed = 0
         self._paused: set[str] = set()
         self._redis_warned = 0.0
+        # When housekeeping last did each of its chores (monotonic; gauges: wall second).
+        self._last_beat = self._last_maintenance = self._last_reconcile = 0.0
+        self._last_gauges = 0
         self._gauge_backends: list[tuple[int, str]] = []
         self._gauge_backends_at = float("-inf")
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -415,21 +418,16 @@ class GatewayWorker(BaseWorker):
     async def _housekeeping(self) -> None:
         """Heartbeats for the worker and every job in flight; finished-job flushes;
         RQ's maintenance (which re-enqueues the jobs of workers that died)."""
-        last_maintenance, last_gauges, last_reconcile = 0.0, 0, 0.0
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 0.5))
             try:
-                last_maintenance, last_gauges, last_reconcile = await self._housekeep(
-                    last_maintenance, last_gauges, last_reconcile
-                )
+                await self._housekeep()
             except Exception as exc:  # Redis away, most likely: try again next round
                 self._redis_trouble(exc)
 
-    async def _housekeep(
-        self, last_maintenance: float, last_gauges: int, last_reconcile: float
-    ) -> tuple[float, int, float]:
+    async def _housekeep(self) -> None:
         self._flush_finished()
-        if time.monotonic() - getattr(self, "_last_beat", 0.0) >= self.heartbeat_interval:
+        if time.monotonic() - self._last_beat >= self.heartbeat_interval:
             self._last_beat = time.monotonic()
             with self.connection.pipeline() as pipe:
                 self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
@@ -448,22 +446,21 @@ class GatewayWorker(BaseWorker):
                     )
                     running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
                 pipe.execute()
-        if int(time.time()) != last_gauges:  # once in every wall-clock second
-            last_gauges = int(time.time())
+        if int(time.time()) != self._last_gauges:  # once in every wall-clock second
+            self._last_gauges = int(time.time())
             await self._record_gauges()
-        if time.monotonic() - last_maintenance >= self.maintenance_interval:
-            last_maintenance = time.monotonic()
+        if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
+            self._last_maintenance = time.monotonic()
             if not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
                 # Redis came back without our registration (a restart without
                 # persistence): register again, so the fleet and the console see us.
                 self.connection.delete(self.key)
                 self.register_birth()  # type: ignore[no-untyped-call]
             await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
-        if time.monotonic() - last_reconcile >= settings.BARISTA_RECONCILE_INTERVAL:
-            last_reconcile = time.monotonic()
+        if time.monotonic() - self._last_reconcile >= settings.BARISTA_RECONCILE_INTERVAL:
+            self._last_reconcile = time.monotonic()
             if reconciler.claim_turn(self.connection, self.name):
                 await database_sync_to_async(reconciler.reconcile)(self.connection)
-        return last_maintenance, last_gauges, last_reconcile
 
     async def _record_gauges(self) -> None:
         """This second's queue depths, in-flight counts and workers, for the metrics store

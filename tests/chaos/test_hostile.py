@@ -13,13 +13,13 @@ import httpx
 import pytest
 import websockets
 from django.conf import settings
-from django.test import Client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.api.services import api_key_create
 from tests.chaos.conftest import record
+from tests.conftest import session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
 
@@ -70,9 +70,7 @@ def web(start_simulator, start_worker, start_web, processes):
 
 def test_hostile_input_on_the_socket_and_the_api(web, alice):
     url, pid = web
-    client = Client()
-    client.force_login(alice)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    cookie = f"{settings.SESSION_COOKIE_NAME}={session_cookie(alice)}"
     _, key = api_key_create(owner=alice, name="hostile")
     api = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"})
     rss_before = rss_mb(pid)

@@ -21,13 +21,12 @@ import pytest
 import websockets
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.test import Client
 
 from apps.api.services import api_key_create
 from apps.gateway.models import PromptRequest
 from tests.chaos.conftest import record
 from tests.chaos.proxy import TcpProxy
-from tests.conftest import make_user, wait_for
+from tests.conftest import make_user, session_cookie, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
 
@@ -55,12 +54,6 @@ class Tally:
         for found in CANARY.findall(text):
             if int(found) != person:
                 self.mismatches.append(f"person {person} got person {found}'s text via {where}")
-
-
-def session_cookie(user: User) -> str:
-    client = Client()
-    client.force_login(user)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
 async def chat_person(person: int, url: str, cookie: str, rng: random.Random, tally: Tally) -> None:
@@ -161,7 +154,8 @@ def test_no_frame_reaches_anyone_but_its_owner(start_simulator, start_worker, st
         for person in range(PEOPLE):
             user = make_user(f"p{person:03d}")
             if person % 2 == 0:
-                people.append((person, "chat", session_cookie(user)))
+                cookie = f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}"
+                people.append((person, "chat", cookie))
             else:
                 _, key = api_key_create(owner=user, name="chaos")
                 people.append((person, "api", key))
@@ -227,5 +221,4 @@ def delivery_counts(url: str) -> dict[str, int]:
 
 
 def _cookies(user: User) -> dict[str, Any]:
-    name, _, value = session_cookie(user).partition("=")
-    return {name: value}
+    return {settings.SESSION_COOKIE_NAME: session_cookie(user)}
