@@ -13,10 +13,16 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.urls import re_path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
 from apps.api.consumers import OpenAIConsumer  # noqa: E402
-from apps.chat.routing import websocket_urlpatterns  # noqa: E402
+from apps.chat.consumers import ChatConsumer  # noqa: E402
+from apps.console.consumers import MetricsConsumer  # noqa: E402
+
+websocket_urlpatterns = [
+    path("ws/chat/", ChatConsumer.as_asgi()),
+    path("ws/metrics/", MetricsConsumer.as_asgi()),
+]
 
 application = ProtocolTypeRouter(
     {

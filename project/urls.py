@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from apps.api import views as api_views
 from apps.chat import views as chat_views
 from apps.console import views as console_views
 from apps.console.prometheus import prometheus_metrics
@@ -14,6 +15,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", chat_views.signup, name="signup"),
     path("console/", include("apps.console.urls")),
+    path("settings/", api_views.account_settings, name="settings"),
     path("settings/keys/", include("apps.api.urls")),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),

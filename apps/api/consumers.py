@@ -30,8 +30,8 @@ from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
 from apps.api.validation import InvalidRequest, chat_request
-from apps.backends import live
 from apps.backends.selectors import alias_list
+from apps.core import clients
 from apps.gateway import delivery
 from apps.gateway.admission import Rejection
 from apps.gateway.models import PromptRequest
@@ -320,7 +320,7 @@ class OpenAIConsumer(AsyncHttpConsumer):
     async def _key_limits(self, key: ApiKey) -> None:
         """The key's own limits: requests per minute (with x-ratelimit-* headers), tokens
         per minute, requests at once."""
-        redis = live.client()
+        redis = clients.redis()
         window = int(time.time() // 60)
         reset = max(1, math.ceil((window + 1) * 60 - time.time()))
         if key.requests_per_minute:
@@ -506,7 +506,7 @@ class OpenAIConsumer(AsyncHttpConsumer):
 async def _count_tokens(key_id: int, tokens: int) -> None:
     """Tokens used this minute by a key (for its tokens-per-minute limit)."""
     counter = f"barista:api:{key_id}:tpm:{int(time.time() // 60)}"
-    async with live.client().pipeline(transaction=False) as pipe:
+    async with clients.redis().pipeline(transaction=False) as pipe:
         pipe.incrby(counter, tokens)
         pipe.expire(counter, 61)
         await pipe.execute()
@@ -551,9 +551,7 @@ def _user(user_id: int) -> Any:
 
 
 def _pending_for_key(key: ApiKey) -> int:
-    return PromptRequest.objects.filter(
-        api_key=key, status__in=[PromptRequest.Status.QUEUED, PromptRequest.Status.RUNNING]
-    ).count()
+    return PromptRequest.objects.filter(api_key_id=key.pk).pending().count()
 
 
 def _submit(
@@ -573,5 +571,5 @@ def _submit(
         request_id=request_id,
         queue=settings.BARISTA_API_QUEUE,
         bypass_cache=bypass,
-        api_key=key,
+        api_key_id=key.pk,
     )

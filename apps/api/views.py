@@ -1,4 +1,5 @@
-"""A person's own API keys: make one (shown once), see them, revoke one."""
+"""A person's account page (usage and API keys) and their keys: make one (shown once),
+see them, revoke one."""
 
 from __future__ import annotations
 
@@ -12,8 +13,21 @@ from django.views.decorators.http import require_POST
 from apps.api.forms import ApiKeyForm
 from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
+from apps.gateway.selectors import usage_summary
 
 NEW_KEY_SESSION = "barista.new_api_key"
+
+
+@login_required
+def account_settings(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "account/settings.html",
+        {
+            "usage": usage_summary(user=request.user),  # type: ignore[arg-type]
+            "keys": ApiKey.objects.filter(owner=request.user.pk, revoked_at__isnull=True),
+        },
+    )
 
 
 @never_cache

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.backends import live
 from apps.backends.models import Backend
+from apps.core import clients
 
 logger = logging.getLogger(__name__)
 
@@ -147,5 +148,5 @@ async def check_all(client: httpx.AsyncClient, backends: list[Backend]) -> list[
 
 async def claim_turn(worker_name: str, interval: float) -> bool:
     """True for the one worker that checks the fleet this interval."""
-    got = await live.client().set(LOCK_KEY, worker_name, nx=True, px=int(interval * 1000))
+    got = await clients.redis().set(LOCK_KEY, worker_name, nx=True, px=int(interval * 1000))
     return bool(got)

@@ -25,13 +25,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from django.conf import settings
 from redis import Redis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from apps.core import clients
 
 TAU = 10.0  # seconds for the EWMA to forget
 
@@ -169,30 +166,6 @@ class BackendLive:
         return self.retry_after <= 0 and (self.circuit != "open" or self.probe_in <= 0)
 
 
-_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
-
-
-def client() -> aioredis.Redis:
-    """An asyncio Redis client for the running loop (clients belong to one loop)."""
-    loop = asyncio.get_running_loop()
-    found = _clients.get(loop)
-    if found is None:
-        _clients.clear()
-        # A blocking pool: with hundreds of prompts in flight, an operation waits for a free
-        # connection instead of failing (redis-py's default pool raises past 100).
-        # Connections broken by a Redis restart fail once, then reconnect: retried with a
-        # short backoff, so the first prompts after Redis returns do not fail on them.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            max_connections=settings.BARISTA_LIVE_REDIS_CONNECTIONS,
-            timeout=30,
-            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        found = _clients[loop] = aioredis.Redis(connection_pool=pool)
-    return found
-
-
 def _keys(backend_ids: list[int]) -> list[str]:
     return [key for i in backend_ids for key in (lease_key(i), stats_key(i), health_key(i))]
 
@@ -228,7 +201,7 @@ async def snapshot(backend_ids: list[int]) -> dict[int, BackendLive]:
     if not backend_ids:
         return {}
     keys = _keys(backend_ids)
-    return _parse_snapshot(backend_ids, await client().eval(_SNAPSHOT, len(keys), *keys))
+    return _parse_snapshot(backend_ids, await clients.redis().eval(_SNAPSHOT, len(keys), *keys))
 
 
 def snapshot_sync(connection: Redis, backend_ids: list[int]) -> dict[int, BackendLive]:
@@ -251,7 +224,7 @@ async def record_health(
 ) -> None:
     """Store one active health check's result for ``keep`` seconds."""
     key = health_key(backend_id)
-    async with client().pipeline(transaction=False) as pipe:
+    async with clients.redis().pipeline(transaction=False) as pipe:
         pipe.delete(key)
         pipe.hset(
             key,
@@ -272,7 +245,7 @@ async def record(
 ) -> str:
     """Feed one call's outcome to the backend's circuit breaker; returns its state. An
     ``overloaded`` answer (HTTP 429) only keeps the backend out for its Retry-After."""
-    state = await client().eval(
+    state = await clients.redis().eval(
         _RECORD,
         1,
         stats_key(backend_id),
@@ -291,7 +264,7 @@ async def record(
 async def try_acquire(backend_id: int, *, cap: int, ttl: float) -> str | None:
     """Take a lease on the backend if fewer than ``cap`` are held; returns its id."""
     lease = uuid.uuid4().hex
-    got = await client().eval(_ACQUIRE, 1, lease_key(backend_id), cap, ttl, lease)
+    got = await clients.redis().eval(_ACQUIRE, 1, lease_key(backend_id), cap, ttl, lease)
     return lease if got else None
 
 
@@ -304,7 +277,7 @@ _waiters: dict[int, collections.deque[asyncio.Future[None]]] = collections.defau
 
 
 async def release(backend_id: int, lease: str) -> None:
-    await client().zrem(lease_key(backend_id), lease)
+    await clients.redis().zrem(lease_key(backend_id), lease)
     waiters = _waiters.get(backend_id)
     while waiters:
         waiter = waiters.popleft()
@@ -330,7 +303,7 @@ async def wait_for_slot(backend_ids: list[int], up_to: float) -> None:
 
 
 async def observe_ttft(backend_id: int, seconds: float) -> float:
-    value = await client().eval(_OBSERVE, 1, stats_key(backend_id), seconds, TAU)
+    value = await clients.redis().eval(_OBSERVE, 1, stats_key(backend_id), seconds, TAU)
     return float(value)
 
 
@@ -341,7 +314,7 @@ async def held(backend_id: int, lease: str, *, ttl: float) -> AsyncIterator[None
     async def renew() -> None:
         while True:
             await asyncio.sleep(ttl / 3)
-            await client().eval(_RENEW, 1, lease_key(backend_id), ttl, lease)
+            await clients.redis().eval(_RENEW, 1, lease_key(backend_id), ttl, lease)
 
     renewer = asyncio.create_task(renew())
     try:

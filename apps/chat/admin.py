@@ -6,7 +6,7 @@ from apps.chat.models import Conversation, Message
 class MessageInline(admin.TabularInline[Message, Conversation]):
     model = Message
     extra = 0
-    fields = ["role", "content", "request", "created_at"]
+    fields = ["content", "request", "created_at"]
     readonly_fields = ["created_at", "request"]
 
 

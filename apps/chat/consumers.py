@@ -139,7 +139,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.add(group)
         try:
-            request = await database_sync_to_async(chat_prompt_submit)(
+            prompt = await database_sync_to_async(chat_prompt_submit)(
                 user=self.scope["user"],
                 model=model,
                 content=content,
@@ -166,13 +166,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json(
             {
                 "type": "accepted",
-                "request": str(request.id),
+                "request": str(prompt.id),
                 "ref": _ref(payload),
-                "conversation": request.conversation_id,
-                "status": request.status,
-                "title": request.conversation.title if request.conversation else None,
+                "conversation": prompt.conversation_id,
+                "status": prompt.status,
+                "title": prompt.conversation.title,
             }
         )
+        request = prompt.request
         if request.status == PromptRequest.Status.DONE:
             # Answered from the cache: replayed in the same frames as a live answer.
             for event in await database_sync_to_async(delivery.replay_events)(request):

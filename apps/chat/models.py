@@ -25,23 +25,22 @@ class Conversation(models.Model):
 
 
 class Message(models.Model):
-    class Role(models.TextChoices):
-        USER = "user"
-        ASSISTANT = "assistant"
-        SYSTEM = "system"
+    """What the person wrote in a conversation, linked to the ledger row it started.
+
+    The answer is not copied here: the ledger (``apps.gateway``) owns answers, and a
+    conversation reads each one from its request (``apps.chat.selectors``). So the chat
+    app depends on the gateway, never the other way round (DESIGN.md, "Layers")."""
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
-    role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField()
-    # The ledger row that produced an assistant message (or that a user message started).
-    request = models.ForeignKey(
+    request = models.OneToOneField(
         "gateway.PromptRequest",
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
-        related_name="chat_messages",
+        related_name="chat_message",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -49,4 +48,4 @@ class Message(models.Model):
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
-        return f"{self.role}: {self.content[:40]}"
+        return self.content[:40]

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from django.contrib.auth.models import User
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Q, QuerySet
 
 from apps.chat.models import Conversation, Message
 from apps.gateway.models import PromptRequest
@@ -29,37 +32,45 @@ def conversation_get(*, user: User, pk: int) -> Conversation | None:
     return Conversation.objects.filter(owner=user, pk=pk).first()
 
 
-def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    # The row's cache outcome labels the answer; its history and answer are not needed.
-    return conversation.messages.select_related("request").defer(
-        "request__messages", "request__answer", "request__params"
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of a conversation as the page shows it: what the person wrote, or the
+    answer to it — read from the ledger row, which owns answers."""
+
+    role: str
+    content: str
+    request: PromptRequest | None
+
+    @property
+    def request_id(self) -> Any:
+        return self.request.id if self.request is not None else None
+
+
+def message_list(*, conversation: Conversation) -> list[Line]:
+    """The conversation in order: each prompt, then its answer once there is one."""
+    lines: list[Line] = []
+    messages = conversation.messages.select_related("request").defer(
+        "request__messages", "request__params", "request__error"
     )
+    for message in messages:
+        request = message.request
+        lines.append(Line("user", message.content, request))
+        if request is not None and request.status == PromptRequest.Status.DONE:
+            lines.append(Line("assistant", request.answer, request))
+    return lines
+
+
+def conversation_history(*, conversation: Conversation) -> list[dict[str, str]]:
+    """The conversation as chat messages for the model: prompts and their answers."""
+    return [
+        {"role": line.role, "content": line.content}
+        for line in message_list(conversation=conversation)
+    ]
 
 
 def request_list_pending(*, conversation: Conversation) -> QuerySet[PromptRequest]:
-    return conversation.requests.filter(
-        status__in=[PromptRequest.Status.QUEUED, PromptRequest.Status.RUNNING]
-    ).order_by("queued_at")
-
-
-def usage_summary(*, user: User) -> dict[str, int]:
-    """What the person has asked of Barista, from the ledger: prompts, tokens, and what the
-    cache and coalescing saved them."""
-    rows = PromptRequest.objects.filter(owner=user)
-    totals = rows.aggregate(
-        prompts=Count("id"),
-        answered=Count("id", filter=Q(status=PromptRequest.Status.DONE)),
-        failed=Count("id", filter=Q(status=PromptRequest.Status.FAILED)),
-        tokens_in=Sum("prompt_tokens"),
-        tokens_out=Sum("completion_tokens"),
-        from_api=Count("id", filter=Q(source=PromptRequest.Source.API)),
+    return (
+        PromptRequest.objects.filter(chat_message__conversation=conversation)
+        .pending()
+        .order_by("queued_at")
     )
-    saved = rows.filter(
-        status=PromptRequest.Status.DONE,
-        cache_outcome__in=[PromptRequest.CacheOutcome.HIT, PromptRequest.CacheOutcome.COALESCED],
-    ).aggregate(answers=Count("id"), tokens=Sum("completion_tokens"))
-    return {
-        **{key: int(value or 0) for key, value in totals.items()},
-        "saved_answers": int(saved["answers"] or 0),
-        "saved_tokens": int(saved["tokens"] or 0),
-    }

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.chat.models import Conversation, Message
-from apps.chat.selectors import request_list_pending
+from apps.chat.selectors import conversation_history, request_list_pending
 from apps.gateway.models import PromptRequest
-from apps.gateway.services import request_submit
+from apps.gateway.services import request_cancel, request_submit
 
 
 class ConversationNotFound(Exception):
@@ -30,6 +30,26 @@ class ConversationBusy(Exception):
     """The conversation's last prompt is still being answered: it cannot be replaced."""
 
 
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    """A prompt sent in a conversation: its ledger row and the conversation it joined."""
+
+    request: PromptRequest
+    conversation: Conversation
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.request.id
+
+    @property
+    def status(self) -> str:
+        return self.request.status
+
+    @property
+    def conversation_id(self) -> int:
+        return self.conversation.pk
+
+
 @transaction.atomic
 def chat_prompt_submit(
     *,
@@ -41,7 +61,7 @@ def chat_prompt_submit(
     bypass_cache: bool = False,
     params: dict[str, Any] | None = None,
     replace_last: bool = False,
-) -> PromptRequest:
+) -> ChatPrompt:
     """Send a prompt in a conversation (a new one when ``conversation_id`` is None).
 
     ``params`` (temperature, max_tokens) become the conversation's and go with this and
@@ -64,38 +84,26 @@ def chat_prompt_submit(
         conversation.save(update_fields=["model", "params", "updated_at"])
         if replace_last:
             _drop_last_exchange(conversation)
-    history = [
-        {"role": role, "content": text}
-        for role, text in conversation.messages.values_list("role", "content")
-    ]
-    history.append({"role": Message.Role.USER, "content": content})
+    history = conversation_history(conversation=conversation)
+    history.append({"role": "user", "content": content})
     request = request_submit(
         owner=user,
         model=model,
         messages=history,
         params=dict(conversation.params),
-        conversation_id=conversation.pk,
         request_id=request_id,
         bypass_cache=bypass_cache,
     )
-    Message.objects.create(
-        conversation=conversation, role=Message.Role.USER, content=content, request=request
-    )
-    if request.status == PromptRequest.Status.DONE:  # answered from the cache
-        message_record_answers(requests=[request])
-    request.conversation = conversation  # callers in async code read it without a query
-    return request
+    Message.objects.create(conversation=conversation, content=content, request=request)
+    return ChatPrompt(request=request, conversation=conversation)
 
 
 def _drop_last_exchange(conversation: Conversation) -> None:
     if request_list_pending(conversation=conversation).exists():
         raise ConversationBusy
-    last_prompt = conversation.messages.filter(role=Message.Role.USER).last()
+    last_prompt = conversation.messages.last()
     if last_prompt is not None:
-        conversation.messages.filter(
-            Q(created_at__gt=last_prompt.created_at)
-            | Q(created_at=last_prompt.created_at, pk__gte=last_prompt.pk)
-        ).delete()
+        last_prompt.delete()  # its answer stays in the ledger, no longer in the conversation
 
 
 def conversation_rename(*, user: User, pk: int, title: str) -> Conversation:
@@ -114,8 +122,6 @@ def conversation_delete(*, user: User, pk: int) -> None:
     """Delete the owner's conversation and its messages; prompts still in flight for it
     are cancelled first, so no answer arrives for a conversation that is gone. The
     ledger keeps its rows (without the conversation) for usage and audit."""
-    from apps.gateway.services import request_cancel
-
     conversation = Conversation.objects.filter(pk=pk, owner=user).first()
     if conversation is None:
         raise ConversationNotFound
@@ -123,23 +129,3 @@ def conversation_delete(*, user: User, pk: int) -> None:
     for request_id in list(pending):
         request_cancel(owner=user, request_id=request_id)
     conversation.delete()
-
-
-def message_record_answers(*, requests: list[PromptRequest]) -> None:
-    """Add finished answers to their conversations (called inside request_complete_many's
-    transaction, so the ledger and the conversations never disagree)."""
-    messages, conversation_ids = [], set()
-    for request in requests:
-        conversation_id = request.conversation_id
-        assert conversation_id is not None
-        conversation_ids.add(conversation_id)
-        messages.append(
-            Message(
-                conversation_id=conversation_id,
-                role=Message.Role.ASSISTANT,
-                content=request.answer,
-                request=request,
-            )
-        )
-    Message.objects.bulk_create(messages)
-    Conversation.objects.filter(pk__in=conversation_ids).update(updated_at=timezone.now())

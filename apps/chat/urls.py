@@ -9,5 +9,4 @@ urlpatterns = [
     path("c/<int:pk>/rename/", views.conversation_rename, name="rename"),
     path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
     path("models.json", views.model_health, name="models"),
-    path("settings/", views.account_settings, name="settings"),
 ]

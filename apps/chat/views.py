@@ -14,7 +14,6 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from apps.api.models import ApiKey
 from apps.backends.selectors import alias_health
 from apps.chat import selectors, services
 from apps.gateway.queues import connection
@@ -91,18 +90,6 @@ def conversation_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         raise Http404("Conversation not found.") from None
     flash.success(request, "Conversation deleted.")
     return redirect("chat:home")
-
-
-@login_required
-def account_settings(request: AuthenticatedHttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "chat/settings.html",
-        {
-            "usage": selectors.usage_summary(user=request.user),
-            "keys": ApiKey.objects.filter(owner=request.user, revoked_at__isnull=True),
-        },
-    )
 
 
 def signup(request: HttpRequest) -> HttpResponse:

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from apps.backends import live
 from apps.backends.selectors import backend_names_active
+from apps.core import clients
 from apps.gateway import cache, metrics
 
 HISTORY_SECONDS = 15 * 60
@@ -78,7 +79,7 @@ async def history(seconds: int = HISTORY_SECONDS) -> list[dict[str, Any]]:
     """The last ``seconds`` complete seconds, oldest first (one pipelined round trip)."""
     now = int(time.time())
     span = range(now - seconds, now)
-    async with live.client().pipeline(transaction=False) as pipe:
+    async with clients.redis().pipeline(transaction=False) as pipe:
         for second in span:
             pipe.hgetall(metrics.SECOND_KEY.format(second=second))
         replies = await pipe.execute()
@@ -86,7 +87,7 @@ async def history(seconds: int = HISTORY_SECONDS) -> list[dict[str, Any]]:
 
 
 async def gauges() -> dict[str, Any]:
-    redis = live.client()
+    redis = clients.redis()
     backends = await database_sync_to_async(backend_names_active)()
     states = await live.snapshot([pk for pk, _ in backends])
     async with redis.pipeline(transaction=False) as pipe:
@@ -124,7 +125,7 @@ async def snapshot() -> dict[str, Any]:
     async with _locks[loop]:
         if _latest is not None and _latest[0] == second:
             return _latest[1]
-        raw = await live.client().hgetall(metrics.SECOND_KEY.format(second=second))
+        raw = await clients.redis().hgetall(metrics.SECOND_KEY.format(second=second))
         taken = {"point": point(second, raw), "gauges": await gauges()}
         _latest = (second, taken)
         return taken

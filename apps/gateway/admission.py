@@ -65,10 +65,7 @@ def admit(*, user_id: int) -> None:
             wait,
         )
     # The ledger knows exactly what is waiting or running: no counter to drift or leak.
-    pending = PromptRequest.objects.filter(
-        owner_id=user_id,
-        status__in=[PromptRequest.Status.QUEUED, PromptRequest.Status.RUNNING],
-    ).count()
+    pending = PromptRequest.objects.filter(owner_id=user_id).pending().count()
     if pending >= settings.BARISTA_USER_MAX_PENDING:
         wait = estimate_wait(pending)
         raise Rejection(

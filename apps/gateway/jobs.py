@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from apps.core import clients
 from apps.gateway.pipeline import request_process
-from apps.gateway.worker import http_client
 
 
 async def process_request_job(request_id: str) -> None:
-    await request_process(request_id, http_client())
+    await request_process(request_id, clients.http())

@@ -6,12 +6,19 @@ from django.conf import settings
 from django.db import models
 
 
+class PromptRequestQuerySet(models.QuerySet["PromptRequest"]):
+    def pending(self) -> PromptRequestQuerySet:
+        """Waiting in line or being answered: what admission counts as in flight."""
+        return self.filter(status__in=PromptRequest.PENDING_STATUSES)
+
+
 class PromptRequest(models.Model):
     """The ledger: one row per prompt, whichever door it came through.
 
     The id is an unguessable UUID: it names the channel group the answer streams to and
     is how an owner fetches a result again. Nothing a person must get back lives only in
-    a channel (DESIGN.md, decision 2): the final answer is stored here.
+    a channel (DESIGN.md, decision 2): the final answer is stored here, and only here —
+    a conversation (apps.chat) links to its requests and reads answers from them.
     """
 
     class Status(models.TextChoices):
@@ -31,22 +38,16 @@ class PromptRequest(models.Model):
         API = "api"
 
     FINAL_STATUSES = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
+    PENDING_STATUSES = frozenset({Status.QUEUED, Status.RUNNING})
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompt_requests"
     )
-    conversation = models.ForeignKey(
-        "chat.Conversation",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="requests",
-    )
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT)
-    api_key = models.ForeignKey(
-        "api.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
-    )
+    # The API key (apps.api) a program sent it with. A plain id, not a foreign key: the
+    # ledger sits below the doors and knows no door's models (DESIGN.md, "Layers").
+    api_key_id = models.PositiveBigIntegerField(null=True, blank=True, db_index=True)
     model = models.CharField(max_length=100, help_text="Public alias asked for.")
     messages = models.JSONField()
     params = models.JSONField(default=dict, blank=True)
@@ -71,6 +72,8 @@ class PromptRequest(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PromptRequestQuerySet.as_manager()
 
     class Meta:
         ordering = ["-queued_at"]

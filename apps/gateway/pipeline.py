@@ -20,12 +20,13 @@ from apps.backends.balancer import NoBackendAvailable, backend_acquire
 from apps.backends.directory import directory
 from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
+from apps.core import clients
 from apps.gateway import cache, coalescing, services
 from apps.gateway.delivery import TokenBatcher, done_event, push
 from apps.gateway.ledger import ledger
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
-from apps.gateway.worker import CANCEL_REQUEUE, CANCEL_STOP
+from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ async def _hand_over(request: PromptRequest, fanout: Fanout | None = None) -> No
 async def _fail_followers(request: PromptRequest, message: str) -> None:
     """The request itself was refused (it would fail anywhere): followers hear the same."""
     followers = await coalescing.close(
-        live.client(), cache_key=request.cache_key, leader_id=str(request.id)
+        clients.redis(), cache_key=request.cache_key, leader_id=str(request.id)
     )
     owners = await database_sync_to_async(_owners)(followers)
     for follower, owner in owners.items():
@@ -149,7 +150,7 @@ class Fanout:
         return {i: self.owners[i] for i in request_ids if i in self.owners}
 
     async def sync(self, text: str) -> None:
-        followers = await coalescing.followers(live.client(), leader_id=self.leader_id)
+        followers = await coalescing.followers(clients.redis(), leader_id=self.leader_id)
         for follower, owner in (await self.owner_ids(followers)).items():
             sent = self.sent.get(follower)
             if sent is None:
@@ -358,7 +359,7 @@ async def _answer_once(
         # One script stores the answer (only a complete one: not one cut short by
         # max_tokens) and closes the key; those who joined are answered with the leader.
         followers = await coalescing.close(
-            live.client(),
+            clients.redis(),
             cache_key=request.cache_key,
             leader_id=str(request_id),
             answer=cache.encode(stored) if usage.finish_reason != "length" else b"",

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.auth.models import User
+from django.db.models import Count, Q, Sum
 
 from apps.gateway.models import PromptRequest
 
@@ -46,3 +47,26 @@ def queue_position(*, request_id: str) -> int | None:
             return ahead + int(position) + 1
         ahead += int(length)
     return None
+
+
+def usage_summary(*, user: User) -> dict[str, int]:
+    """What the person has asked of Barista, from the ledger: prompts, tokens, and what the
+    cache and coalescing saved them."""
+    rows = PromptRequest.objects.filter(owner=user)
+    totals = rows.aggregate(
+        prompts=Count("id"),
+        answered=Count("id", filter=Q(status=PromptRequest.Status.DONE)),
+        failed=Count("id", filter=Q(status=PromptRequest.Status.FAILED)),
+        tokens_in=Sum("prompt_tokens"),
+        tokens_out=Sum("completion_tokens"),
+        from_api=Count("id", filter=Q(source=PromptRequest.Source.API)),
+    )
+    saved = rows.filter(
+        status=PromptRequest.Status.DONE,
+        cache_outcome__in=[PromptRequest.CacheOutcome.HIT, PromptRequest.CacheOutcome.COALESCED],
+    ).aggregate(answers=Count("id"), tokens=Sum("completion_tokens"))
+    return {
+        **{key: int(value or 0) for key, value in totals.items()},
+        "saved_answers": int(saved["answers"] or 0),
+        "saved_tokens": int(saved["tokens"] or 0),
+    }

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -17,12 +18,13 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from apps.gateway import cache, coalescing, queues
+from apps.gateway import cache, coalescing, delivery, queues
 from apps.gateway.admission import Rejection, admit
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 
 Status = PromptRequest.Status
+PROCESS_REQUEST_JOB = "apps.gateway.jobs.process_request_job"
 
 
 def request_submit(
@@ -31,12 +33,11 @@ def request_submit(
     model: str,
     messages: list[dict[str, Any]],
     params: dict[str, Any] | None = None,
-    conversation_id: int | None = None,
     source: str = PromptRequest.Source.CHAT,
     request_id: uuid.UUID | None = None,
     queue: str | None = None,
     bypass_cache: bool = False,
-    api_key: Any = None,
+    api_key_id: int | None = None,
 ) -> PromptRequest:
     """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
 
@@ -65,10 +66,9 @@ def request_submit(
         "model": model,
         "messages": messages,
         "params": params,
-        "conversation_id": conversation_id,
         "source": source,
         "cache_key": key or "",
-        "api_key": api_key,
+        "api_key_id": api_key_id,
     }
     if hit is not None:
         now = timezone.now()
@@ -119,10 +119,6 @@ def request_submit(
 def _answer_from_cache(request: PromptRequest, key: str) -> bool:
     """The answer was stored between this request's lookup and its commit (its leader
     finished meanwhile): record it as a hit and replay it to the asker's group."""
-    from asgiref.sync import async_to_sync
-
-    from apps.gateway import delivery
-
     hit = cache.lookup(key)
     if hit is None:
         return False  # expired in the meantime: ask the backend after all
@@ -149,10 +145,9 @@ def _answer_from_cache(request: PromptRequest, key: str) -> bool:
 
 
 def request_enqueue(*, request_id: uuid.UUID | str, queue_name: str | None = None) -> None:
-    from apps.gateway.jobs import process_request_job
-
     queues.queue(queue_name or settings.BARISTA_QUEUES[0]).enqueue(
-        process_request_job,
+        # By name: the job module imports the pipeline, which imports these services.
+        PROCESS_REQUEST_JOB,
         str(request_id),
         job_id=str(request_id),
         job_timeout=settings.BARISTA_JOB_TIMEOUT,
@@ -196,9 +191,7 @@ def request_start_many(*, request_ids: list[str]) -> dict[str, tuple[PromptReque
     keys = [request_key(request_id) for request_id in request_ids]
     rows = {
         str(row.id): row
-        for row in PromptRequest.objects.select_for_update().filter(
-            id__in=keys, status__in=[Status.QUEUED, Status.RUNNING]
-        )
+        for row in PromptRequest.objects.select_for_update().filter(id__in=keys).pending()
     }
     started_at = timezone.now()
     result: dict[str, tuple[PromptRequest, bool] | None] = {}
@@ -285,10 +278,6 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
             request_enqueue(request_id=key, queue_name=job.origin)
     except NoSuchJobError:
         request_enqueue(request_id=key, queue_name=queue_for(source=row.source))
-    from asgiref.sync import async_to_sync
-
-    from apps.gateway import delivery
-
     async_to_sync(delivery.push)(
         request_id=key,
         owner_id=row.owner_id,
@@ -335,7 +324,7 @@ class Completion:
 def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
     """Record final answers, each exactly once, in one transaction. For each request: False
     if it was already final (a duplicate run, or cancelled meanwhile) and its answer is
-    discarded. Chat answers join their conversations in the same transaction."""
+    discarded. Conversations read answers from these rows (``apps.chat.selectors``)."""
     keys = [request_key(c.request_id) for c in completions]
     rows = {
         str(row.id): row for row in PromptRequest.objects.select_for_update().filter(id__in=keys)
@@ -371,11 +360,6 @@ def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
             "finished_at",
         ],
     )
-    in_conversations = [row for row in recorded if row.conversation_id is not None]
-    if in_conversations:
-        from apps.chat.services import message_record_answers
-
-        message_record_answers(requests=in_conversations)
     return result
 
 

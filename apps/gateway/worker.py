@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from channels.db import database_sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -44,16 +43,13 @@ from rq.worker_registration import REDIS_WORKER_KEYS
 
 from apps.backends import health
 from apps.backends.selectors import backend_list_active, backend_names_active
+from apps.core import clients
 from apps.gateway import metrics, reconciler
 from apps.gateway.admission import COMPLETED_KEY
 from apps.gateway.queues import paused_queues
+from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP, CANCEL_TIMEOUT
 
 logger = logging.getLogger(__name__)
-
-# Reasons a job's task is cancelled; the job function sees them as CancelledError.args[0].
-CANCEL_TIMEOUT = "timeout"
-CANCEL_STOP = "stop"  # RQ's stop-job command: the person cancelled
-CANCEL_REQUEUE = "requeue"  # shutting down: the job goes back to its queue
 
 
 @dataclass(eq=False)
@@ -64,32 +60,6 @@ class Running:
     task: asyncio.Task[Any] | None = None
     started: float = field(default_factory=time.monotonic)
     cancel_reason: str | None = None
-
-
-_client: httpx.AsyncClient | None = None
-_client_loop: asyncio.AbstractEventLoop | None = None
-
-
-def http_client() -> httpx.AsyncClient:
-    """The HTTP client for backends, made on first use on the running loop.
-
-    One client per process keeps connections to backends alive between prompts; making
-    one per prompt (loading TLS certificates) cost ~50 ms. A client belongs to one event
-    loop, so code run on a fresh loop (RQ's stock workers) gets a fresh client."""
-    global _client, _client_loop
-    loop = asyncio.get_running_loop()
-    if _client is None or _client_loop is not loop:
-        _client_loop = loop
-        # Redirects are never followed: a backend must not point a worker elsewhere.
-        _client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.BARISTA_BACKEND_READ_TIMEOUT,
-                connect=settings.BARISTA_BACKEND_CONNECT_TIMEOUT,
-            ),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
-    return _client
 
 
 class GatewayWorker(BaseWorker):
@@ -201,8 +171,9 @@ class GatewayWorker(BaseWorker):
             housekeeping.cancel()
             checks.cancel()
             self._flush_finished()
-            if _client is not None:
-                await _client.aclose()
+            http = clients.http.current()
+            if http is not None:
+                await http.aclose()
 
     async def _dispatch(self, burst: bool) -> None:
         assert self._wake is not None
@@ -484,7 +455,7 @@ class GatewayWorker(BaseWorker):
             try:
                 if await health.claim_turn(self.name, interval):
                     backends = await database_sync_to_async(list)(backend_list_active())
-                    await health.check_all(http_client(), backends)
+                    await health.check_all(clients.http(), backends)
             except Exception:  # a failed round must not end the checks
                 logger.exception("worker %s: health checks failed", self.name)
             await asyncio.sleep(interval)

@@ -31,7 +31,7 @@ def test_a_completion_arrives_with_usage_in_the_ledger_under_the_keys_owner(api,
     assert answer.usage.completion_tokens == 30
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + 30
     row = PromptRequest.objects.get()
-    assert (row.owner, row.source, row.api_key, row.status) == (alice, "api", api.row, "done")
+    assert (row.owner, row.source, row.api_key_id, row.status) == (alice, "api", api.row.pk, "done")
     assert answer.id == f"chatcmpl-{row.id}"
 
 

@@ -109,12 +109,12 @@ async def test_a_prompt_is_recorded_and_queued_for_a_worker(alice, chat_backend)
     assert reply["type"] == "accepted"
     assert reply["ref"] == 7
     request = await database_sync_to_async(
-        PromptRequest.objects.select_related("conversation").get
+        PromptRequest.objects.select_related("chat_message__conversation").get
     )(id=reply["request"])
     assert request.owner_id == alice.pk
     assert request.status == "queued"
     assert request.messages == [{"role": "user", "content": "hello there"}]
-    assert request.conversation.title == "hello there"
+    assert request.chat_message.conversation.title == "hello there"
     assert queued_jobs() == 1
     await communicator.disconnect()
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from apps.chat import markdown
 from apps.chat.models import Conversation, Message
-from apps.chat.services import chat_prompt_submit, message_record_answers
+from apps.chat.selectors import conversation_history
+from apps.chat.services import chat_prompt_submit
 from apps.gateway.models import PromptRequest
 from tests.chat.test_consumer import connect
 
@@ -34,8 +35,6 @@ def answered(user, content: str, answer: str, conversation_id: int | None = None
         user=user, model="sim-chat", content=content, conversation_id=conversation_id
     )
     PromptRequest.objects.filter(id=request.id).update(status="done", answer=answer)
-    message_record_answers(requests=[PromptRequest.objects.get(id=request.id)])
-    assert request.conversation is not None
     return request.conversation
 
 
@@ -181,9 +180,9 @@ def test_replacing_the_last_prompt_drops_it_and_its_answer(alice):
         conversation_id=conversation.pk,
         replace_last=True,
     )
-    texts = list(conversation.messages.values_list("content", flat=True))
+    texts = [m["content"] for m in conversation_history(conversation=conversation)]
     assert texts == ["first question", "first answer", "second question, edited"]
-    assert [m["content"] for m in request.messages] == texts
+    assert [m["content"] for m in request.request.messages] == texts
 
 
 async def test_params_are_checked_and_kept_with_the_conversation(alice, chat_backend):

@@ -13,6 +13,8 @@ from channels.db import database_sync_to_async
 from hypothesis import given
 from hypothesis import strategies as st
 
+from apps.chat.models import Message
+from apps.chat.selectors import conversation_history
 from apps.gateway import cache, queues
 from apps.gateway.models import PromptRequest
 from apps.gateway.services import request_cancel, request_submit
@@ -235,9 +237,8 @@ async def test_a_hit_streams_back_in_the_same_shape_as_a_live_answer(
     # Bob's conversation holds the answer, like any other.
 
     def conversation_of(request_id):
-        request = PromptRequest.objects.get(id=request_id)
-        assert request.conversation is not None
-        return list(request.conversation.messages.values_list("role", "content"))
+        conversation = Message.objects.get(request_id=request_id).conversation
+        return [(m["role"], m["content"]) for m in conversation_history(conversation=conversation)]
 
     messages = await database_sync_to_async(conversation_of)(replayed[-1]["request"])
     assert messages == [("user", "Tell me about crema"), ("assistant", live[-1]["content"])]

@@ -82,7 +82,8 @@ async def test_two_people_at_once_each_get_only_their_own_answer(
         assert request.completion_tokens == 80
         owner_word = "APRICOT-1" if request.owner_id == alice.pk else "BLUEBERRY-2"
         assert owner_word in request.answer
-    assert await database_sync_to_async(Message.objects.filter(role="assistant").count)() == 2
+    answered = Message.objects.filter(request__status="done", request__answer__gt="")
+    assert await database_sync_to_async(answered.count)() == 2
     assert sim.stats()["requests_total"] == 2
     await alice_socket.disconnect()
     await bob_socket.disconnect()

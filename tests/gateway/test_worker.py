@@ -94,9 +94,9 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(
         index = request.messages[-1]["content"]
         assert f'"{index}"' in request.answer  # each row holds its own answer
     # Exactly one recorded answer per prompt, though many prompts ran twice.
-    assert Message.objects.filter(role="assistant").count() == 200
+    assert Message.objects.filter(request__status="done").count() == 200
     assert set(
-        Message.objects.filter(role="assistant").values_list("request_id", flat=True)
+        Message.objects.filter(request__status="done").values_list("request_id", flat=True)
     ) == set(ids)
     assert sim.stats()["requests_total"] > 200
 

@@ -1,0 +1,51 @@
+"""The process's network clients, one per event loop, made here and nowhere else.
+
+* ``redis()`` — the asyncio Redis client every layer uses for live state, the cache,
+  coalescing, metrics and per-key counters;
+* ``http()`` — the HTTP client for backends (health checks and prompts).
+"""
+
+from __future__ import annotations
+
+import httpx
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from apps.core.loop import PerLoop
+
+
+def _make_redis() -> aioredis.Redis:
+    # A blocking pool: with hundreds of prompts in flight, an operation waits for a free
+    # connection instead of failing (redis-py's default pool raises past 100).
+    # Connections broken by a Redis restart fail once, then reconnect: retried with a
+    # short backoff, so the first prompts after Redis returns do not fail on them.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL,
+        max_connections=settings.BARISTA_LIVE_REDIS_CONNECTIONS,
+        timeout=30,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _make_http() -> httpx.AsyncClient:
+    # One client per process keeps connections to backends alive between prompts; making
+    # one per prompt (loading TLS certificates) cost ~50 ms. Redirects are never
+    # followed: a backend must not point a worker elsewhere.
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            settings.BARISTA_BACKEND_READ_TIMEOUT,
+            connect=settings.BARISTA_BACKEND_CONNECT_TIMEOUT,
+        ),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+    )
+
+
+redis = PerLoop(_make_redis)
+http = PerLoop(_make_http)
