@@ -11,17 +11,17 @@ from apps.gateway.models import PromptRequest
 
 
 def conversation_list(*, user: User, search: str = "") -> QuerySet[Conversation]:
-    """The person's conversations, newest first; ``search`` matches titles and the text
-    of any message in them."""
+    """The person's conversations, newest first; ``search`` matches titles, prompts and
+    answers."""
     conversations = Conversation.objects.filter(owner=user)
     search = search.strip()
     if search:
         conversations = conversations.filter(
             Q(title__icontains=search)
             | Q(
-                pk__in=Message.objects.filter(
-                    conversation__owner=user, content__icontains=search
-                ).values("conversation_id")
+                pk__in=Message.objects.filter(conversation__owner=user)
+                .filter(Q(content__icontains=search) | Q(request__answer__icontains=search))
+                .values("conversation_id")
             )
         )
     return conversations
