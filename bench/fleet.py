@@ -23,6 +23,7 @@ def main() -> dict[str, dict[str, float]]:
     from django.contrib.auth.models import User
 
     from apps.backends.models import Backend
+    from apps.gateway.admission import Principal
     from apps.gateway.localrun import free_port, worker_argv
     from apps.gateway.models import PromptRequest
     from apps.gateway.services import request_submit
@@ -76,7 +77,7 @@ def main() -> dict[str, dict[str, float]]:
                     turned = True
                 while sent < elapsed * rate:
                     request_submit(
-                        owner=user,
+                        principal=Principal(user.pk),
                         model="fleet",
                         messages=[{"role": "user", "content": f"q{sent}"}],
                         # Every strategy asks the same questions: measure the balancer,

@@ -64,12 +64,13 @@ def simple_worker_seconds(env: dict[str, str], queues_code: str) -> float:
 def submit(user, count: int) -> None:
     from django.db import transaction
 
+    from apps.gateway.admission import Principal
     from apps.gateway.services import request_submit
 
     with transaction.atomic():
         for index in range(count):
             request_submit(
-                owner=user,
+                principal=Principal(user.pk),
                 model="bench",
                 # Each prompt its own: a repeated one would be a cache hit, not a job.
                 messages=[{"role": "user", "content": f"bench prompt {uuid.uuid4()} {index}"}],

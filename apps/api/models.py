@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from apps.gateway.admission import KeyLimits
+
 
 class ApiKey(models.Model):
     """A key a program uses on ``/v1/``. Only its SHA-256 is stored (keys are 256 random
@@ -33,9 +35,12 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    def allows(self, alias: str) -> bool:
-        return not self.allowed_models or alias in self.allowed_models
+    def limits(self) -> KeyLimits:
+        """The key's limits, for the gateway's admission (which knows no ApiKey)."""
+        return KeyLimits(
+            id=self.pk,
+            allowed_models=tuple(self.allowed_models or ()),
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrent=self.max_concurrent,
+        )

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from apps.chat.models import Conversation, Message
 from apps.chat.selectors import conversation_history, request_list_pending
+from apps.gateway.admission import Principal
 from apps.gateway.models import PromptRequest
 from apps.gateway.services import request_cancel, request_submit
 
@@ -87,7 +88,7 @@ def chat_prompt_submit(
     history = conversation_history(conversation=conversation)
     history.append({"role": "user", "content": content})
     request = request_submit(
-        owner=user,
+        principal=Principal(user.pk),
         model=model,
         messages=history,
         params=dict(conversation.params),
@@ -127,5 +128,5 @@ def conversation_delete(*, user: User, pk: int) -> None:
         raise ConversationNotFound
     pending = request_list_pending(conversation=conversation).values_list("id", flat=True)
     for request_id in list(pending):
-        request_cancel(owner=user, request_id=request_id)
+        request_cancel(owner_id=user.pk, request_id=request_id)
     conversation.delete()

@@ -1,29 +1,78 @@
-"""Admission: the checks a prompt passes before it is recorded and queued.
+"""Admission: the one port every prompt passes before it is recorded and queued.
 
-Three limits, all settings; the first two cost one pipelined Redis round trip:
+``admit(principal, model=...)`` is called by ``request_submit`` for both doors. Its
+limits, all settings or staff's choices:
 
 * a global bound on queued prompts (``BARISTA_MAX_QUEUED``) — past it Barista is busy;
 * a per-person rate (``BARISTA_USER_RATE_PER_MINUTE``), a fixed one-minute window;
 * a per-person cap on prompts waiting or running (``BARISTA_USER_MAX_PENDING``). This is
   the fairness rule: one person's 1,000 prompts cannot fill the line in front of someone
   else's one, because at most this many of them are in it at a time. The rest are refused
-  with a retry time, so nothing accepted is ever dropped. Counted from the ledger.
+  with a retry time, so nothing accepted is ever dropped. Counted from the ledger;
+* when a program asks with an API key, the key's own limits staff or its owner set: the
+  models it may use, requests and tokens per minute, requests at once.
 
-A refused prompt leaves no ledger row, no job and no backend call.
+The Redis counters cost one pipelined round trip. A refused prompt leaves no ledger row,
+no job and no backend call. Sizes are checked before this, where the bytes arrive (the
+socket frame, the HTTP body) and by the request validator (``apps.gateway.validation``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from apps.core import clients
+from apps.gateway.metrics import recorder
+from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection, queues
 
 RATE_KEY = "barista:rate:{user_id}:{window}"
+KEY_RATE_KEY = "barista:api:{key_id}:rpm:{window}"
+KEY_TOKENS_KEY = "barista:api:{key_id}:tpm:{window}"
 COMPLETED_KEY = "barista:completed:{second}"
+
+# What either door says when Redis, which holds the queues, does not answer.
+UNAVAILABLE = (
+    "Barista is temporarily unavailable: its queue (Redis) is not answering. "
+    "Try again in a few seconds."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """An API key's limits, as the gateway sees them (the key itself is ``apps.api``'s)."""
+
+    id: int
+    allowed_models: tuple[str, ...] = ()
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+
+    def allows(self, alias: str) -> bool:
+        return not self.allowed_models or alias in self.allowed_models
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Where a key stands in its requests-per-minute window (for x-ratelimit-* headers)."""
+
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window ends
+
+
+@dataclass
+class Principal:
+    """Who asks: a person, and the API key when a program asks on their behalf.
+    ``admit`` fills in ``quota`` when the key has a requests-per-minute limit."""
+
+    user_id: int
+    key: KeyLimits | None = None
+    quota: Quota | None = field(default=None, init=False)
 
 
 @dataclass
@@ -31,41 +80,83 @@ class Rejection(Exception):
     message: str
     code: str
     retry_after: int
+    quota: Quota | None = None
 
 
 def queue_keys() -> list[str]:
     return [q.key for q in queues()]
 
 
-def admit(*, user_id: int) -> None:
-    """Raise ``Rejection`` if this person's prompt may not be queued now."""
-    from apps.gateway.models import PromptRequest
+def admit(principal: Principal, *, model: str) -> None:
+    """Raise ``Rejection`` if this prompt may not be queued now."""
+    try:
+        _admit(principal, model)
+    except Rejection:
+        recorder.request(outcome="rejected", model=model)
+        raise
 
+
+def _admit(principal: Principal, model: str) -> None:
+    key = principal.key
+    if key is not None and not key.allows(model):
+        raise Rejection(f"This API key may not use the model {model!r}.", "model_not_allowed", 0)
     now = time.time()
     window = int(now // 60)
-    rate_key = RATE_KEY.format(user_id=user_id, window=window)
+    reset = max(1, math.ceil((window + 1) * 60 - now))
+    rate_key = RATE_KEY.format(user_id=principal.user_id, window=window)
+    keys = queue_keys()
     with connection().pipeline(transaction=False) as pipe:
-        for key in queue_keys():
-            pipe.llen(key)
+        for queue_key in keys:
+            pipe.llen(queue_key)
         pipe.incr(rate_key)
         pipe.expire(rate_key, 61)
+        if key is not None:
+            key_rate = KEY_RATE_KEY.format(key_id=key.id, window=window)
+            pipe.incr(key_rate)
+            pipe.expire(key_rate, 61)
+            pipe.get(KEY_TOKENS_KEY.format(key_id=key.id, window=window))
         replies = pipe.execute()
-    queued, rate = sum(replies[:-2]), replies[-2]
+    queued, rate = sum(replies[: len(keys)]), replies[len(keys)]
+    if key is not None and key.requests_per_minute:
+        used = int(replies[len(keys) + 2])
+        limit = key.requests_per_minute
+        principal.quota = Quota(limit=limit, remaining=max(0, limit - used), reset=reset)
+        if used > limit:
+            raise Rejection(
+                f"This key's limit is {limit} requests per minute.",
+                "rate_limit_exceeded",
+                reset,
+                principal.quota,
+            )
+    if key is not None and key.tokens_per_minute:
+        if int(replies[len(keys) + 4] or 0) >= key.tokens_per_minute:
+            raise Rejection(
+                f"This key's limit is {key.tokens_per_minute} tokens per minute.",
+                "rate_limit_exceeded",
+                reset,
+            )
     if queued >= settings.BARISTA_MAX_QUEUED:
         wait = estimate_wait(queued)
         raise Rejection(
             f"Barista is busy ({queued:,} prompts waiting). Try again in {wait} s.", "busy", wait
         )
     if rate > settings.BARISTA_USER_RATE_PER_MINUTE:
-        wait = max(1, math.ceil((window + 1) * 60 - now))
         raise Rejection(
             f"You have sent {settings.BARISTA_USER_RATE_PER_MINUTE} prompts this minute, the "
-            f"most allowed. Try again in {wait} s.",
+            f"most allowed. Try again in {reset} s.",
             "rate_limited",
-            wait,
+            reset,
         )
     # The ledger knows exactly what is waiting or running: no counter to drift or leak.
-    pending = PromptRequest.objects.filter(owner_id=user_id).pending().count()
+    if key is not None and key.max_concurrent:
+        running = PromptRequest.objects.filter(api_key_id=key.id).pending().count()
+        if running >= key.max_concurrent:
+            raise Rejection(
+                f"This key may have {key.max_concurrent} requests running at once.",
+                "rate_limit_exceeded",
+                1,
+            )
+    pending = PromptRequest.objects.filter(owner_id=principal.user_id).pending().count()
     if pending >= settings.BARISTA_USER_MAX_PENDING:
         wait = estimate_wait(pending)
         raise Rejection(
@@ -74,6 +165,15 @@ def admit(*, user_id: int) -> None:
             "too_many_pending",
             wait,
         )
+
+
+async def count_key_tokens(key_id: int, tokens: int) -> None:
+    """Tokens a key used this minute, for its tokens-per-minute limit."""
+    counter = KEY_TOKENS_KEY.format(key_id=key_id, window=int(time.time() // 60))
+    async with clients.redis().pipeline(transaction=False) as pipe:
+        pipe.incrby(counter, tokens)
+        pipe.expire(counter, 61)
+        await pipe.execute()
 
 
 def throughput(seconds: int = 10) -> float:

@@ -164,24 +164,3 @@ class TokenBatcher:
             await self._timed_flush
         async with self._lock:
             pass
-
-
-# Frames a consumer refused because their recorded owner was not the socket's user.
-# Always zero unless something upstream is broken; this process's count here, every
-# process's in the metrics store (``barista_refused_frames_total`` on /metrics).
-refused_frames = 0
-
-
-def count_caught_up() -> None:
-    """A final frame the channel layer never brought, sent from the ledger instead."""
-    from apps.gateway.metrics import recorder
-
-    recorder.caught_up()
-
-
-def count_refused() -> None:
-    global refused_frames
-    from apps.gateway.metrics import recorder
-
-    refused_frames += 1
-    recorder.refused_frame()

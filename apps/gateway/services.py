@@ -9,7 +9,6 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from rq import Retry
@@ -19,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from apps.gateway import cache, coalescing, delivery, queues
-from apps.gateway.admission import Rejection, admit
+from apps.gateway.admission import Principal, admit
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 
@@ -29,7 +28,7 @@ PROCESS_REQUEST_JOB = "apps.gateway.jobs.process_request_job"
 
 def request_submit(
     *,
-    owner: User,
+    principal: Principal,
     model: str,
     messages: list[dict[str, Any]],
     params: dict[str, Any] | None = None,
@@ -37,7 +36,6 @@ def request_submit(
     request_id: uuid.UUID | None = None,
     queue: str | None = None,
     bypass_cache: bool = False,
-    api_key_id: int | None = None,
 ) -> PromptRequest:
     """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
 
@@ -50,25 +48,25 @@ def request_submit(
     Enqueueing after commit means a worker never sees a job whose row it cannot load,
     and a rolled-back submission leaves no job behind.
     """
-    try:
-        admit(user_id=owner.pk)
-    except Rejection:
-        recorder.request(outcome="rejected", model=model)
-        raise
+    admit(principal, model=model)
     params = params or {}
     key = cache.cache_key(
-        alias=model, messages=messages, params=params, owner_id=owner.pk, bypass=bypass_cache
+        alias=model,
+        messages=messages,
+        params=params,
+        owner_id=principal.user_id,
+        bypass=bypass_cache,
     )
     hit = cache.lookup(key) if key else None
     fields: dict[str, Any] = {
         "id": request_id or uuid.uuid4(),
-        "owner": owner,
+        "owner_id": principal.user_id,
         "model": model,
         "messages": messages,
         "params": params,
         "source": source,
         "cache_key": key or "",
-        "api_key_id": api_key_id,
+        "api_key_id": principal.key.id if principal.key else None,
     }
     if hit is not None:
         now = timezone.now()
@@ -216,7 +214,7 @@ def request_requeue(*, request_id: uuid.UUID | str) -> None:
     )
 
 
-def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest | None:
+def request_cancel(*, owner_id: int, request_id: uuid.UUID | str) -> PromptRequest | None:
     """Cancel the owner's prompt: a queued job leaves the queue; a running one is stopped
     (its backend call aborted, its slot freed). Returns the row, or None when it is not
     the owner's (or not there). A prompt already final stays as it was.
@@ -226,7 +224,9 @@ def request_cancel(*, owner: User, request_id: uuid.UUID | str) -> PromptRequest
     if it had not started, its oldest follower takes over."""
     with transaction.atomic():
         request = (
-            PromptRequest.objects.select_for_update().filter(id=request_id, owner=owner).first()
+            PromptRequest.objects.select_for_update()
+            .filter(id=request_id, owner_id=owner_id)
+            .first()
         )
         if request is None or request.is_final:
             return request
@@ -297,9 +297,9 @@ def request_discard_job(*, request_id: uuid.UUID | str) -> PromptRequest | None:
     """Staff drop a job (console, jobs): a waiting or running prompt is cancelled as its
     owner would cancel it; a failed one stays failed and its job leaves the failed list."""
     key = request_key(request_id)
-    row = PromptRequest.objects.select_related("owner").filter(id=key).first()
+    row = PromptRequest.objects.filter(id=key).first()
     if row is not None and not row.is_final:
-        request_cancel(owner=row.owner, request_id=key)
+        request_cancel(owner_id=row.owner_id, request_id=key)
     try:
         job = Job.fetch(key, connection=queues.connection())
         if job.get_status() in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import django_rq
 import pytest
@@ -13,7 +12,6 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from apps.chat.consumers import ChatConsumer
 from apps.chat.models import Conversation
 from apps.gateway import delivery
 from apps.gateway.models import PromptRequest
@@ -174,42 +172,6 @@ async def test_alice_can_follow_her_finished_request_and_gets_the_answer(alice):
     assert reply["type"] == "done"
     assert reply["content"] == "forty-two"
     await communicator.disconnect()
-
-
-async def test_a_frame_whose_owner_is_not_the_socket_user_is_refused(alice, bob):
-    # The last guard before a frame leaves the server: even if a socket were wrongly in a
-    # group, an event recorded for another owner is dropped and counted.
-    consumer = ChatConsumer()
-    consumer.user_id = alice.pk
-    consumer.groups_joined = set()
-    consumer.waiting = {}
-    consumer.expecting, consumer.ended = {}, set()
-    sent: list[str] = []
-
-    async def capture(text_data=None, bytes_data=None, close=False):
-        sent.append(text_data)
-
-    consumer.send = capture
-    before = delivery.refused_frames
-    event = {
-        "type": delivery.EVENT_TYPE,
-        "event": "tokens",
-        "request": str(uuid.uuid4()),
-        "text": "bob's words",
-        "offset": 0,
-    }
-    await consumer.request_event({**event, "owner": bob.pk})
-    assert sent == []
-    assert delivery.refused_frames == before + 1
-    # Counted in the metrics store too, for every process (Prometheus reads it there).
-    from apps.gateway.metrics import recorder, totals
-    from apps.gateway.queues import connection
-
-    recorder.flush()
-    assert totals(connection())["refused"] >= 1
-    await consumer.request_event({**event, "owner": alice.pk})
-    assert len(sent) == 1
-    assert json.loads(sent[0])["text"] == "bob's words"
 
 
 async def test_an_idle_socket_stays_open_past_the_channel_layers_wait(alice, chat_backend):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from apps.chat.models import Message
 from apps.chat.selectors import conversation_history
 from apps.gateway import cache, queues
+from apps.gateway.admission import Principal
 from apps.gateway.models import PromptRequest
 from apps.gateway.services import request_cancel, request_submit
 from tests.conftest import make_user, wait_for
@@ -27,7 +28,9 @@ QUESTION = [{"role": "user", "content": "What is a cortado?"}]
 
 
 def ask(owner, messages=QUESTION, **fields):
-    return request_submit(owner=owner, model="sim-chat", messages=messages, **fields)
+    return request_submit(
+        principal=Principal(owner.pk), model="sim-chat", messages=messages, **fields
+    )
 
 
 def all_final(count: int, timeout: float = 30) -> None:
@@ -118,7 +121,7 @@ def test_the_leaders_owner_cancelling_does_not_stop_the_followers(start_simulato
     leader = ask(alice)
     wait_for(lambda: simulator.stats()["in_flight"] == 1)
     followers = [ask(bob), ask(carol)]
-    cancelled = request_cancel(owner=alice, request_id=leader.id)
+    cancelled = request_cancel(owner_id=alice.pk, request_id=leader.id)
     assert cancelled is not None and cancelled.status == "cancelled"
     all_final(3)
     assert simulator.stats()["requests_total"] == 1
@@ -135,7 +138,7 @@ def test_a_leader_cancelled_before_it_ran_hands_over(start_simulator, start_work
     simulator.register()
     alice, bob, carol = (make_user(name) for name in ("alice3", "bob3", "carol3"))
     leader, *followers = ask(alice), ask(bob), ask(carol)
-    request_cancel(owner=alice, request_id=leader.id)
+    request_cancel(owner_id=alice.pk, request_id=leader.id)
     start_worker()
     all_final(3)
     assert simulator.stats()["requests_total"] == 1

@@ -1,8 +1,10 @@
-"""Checks of a ``POST /v1/chat/completions`` body, with OpenAI's error shape: each problem
-names the parameter (``param``) so SDKs can point at it."""
+"""Checks of a chat request, one set of rules for both doors: the API's
+``POST /v1/chat/completions`` body, and the parameters the chat page sends with a prompt.
+Each problem names the parameter (``param``) so SDKs can point at it."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from django.conf import settings
@@ -66,6 +68,32 @@ def _content_text(content: Any, where: str) -> None:
     raise InvalidRequest("'content' must be a string or a list of parts.", where)
 
 
+def _check_numbers(body: dict[str, Any]) -> None:
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    cap = settings.BARISTA_API_MAX_TOKENS
+    _integer(body, "max_tokens", 1, cap)
+    _integer(body, "max_completion_tokens", 1, cap)
+    _integer(body, "seed", -(2**63), 2**63 - 1)
+    _integer(body, "n", 1, 1)
+
+
+def sampling_params(value: Any, *, allowed: Collection[str]) -> dict[str, Any]:
+    """Parameters sent apart from a request (the chat page's ``params``), checked by the
+    same rules as the API's; only the ``allowed`` names."""
+    if not isinstance(value, dict):
+        raise InvalidRequest("'params' must be an object.", "params")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise InvalidRequest(
+            f"Unrecognized parameter: {unknown[0]}", unknown[0], "unknown_parameter"
+        )
+    _check_numbers(value)
+    return {name: given for name, given in value.items() if given is not None}
+
+
 def chat_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any], bool, bool]:
     """Validate; returns (model, messages, backend parameters, stream, include usage)."""
     if not isinstance(body, dict):
@@ -100,15 +128,7 @@ def chat_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any], 
             raise InvalidRequest("A message needs 'content'.", f"{where}.content")
         if message.get("content") is not None:
             _content_text(message["content"], f"{where}.content")
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
-    cap = settings.BARISTA_API_MAX_TOKENS
-    _integer(body, "max_tokens", 1, cap)
-    _integer(body, "max_completion_tokens", 1, cap)
-    _integer(body, "seed", -(2**63), 2**63 - 1)
-    _integer(body, "n", 1, 1)
+    _check_numbers(body)
     stop = body.get("stop")
     if stop is not None and not (
         isinstance(stop, str)

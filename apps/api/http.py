@@ -1,0 +1,152 @@
+"""ASGI plumbing for the API: a Channels ``AsyncHttpConsumer`` that reads a bounded body,
+answers JSON, errors in OpenAI's shape and Server-Sent Events.
+
+The API is served by Channels rather than a Django view (DESIGN.md, decision 9: no sync
+middleware, no thread hops on the hot path), so it enforces the body limit itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from apps.api.errors import REDIS_UNAVAILABLE, ApiError
+
+logger = logging.getLogger(__name__)
+
+JSON = b"application/json"
+
+
+class JsonHttpConsumer(AsyncHttpConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received = 0
+        self.finished = False  # the whole answer has been sent
+        self.headers_sent = False  # an event stream has begun
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+
+    async def route(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Hook for subclasses: release what the request held."""
+
+    # --- Reading ---------------------------------------------------------------------
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        if self.finished:
+            return
+        limit = settings.BARISTA_API_MAX_BODY_BYTES
+        chunk = message.get("body", b"")
+        self.received += len(chunk)
+        declared = int(self.header(b"content-length") or 0)
+        # A declared length over the limit, or more bytes than it (chunked, or a
+        # Content-Length that was not true): refused before anything is parsed.
+        if declared > limit or self.received > limit:
+            await self.error(
+                ApiError(
+                    413,
+                    f"The request body is larger than {limit:,} bytes.",
+                    code="request_too_large",
+                )
+            )
+            await self._stop()
+            return
+        self.body.append(chunk)
+        if message.get("more_body"):
+            return
+        try:
+            await self.route(b"".join(self.body))
+        except ApiError as exc:
+            await self.error(exc)
+        except RedisError:
+            logger.warning("API request refused: Redis is not answering")
+            await self.error(REDIS_UNAVAILABLE)
+        except Exception:
+            logger.exception("API request failed")
+            await self.error(ApiError(500, "The server had an error.", "server_error"))
+        if self.finished:
+            await self._stop()
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        self.finished = True
+        await self._stop()
+
+    async def _stop(self) -> None:
+        await self.stop()
+        raise StopConsumer()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Redis going away while a request waits for its answer (the channel layer's
+        receive fails) ends that request with a clear 503 — or, mid-stream, an error event
+        — instead of a dropped connection. The ledger still holds the prompt."""
+        try:
+            await super().__call__(scope, receive, send)
+        except RedisError:
+            logger.warning("API request: Redis stopped answering")
+            try:
+                await self.error(REDIS_UNAVAILABLE)
+            except Exception:  # the client is gone too: nothing left to tell
+                logger.info("API request: the client left as well")
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope.get("headers", []):
+            if key.lower() == name:
+                return bytes(value).decode("latin-1")
+        return None
+
+    # --- Answering -------------------------------------------------------------------
+
+    async def json(
+        self, status: int, document: Any, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        body = json.dumps(document).encode()
+        await self.send_headers(
+            status=status,
+            headers=[
+                (b"content-type", JSON),
+                (b"content-length", str(len(body)).encode()),
+                *self.extra_headers,
+                *(headers or []),
+            ],
+        )
+        await self.send_body(body)
+        self.finished = True
+
+    async def error(self, exc: ApiError) -> None:
+        if self.finished:
+            return
+        if self.headers_sent:  # mid-stream: the error travels as an event
+            await self.send_body(sse(exc.document()), more_body=True)
+            await self.send_body(SSE_DONE)
+            self.finished = True
+            return
+        await self.json(exc.status, exc.document(), exc.headers)
+
+    async def start_events(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Begin a Server-Sent Events answer (once)."""
+        if self.headers_sent:
+            return
+        await self.send_headers(
+            status=200,
+            headers=[
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                *headers,
+                *self.extra_headers,
+            ],
+        )
+        self.headers_sent = True
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse(document: Any) -> bytes:
+    return f"data: {json.dumps(document)}\n\n".encode()
