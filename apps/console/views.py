@@ -1,4 +1,4 @@
-"""Monitoring doors (liveness, readiness) and the staff console."""
+"""The staff console."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-import django_rq
 import httpx
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -40,42 +38,6 @@ from apps.gateway import services as gateway_services
 from apps.gateway.queues import connection as redis_connection
 
 View = Callable[..., HttpResponse]
-
-
-@never_cache
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
-
-
-@never_cache
-def readyz(request: HttpRequest) -> JsonResponse:
-    """200 only when Redis, the database and at least one worker are reachable."""
-    checks: dict[str, object] = {}
-    missing: list[str] = []
-    try:
-        redis = django_rq.get_connection(settings.BARISTA_QUEUES[0])
-        redis.ping()
-        checks["redis"] = "ok"
-        workers = Worker.count(connection=redis)
-        checks["workers"] = workers
-        if workers < 1:
-            missing.append("workers")
-    except Exception as exc:  # any failure to talk to Redis means not ready
-        checks["redis"] = f"unreachable ({type(exc).__name__})"
-        checks["workers"] = "unknown"
-        missing += ["redis", "workers"]
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unreachable ({type(exc).__name__})"
-        missing.append("database")
-    status = 503 if missing else 200
-    return JsonResponse(
-        {"status": "ready" if not missing else "not ready", "missing": missing, "checks": checks},
-        status=status,
-    )
 
 
 def staff_required(view: View) -> View:
