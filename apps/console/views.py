@@ -32,7 +32,7 @@ from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
 from apps.console import selectors
 from apps.console.models import AuditEntry
-from apps.console.services import audit_record
+from apps.console.services import audit
 from apps.gateway import cache, queues
 from apps.gateway import services as gateway_services
 from apps.gateway.queues import connection as redis_connection
@@ -123,22 +123,17 @@ def backend_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         if request.POST.get("action") == "test":
             test_result = _test_connection(form)
-            audit_record(
-                actor=request.user,
-                action="backend.test",
-                target=form.instance.name,
-                detail=test_result.message,
-            )
+            audit(request, "backend.test", form.instance.name, detail=test_result.message)
         else:
             saved = form.save()
             changed = ", ".join(
                 [name for name in form.changed_data if name not in ("api_key", "clear_api_key")]
                 + ([form.key_change] if form.key_change else [])
             )
-            audit_record(
-                actor=request.user,
-                action="backend.add" if backend is None else "backend.edit",
-                target=saved.name,
+            audit(
+                request,
+                "backend.add" if backend is None else "backend.edit",
+                saved.name,
                 detail=changed,
             )
             messages.success(request, f"Saved {saved.name}. Workers use it within a second.")
@@ -183,9 +178,7 @@ def backend_set_state(request: HttpRequest, pk: int) -> HttpResponse:
     before = backend.state
     backend.state = state
     backend.save(update_fields=["state", "updated_at"])
-    audit_record(
-        actor=request.user, action=f"backend.{state}", target=backend.name, detail=f"was {before}"
-    )
+    audit(request, f"backend.{state}", backend.name, detail=f"was {before}")
     messages.success(request, f"{backend.name} is now {state}.")
     return redirect("console:backends")
 
@@ -225,12 +218,7 @@ def cache_flush(request: HttpRequest) -> HttpResponse:
         messages.error(request, f"No backend serves the model {alias!r}.")
         return redirect("console:cache")
     dropped = cache.flush(alias or None)
-    audit_record(
-        actor=request.user,
-        action="cache.flush",
-        target=alias or "all models",
-        detail=f"{dropped} answers dropped",
-    )
+    audit(request, "cache.flush", alias or "all models", detail=f"{dropped} answers dropped")
     messages.success(
         request, f"Flushed {dropped} stored answers{f' for {alias}' if alias else ''}."
     )
@@ -245,12 +233,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
     form = StaffApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         key, plain = form.create(form.cleaned_data["owner"])
-        audit_record(
-            actor=request.user,
-            action="key.create",
-            target=f"{key.owner} / {key.name}",
-            detail=f"{key.prefix}…",
-        )
+        audit(request, "key.create", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
         request.session[NEW_KEY_SESSION] = plain  # shown once, by the next page
         return redirect("console:keys")
     created = request.session.pop(NEW_KEY_SESSION, None)
@@ -267,12 +250,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
 def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.select_related("owner"), pk=pk)
     api_key_revoke(key=key)
-    audit_record(
-        actor=request.user,
-        action="key.revoke",
-        target=f"{key.owner} / {key.name}",
-        detail=f"{key.prefix}…",
-    )
+    audit(request, "key.revoke", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
     messages.success(request, f"Revoked {key.owner}'s key “{key.name}”.")
     return redirect("console:keys")
 
@@ -302,9 +280,7 @@ def queue_pause(request: HttpRequest, name: str) -> HttpResponse:
         return redirect("console:queues")
     paused = request.POST.get("action") == "pause"
     queues.queue_pause(redis_connection(), name, paused=paused)
-    audit_record(
-        actor=request.user, action="queue.pause" if paused else "queue.resume", target=name
-    )
+    audit(request, "queue.pause" if paused else "queue.resume", name)
     messages.success(
         request,
         f"Paused {name}: its prompts wait until you resume it."
@@ -359,9 +335,7 @@ def job_action(request: HttpRequest, job_id: str) -> HttpResponse:
     else:
         messages.error(request, f"Unknown action {action!r}.")
         return back
-    audit_record(
-        actor=request.user, action=f"job.{action}", target=str(request_id), detail=str(row.owner)
-    )
+    audit(request, f"job.{action}", str(request_id), detail=str(row.owner))
     return back
 
 
@@ -408,7 +382,7 @@ def worker_action(request: HttpRequest) -> HttpResponse:
     else:
         messages.error(request, f"Unknown action {action!r}.")
         return redirect("console:workers")
-    audit_record(actor=request.user, action=f"workers.{action}", target=target)
+    audit(request, f"workers.{action}", target)
     return redirect("console:workers")
 
 
