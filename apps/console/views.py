@@ -19,9 +19,6 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
-from rq import Worker
-from rq.command import send_shutdown_command
-from rq.suspension import is_suspended, resume, suspend
 
 from apps.api.forms import StaffApiKeyForm
 from apps.api.models import ApiKey
@@ -33,7 +30,7 @@ from apps.backends.models import Backend
 from apps.console import selectors
 from apps.console.models import AuditEntry
 from apps.console.services import audit
-from apps.gateway import cache, queues
+from apps.gateway import cache, operations
 from apps.gateway import services as gateway_services
 from apps.gateway.queues import connection as redis_connection
 
@@ -279,7 +276,7 @@ def queue_pause(request: HttpRequest, name: str) -> HttpResponse:
         messages.error(request, f"There is no queue named {name!r}.")
         return redirect("console:queues")
     paused = request.POST.get("action") == "pause"
-    queues.queue_pause(redis_connection(), name, paused=paused)
+    operations.queue_pause(name=name, paused=paused)
     audit(request, "queue.pause" if paused else "queue.resume", name)
     messages.success(
         request,
@@ -341,10 +338,9 @@ def job_action(request: HttpRequest, job_id: str) -> HttpResponse:
 
 @staff_required
 def worker_list(request: HttpRequest) -> HttpResponse:
-    redis = redis_connection()
     try:
-        rows: list[selectors.WorkerRow] | None = selectors.worker_rows(redis)
-        suspended = bool(is_suspended(redis))
+        rows: list[selectors.WorkerRow] | None = selectors.worker_rows(redis_connection())
+        suspended = operations.workers_suspended()
     except RedisError:
         rows, suspended = None, False
     return render(
@@ -362,22 +358,19 @@ def worker_list(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_POST
 def worker_action(request: HttpRequest) -> HttpResponse:
-    redis = redis_connection()
     action = request.POST.get("action", "")
+    target = "all workers"
     if action == "suspend":
-        suspend(redis)
+        operations.workers_suspend()
         messages.success(request, "Suspended: workers finish what they hold and take nothing new.")
-        target = "all workers"
     elif action == "resume":
-        resume(redis)
+        operations.workers_resume()
         messages.success(request, "Resumed: workers take prompts again.")
-        target = "all workers"
     elif action == "shutdown":
         target = request.POST.get("name", "")
-        if target not in {worker.name for worker in Worker.all(connection=redis)}:
+        if not operations.worker_shutdown(name=target):
             messages.error(request, "No worker by that name is running.")
             return redirect("console:workers")
-        send_shutdown_command(redis, target)
         messages.success(request, f"Asked {target} to stop: it finishes its prompts, then exits.")
     else:
         messages.error(request, f"Unknown action {action!r}.")
