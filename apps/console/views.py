@@ -7,8 +7,6 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-import httpx
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
@@ -25,6 +23,7 @@ from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
 from apps.api.views import NEW_KEY_SESSION
 from apps.backends import health, live
+from apps.backends import services as backend_services
 from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
 from apps.console import selectors
@@ -118,21 +117,18 @@ def backend_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     form = BackendForm(request.POST or None, instance=backend)
     test_result: health.CheckResult | None = None
     if request.method == "POST" and form.is_valid():
+        api_key, clear_api_key = form.cleaned_data["api_key"], form.cleaned_data["clear_api_key"]
         if request.POST.get("action") == "test":
-            test_result = _test_connection(form)
+            test_result = backend_services.backend_test_connection(
+                backend=form.instance, api_key=api_key, clear_api_key=clear_api_key
+            )
             audit(request, "backend.test", form.instance.name, detail=test_result.message)
         else:
-            saved = form.save()
-            changed = ", ".join(
-                [name for name in form.changed_data if name not in ("api_key", "clear_api_key")]
-                + ([form.key_change] if form.key_change else [])
+            saved = backend_services.backend_save(
+                backend=form.instance, api_key=api_key, clear_api_key=clear_api_key
             )
-            audit(
-                request,
-                "backend.add" if backend is None else "backend.edit",
-                saved.name,
-                detail=changed,
-            )
+            action = "backend.add" if backend is None else "backend.edit"
+            audit(request, action, saved.name, detail=form.change_summary)
             messages.success(request, f"Saved {saved.name}. Workers use it within a second.")
             return redirect("console:backends")
     return render(
@@ -140,28 +136,6 @@ def backend_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         "console/backend_form.html",
         {"form": form, "backend": backend, "test": test_result, "section": "backends"},
     )
-
-
-def _test_connection(form: BackendForm) -> health.CheckResult:
-    """Check the backend as typed in the form, before (or without) saving it."""
-    candidate = form.instance
-    if form.cleaned_data.get("clear_api_key"):
-        key = ""
-    else:
-        key = form.cleaned_data.get("api_key") or candidate.api_key()
-
-    async def run() -> health.CheckResult:
-        async with httpx.AsyncClient(follow_redirects=False) as client:
-            return await health.check(
-                client,
-                name=candidate.name,
-                base_url=candidate.base_url,
-                model_name=candidate.model_name,
-                api_key=key,
-                wait=settings.BARISTA_HEALTH_TIMEOUT,
-            )
-
-    return async_to_sync(run)()
 
 
 @staff_required
@@ -173,8 +147,7 @@ def backend_set_state(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, f"Unknown state {state!r}.")
         return redirect("console:backends")
     before = backend.state
-    backend.state = state
-    backend.save(update_fields=["state", "updated_at"])
+    backend_services.backend_set_state(backend=backend, state=Backend.State(state))
     audit(request, f"backend.{state}", backend.name, detail=f"was {before}")
     messages.success(request, f"{backend.name} is now {state}.")
     return redirect("console:backends")
