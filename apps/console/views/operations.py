@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib import messages
@@ -19,6 +20,7 @@ from apps.console.services import audit
 from apps.gateway import cache
 from apps.gateway import operations as gateway_operations
 from apps.gateway import services as gateway_services
+from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection as redis_connection
 
 
@@ -56,6 +58,21 @@ def queue_pause(request: HttpRequest, name: str) -> HttpResponse:
 
 JOB_KINDS = ("failed", "waiting")
 
+# The jobs page's buttons: the service each calls, what to say when that service finds
+# nothing to act on, and what to say when it acted.
+JOB_ACTIONS: dict[str, tuple[Callable[..., PromptRequest | None], str, str]] = {
+    "retry": (
+        gateway_services.request_retry,
+        "Nothing to retry: only a failed prompt can be retried.",
+        "Retrying {owner}'s prompt: it is back in its queue.",
+    ),
+    "cancel": (
+        gateway_services.request_discard_job,
+        "No prompt has that id.",
+        "Cancelled the job for {owner}'s prompt.",
+    ),
+}
+
 
 @staff_required
 def job_list(request: HttpRequest) -> HttpResponse:
@@ -84,21 +101,15 @@ def job_action(request: HttpRequest, job_id: str) -> HttpResponse:
     except ValueError:
         messages.error(request, "That is not a prompt's job.")
         return back
-    if action == "retry":
-        row = gateway_services.request_retry(request_id=request_id)
-        if row is None:
-            messages.error(request, "Nothing to retry: only a failed prompt can be retried.")
-            return back
-        messages.success(request, f"Retrying {row.owner}'s prompt: it is back in its queue.")
-    elif action == "cancel":
-        row = gateway_services.request_discard_job(request_id=request_id)
-        if row is None:
-            messages.error(request, "No prompt has that id.")
-            return back
-        messages.success(request, f"Cancelled the job for {row.owner}'s prompt.")
-    else:
+    if action not in JOB_ACTIONS:
         messages.error(request, f"Unknown action {action!r}.")
         return back
+    act, nothing_done, done = JOB_ACTIONS[action]
+    row = act(request_id=request_id)
+    if row is None:
+        messages.error(request, nothing_done)
+        return back
+    messages.success(request, done.format(owner=row.owner))
     audit(request, f"job.{action}", str(request_id), detail=str(row.owner))
     return back
 
