@@ -4,12 +4,12 @@ from django.urls import include, path
 
 from apps.api import views as api_views
 from apps.chat import views as chat_views
-from apps.console import views as console_views
+from apps.console import monitoring
 from apps.console.prometheus import prometheus_metrics
 
 urlpatterns = [
-    path("healthz", console_views.healthz, name="healthz"),
-    path("readyz", console_views.readyz, name="readyz"),
+    path("healthz", monitoring.healthz, name="healthz"),
+    path("readyz", monitoring.readyz, name="readyz"),
     path("metrics", prometheus_metrics, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -8,7 +8,10 @@ from apps.backends.models import Backend
 
 
 class BackendForm(forms.ModelForm[Backend]):
-    """Add or edit a backend. The API key is write-only: it is never put back in the page."""
+    """Add or edit a backend. The API key is write-only: it is never put back in the page.
+
+    Validation only: ``services.backend_save`` stores the form's instance and its key.
+    """
 
     api_key = forms.CharField(
         label="API key",
@@ -45,18 +48,12 @@ class BackendForm(forms.ModelForm[Backend]):
         return cleaned
 
     @property
-    def key_change(self) -> str:
-        """What happens to the stored key, for the audit log (never the key itself)."""
+    def change_summary(self) -> str:
+        """What a save changes, for the audit log: field names and what happens to the
+        stored key (never the key itself)."""
+        changed = [name for name in self.changed_data if name not in ("api_key", "clear_api_key")]
         if self.cleaned_data.get("clear_api_key"):
-            return "key removed"
-        return "key replaced" if self.cleaned_data.get("api_key") else ""
-
-    def save(self, commit: bool = True) -> Backend:
-        backend = super().save(commit=False)
-        if self.cleaned_data.get("clear_api_key"):
-            backend.api_key_encrypted = ""
+            changed.append("key removed")
         elif self.cleaned_data.get("api_key"):
-            backend.set_api_key(self.cleaned_data["api_key"])
-        if commit:
-            backend.save()
-        return backend
+            changed.append("key replaced")
+        return ", ".join(changed)

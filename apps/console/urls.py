@@ -1,25 +1,25 @@
 from django.urls import path
 
-from apps.console import views
+from apps.console.views import access, backends, operations
 
 app_name = "console"
 urlpatterns = [
-    path("", views.overview, name="home"),
-    path("queues/", views.queue_list, name="queues"),
-    path("queues/<str:name>/pause/", views.queue_pause, name="queue-pause"),
-    path("jobs/", views.job_list, name="jobs"),
-    path("jobs/<str:job_id>/", views.job_action, name="job-action"),
-    path("workers/", views.worker_list, name="workers"),
-    path("workers/action/", views.worker_action, name="worker-action"),
-    path("backends/", views.backend_list, name="backends"),
-    path("backends/live.json", views.backend_live, name="backends-live"),
-    path("backends/add/", views.backend_edit, name="backend-add"),
-    path("backends/<int:pk>/", views.backend_edit, name="backend-edit"),
-    path("backends/<int:pk>/state/", views.backend_set_state, name="backend-state"),
-    path("metrics/", views.metrics_page, name="metrics"),
-    path("cache/", views.cache_overview, name="cache"),
-    path("cache/flush/", views.cache_flush, name="cache-flush"),
-    path("keys/", views.key_list, name="keys"),
-    path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
-    path("audit/", views.audit_list, name="audit"),
+    path("", operations.overview, name="home"),
+    path("queues/", operations.queue_list, name="queues"),
+    path("queues/<str:name>/pause/", operations.queue_pause, name="queue-pause"),
+    path("jobs/", operations.job_list, name="jobs"),
+    path("jobs/<str:job_id>/", operations.job_action, name="job-action"),
+    path("workers/", operations.worker_list, name="workers"),
+    path("workers/action/", operations.worker_action, name="worker-action"),
+    path("backends/", backends.backend_list, name="backends"),
+    path("backends/live.json", backends.backend_live, name="backends-live"),
+    path("backends/add/", backends.backend_edit, name="backend-add"),
+    path("backends/<int:pk>/", backends.backend_edit, name="backend-edit"),
+    path("backends/<int:pk>/state/", backends.backend_set_state, name="backend-state"),
+    path("metrics/", operations.metrics_page, name="metrics"),
+    path("cache/", operations.cache_overview, name="cache"),
+    path("cache/flush/", operations.cache_flush, name="cache-flush"),
+    path("keys/", access.key_list, name="keys"),
+    path("keys/<int:pk>/revoke/", access.key_revoke, name="key-revoke"),
+    path("audit/", access.audit_list, name="audit"),
 ]

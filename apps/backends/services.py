@@ -1,0 +1,53 @@
+"""Writes to the backend registry: what staff do in the console or the Django admin."""
+
+from __future__ import annotations
+
+import httpx
+from asgiref.sync import async_to_sync
+from django.conf import settings
+
+from apps.backends import health
+from apps.backends.models import Backend
+
+
+def backend_save(*, backend: Backend, api_key: str = "", clear_api_key: bool = False) -> Backend:
+    """Save a backend staff added or edited; workers use it within a second.
+
+    A typed ``api_key`` is stored encrypted; with neither it nor ``clear_api_key`` the
+    stored key is kept.
+    """
+    if clear_api_key:
+        backend.api_key_encrypted = ""
+    elif api_key:
+        backend.set_api_key(api_key)
+    backend.save()
+    return backend
+
+
+def backend_set_state(*, backend: Backend, state: Backend.State) -> None:
+    """Enable, drain or disable: workers see the change on their next pick."""
+    backend.state = state
+    backend.save(update_fields=["state", "updated_at"])
+
+
+def backend_test_connection(
+    *, backend: Backend, api_key: str = "", clear_api_key: bool = False
+) -> health.CheckResult:
+    """Check ``backend`` as staff typed it, before (or without) saving anything.
+
+    The key is the one a save with the same arguments would keep.
+    """
+    key = "" if clear_api_key else api_key or backend.api_key()
+
+    async def run() -> health.CheckResult:
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            return await health.check(
+                client,
+                name=backend.name,
+                base_url=backend.base_url,
+                model_name=backend.model_name,
+                api_key=key,
+                wait=settings.BARISTA_HEALTH_TIMEOUT,
+            )
+
+    return async_to_sync(run)()

@@ -1,0 +1,49 @@
+"""Who may call Barista and what staff did: API keys and the audit log."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.api.forms import StaffApiKeyForm
+from apps.api.models import ApiKey
+from apps.api.services import api_key_revoke
+from apps.api.views import NEW_KEY_SESSION
+from apps.console.decorators import staff_required
+from apps.console.models import AuditEntry
+from apps.console.services import audit
+
+
+@staff_required
+def key_list(request: HttpRequest) -> HttpResponse:
+    form = StaffApiKeyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        key, plain = form.create(form.cleaned_data["owner"])
+        audit(request, "key.create", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
+        request.session[NEW_KEY_SESSION] = plain  # shown once, by the next page
+        return redirect("console:keys")
+    created = request.session.pop(NEW_KEY_SESSION, None)
+    keys = ApiKey.objects.select_related("owner")[:500]
+    return render(
+        request,
+        "console/keys.html",
+        {"form": form, "keys": keys, "created": created, "section": "keys"},
+    )
+
+
+@staff_required
+@require_POST
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    key = get_object_or_404(ApiKey.objects.select_related("owner"), pk=pk)
+    api_key_revoke(key=key)
+    audit(request, "key.revoke", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
+    messages.success(request, f"Revoked {key.owner}'s key “{key.name}”.")
+    return redirect("console:keys")
+
+
+@staff_required
+def audit_list(request: HttpRequest) -> HttpResponse:
+    entries = AuditEntry.objects.select_related("actor")[:200]
+    return render(request, "console/audit.html", {"entries": entries, "section": "audit"})
