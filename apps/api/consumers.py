@@ -33,7 +33,8 @@ from apps.api.services import api_key_authenticate
 from apps.backends.selectors import alias_list
 from apps.gateway.admission import Principal, Rejection, count_key_tokens
 from apps.gateway.models import PromptRequest
-from apps.gateway.services import request_cancel, request_submit
+from apps.gateway.operations import request_cancel
+from apps.gateway.services import request_submit
 from apps.gateway.subscription import Subscription
 from apps.gateway.validation import InvalidRequest, chat_request
 

@@ -18,8 +18,8 @@ from apps.chat import markdown
 from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prompt_submit
 from apps.gateway.admission import UNAVAILABLE, Rejection, estimate_wait
 from apps.gateway.models import PromptRequest
+from apps.gateway.operations import request_cancel
 from apps.gateway.selectors import is_request_id, queue_position, request_get_owned
-from apps.gateway.services import request_cancel
 from apps.gateway.subscription import Subscription
 from apps.gateway.validation import InvalidRequest, sampling_params
 

@@ -14,7 +14,8 @@ from apps.chat.models import Conversation, Message
 from apps.chat.selectors import conversation_history, request_list_pending
 from apps.gateway.admission import Principal
 from apps.gateway.models import PromptRequest
-from apps.gateway.services import request_cancel, request_submit
+from apps.gateway.operations import request_cancel
+from apps.gateway.services import request_submit
 
 
 class ConversationNotFound(Exception):

@@ -23,6 +23,7 @@ from apps.backends.providers.openai_compat import BackendError, Delta, Usage, st
 from apps.core import clients
 from apps.gateway import cache, coalescing, services
 from apps.gateway.delivery import TokenBatcher, done_event, push
+from apps.gateway.fanout import Fanout, owners_of
 from apps.gateway.ledger import ledger
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
@@ -114,75 +115,12 @@ async def _fail_followers(request: PromptRequest, message: str) -> None:
     followers = await coalescing.close(
         clients.redis(), cache_key=request.cache_key, leader_id=str(request.id)
     )
-    owners = await database_sync_to_async(_owners)(followers)
+    owners = await database_sync_to_async(owners_of)(followers)
     for follower, owner in owners.items():
         if await database_sync_to_async(services.request_fail)(request_id=follower, error=message):
             await push(
                 request_id=follower, owner_id=owner, event={"event": "failed", "error": message}
             )
-
-
-def _owners(request_ids: list[str]) -> dict[str, int]:
-    return {
-        str(pk): owner
-        for pk, owner in PromptRequest.objects.filter(id__in=request_ids).values_list(
-            "id", "owner_id"
-        )
-    }
-
-
-class Fanout:
-    """Sends a leader's text to the requests following it (``apps.gateway.coalescing``):
-    a follower first seen gets everything so far, then each new batch, each frame on its
-    own request's group with its own owner. Followers are re-read from Redis at every
-    batch, so a late joiner catches up from the first token."""
-
-    def __init__(self, leader: PromptRequest, rerun: bool) -> None:
-        self.leader_id = str(leader.id)
-        self.rerun = rerun  # followers may have been shown an earlier run's text
-        self.sent: dict[str, int] = {}  # follower -> characters sent
-        self.owners: dict[str, int] = {}
-
-    async def owner_ids(self, request_ids: list[str]) -> dict[str, int]:
-        missing = [i for i in request_ids if i not in self.owners]
-        if missing:
-            self.owners.update(await database_sync_to_async(_owners)(missing))
-        return {i: self.owners[i] for i in request_ids if i in self.owners}
-
-    async def sync(self, text: str) -> None:
-        followers = await coalescing.followers(clients.redis(), leader_id=self.leader_id)
-        for follower, owner in (await self.owner_ids(followers)).items():
-            sent = self.sent.get(follower)
-            if sent is None:
-                await push(
-                    request_id=follower,
-                    owner_id=owner,
-                    event={
-                        "event": "status",
-                        "status": "running",
-                        "restart": self.rerun,
-                        "cache": "coalesced",
-                    },
-                )
-                sent = 0
-            if len(text) > sent:
-                await push(
-                    request_id=follower,
-                    owner_id=owner,
-                    event={"event": "tokens", "text": text[sent:], "offset": sent},
-                )
-                self.sent[follower] = len(text)
-
-    async def restart(self) -> None:
-        """The text sent so far will not be finished: followers drop it and wait again."""
-        for follower, sent in self.sent.items():
-            if sent:
-                await push(
-                    request_id=follower,
-                    owner_id=self.owners[follower],
-                    event={"event": "status", "status": "queued", "restart": True},
-                )
-        self.sent.clear()
 
 
 def _cached_answer(answer: str, backend: Backend, usage: Usage) -> cache.CachedAnswer:

@@ -18,7 +18,8 @@ from apps.chat.selectors import conversation_history
 from apps.gateway import cache, queues
 from apps.gateway.admission import Principal
 from apps.gateway.models import PromptRequest
-from apps.gateway.services import request_cancel, request_submit
+from apps.gateway.operations import request_cancel
+from apps.gateway.services import request_submit
 from tests.conftest import make_user, wait_for
 from tests.gateway.test_end_to_end import collect, open_socket, send_prompt, streamed_text
 

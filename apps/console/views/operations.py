@@ -19,7 +19,6 @@ from apps.console.decorators import staff_required
 from apps.console.services import audit
 from apps.gateway import cache
 from apps.gateway import operations as gateway_operations
-from apps.gateway import services as gateway_services
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection as redis_connection
 
@@ -62,12 +61,12 @@ JOB_KINDS = ("failed", "waiting")
 # nothing to act on, and what to say when it acted.
 JOB_ACTIONS: dict[str, tuple[Callable[..., PromptRequest | None], str, str]] = {
     "retry": (
-        gateway_services.request_retry,
+        gateway_operations.request_retry,
         "Nothing to retry: only a failed prompt can be retried.",
         "Retrying {owner}'s prompt: it is back in its queue.",
     ),
     "cancel": (
-        gateway_services.request_discard_job,
+        gateway_operations.request_discard_job,
         "No prompt has that id.",
         "Cancelled the job for {owner}'s prompt.",
     ),
