@@ -25,6 +25,7 @@ from django.conf import settings
 
 from apps.backends import live
 from apps.backends.models import Backend
+from apps.core.loop import PerLoop
 
 STRATEGIES = ("peak_ewma", "round_robin", "weighted", "least_inflight")
 FULL_SCAN_UP_TO = 8
@@ -149,8 +150,8 @@ def worth_waiting(
     return mine > PATIENCE_RATIO * fastest and waited < mine - fastest
 
 
-_lines: dict[str, asyncio.Lock] = {}
-_lines_loop: asyncio.AbstractEventLoop | None = None
+# Locks belong to a loop: one set of lines per event loop.
+_lines: PerLoop[dict[str, asyncio.Lock]] = PerLoop(dict)
 
 
 def _line(alias: str) -> asyncio.Lock:
@@ -158,14 +159,10 @@ def _line(alias: str) -> asyncio.Lock:
     served, so the prompt that has waited longest takes the next free slot; without it a
     newcomer could take a slot just given back and old prompts would starve (measured: it
     was the tail of the fleet benchmark under overload)."""
-    global _lines_loop
-    loop = asyncio.get_running_loop()
-    if _lines_loop is not loop:
-        _lines.clear()
-        _lines_loop = loop
-    line = _lines.get(alias)
+    lines = _lines()
+    line = lines.get(alias)
     if line is None:
-        line = _lines[alias] = asyncio.Lock()
+        line = lines[alias] = asyncio.Lock()
     return line
 
 

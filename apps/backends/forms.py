@@ -29,7 +29,6 @@ class BackendForm(forms.ModelForm[Backend]):
             "alias",
             "base_url",
             "model_name",
-            "provider",
             "tier",
             "weight",
             "max_concurrency",

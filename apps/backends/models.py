@@ -27,11 +27,7 @@ class Backend(models.Model):
         PRIMARY = "primary"
         FALLBACK = "fallback", "fallback (only when no primary can take the prompt)"
 
-    class Provider(models.TextChoices):
-        OPENAI = "openai", "OpenAI-compatible HTTP (OpenAI, vLLM, Ollama, llama.cpp, TGI)"
-
     name = models.CharField(max_length=100, unique=True)
-    provider = models.CharField(max_length=20, choices=Provider.choices, default=Provider.OPENAI)
     base_url = models.CharField(
         max_length=500,
         validators=[URLValidator(schemes=["http", "https"]), validate_backend_url],

@@ -14,6 +14,7 @@ from django.conf import settings
 from apps.backends import live
 from apps.backends.selectors import backend_names_active
 from apps.core import clients
+from apps.core.loop import PerLoop
 from apps.gateway import cache, metrics
 
 HISTORY_SECONDS = 15 * 60
@@ -107,7 +108,7 @@ async def gauges() -> dict[str, Any]:
 
 
 _latest: tuple[int, dict[str, Any]] | None = None
-_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+_lock = PerLoop(asyncio.Lock)  # a lock belongs to one loop; a process serves from one
 
 
 async def snapshot() -> dict[str, Any]:
@@ -118,11 +119,7 @@ async def snapshot() -> dict[str, Any]:
     second = int(time.time()) - 1
     if _latest is not None and _latest[0] == second:
         return _latest[1]
-    loop = asyncio.get_running_loop()
-    if loop not in _locks:
-        _locks.clear()  # a lock belongs to one loop; a process serves from one
-        _locks[loop] = asyncio.Lock()
-    async with _locks[loop]:
+    async with _lock():
         if _latest is not None and _latest[0] == second:
             return _latest[1]
         raw = await clients.redis().hgetall(metrics.SECOND_KEY.format(second=second))

@@ -97,10 +97,6 @@ def lookup(key: str) -> CachedAnswer | None:
         return None  # written by an older version: a miss
 
 
-def store(key: str, answer: CachedAnswer) -> None:
-    cache.set(f"{KEY_PREFIX}:{key}", asdict(answer), timeout=settings.BARISTA_CACHE_TTL)
-
-
 def encode(answer: CachedAnswer) -> bytes:
     """The bytes django-redis would store for this answer (its serializer and compressor),
     so a worker can write it from its own asyncio Redis client, in the same script that

@@ -17,14 +17,14 @@ from django.utils import timezone
 
 from apps.backends import live
 from apps.backends.balancer import NoBackendAvailable, backend_acquire
-from apps.backends.directory import directory
+from apps.backends.enabled import enabled_backends
 from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.core import clients
 from apps.gateway import cache, coalescing, services
 from apps.gateway.delivery import TokenBatcher, done_event, push
 from apps.gateway.fanout import Fanout, owners_of
-from apps.gateway.ledger import ledger
+from apps.gateway.group_commit import group_commit
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
     """Answer one ledger row. Safe to run twice: a final row is never touched again, and
     only one run can record the answer (``request_complete_many``)."""
-    started = await ledger().start(str(request_id))
+    started = await group_commit().start(str(request_id))
     if started is None:
         logger.info("request %s is already final; nothing to do", request_id)
         # Cancelled before it ran, while others had started following it: one of them
@@ -192,7 +192,9 @@ async def _answer_once(
     tried: set[int] = set()
     last_error = ""
     while True:
-        candidates = [b for b in await directory.for_alias(request.model) if b.pk not in tried]
+        candidates = [
+            b for b in await enabled_backends.for_alias(request.model) if b.pk not in tried
+        ]
         try:
             backend, lease = await backend_acquire(
                 candidates,
@@ -315,7 +317,7 @@ async def _answer_once(
         ]
         if followers:
             await sync_to_async(cache.add_saved, thread_sensitive=False)(stored, len(followers))
-    recorded = await asyncio.gather(*(ledger().complete(c) for c in completions))
+    recorded = await asyncio.gather(*(group_commit().complete(c) for c in completions))
     finished = timezone.now()
     for completion, was_recorded in zip(completions, recorded, strict=True):
         if was_recorded:

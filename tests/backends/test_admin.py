@@ -19,7 +19,6 @@ def admin_form(**changes: str) -> dict[str, str]:
         "alias": "chat",
         "base_url": "http://127.0.0.1:9/v1",
         "model_name": "sim-model",
-        "provider": "openai",
         "tier": "primary",
         "weight": "1",
         "max_concurrency": "16",

@@ -112,7 +112,7 @@ def test_no_secret_appears_anywhere(start_simulator, processes, tmp_path: Path):
         f"/console/backends/{wrong_backend.pk}/",
         {
             "name": "wrong-key", "alias": "sim-wrong", "base_url": wrong.base_url,
-            "model_name": "sim-model", "provider": "openai", "tier": "primary", "weight": "1",
+            "model_name": "sim-model", "tier": "primary", "weight": "1",
             "max_concurrency": "8", "timeout": "60", "price_input_per_million": "0",
             "price_output_per_million": "0", "api_key_env": "", "state": "enabled",
             "action": "test",

@@ -26,7 +26,6 @@ def form_data(base_url: str, **changes: str) -> dict[str, str]:
         "alias": "chat",
         "base_url": base_url,
         "model_name": "sim-model",
-        "provider": "openai",
         "tier": "primary",
         "weight": "1",
         "max_concurrency": "16",

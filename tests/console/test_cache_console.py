@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import redis
+from django.conf import settings
 from django.test import Client
 
 from apps.backends.models import Backend
@@ -17,7 +19,9 @@ def stored(alias: str, text: str) -> str:
         alias=alias, messages=[{"role": "user", "content": text}], params={}, owner_id=1
     )
     assert key is not None
-    cache.store(key, cache.CachedAnswer(text, None, 1, 2))
+    # Written as the worker writes it (apps.gateway.coalescing.close): encoded, by key.
+    answer = cache.encode(cache.CachedAnswer(text, None, 1, 2))
+    redis.Redis.from_url(settings.REDIS_URL).set(cache.redis_key(key), answer, ex=60)
     return key
 
 

@@ -19,7 +19,6 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=100, unique=True)),
-                ('provider', models.CharField(choices=[('openai', 'OpenAI-compatible HTTP (OpenAI, vLLM, Ollama, llama.cpp, TGI)')], default='openai', max_length=20)),
                 ('base_url', models.CharField(help_text='Root of the OpenAI-compatible API, e.g. http://127.0.0.1:9101/v1', max_length=500, validators=[django.core.validators.URLValidator(schemes=['http', 'https']), apps.backends.validators.validate_backend_url])),
                 ('model_name', models.CharField(help_text='Model name the backend expects.', max_length=200)),
                 ('alias', models.SlugField(help_text='Public model name callers use; many backends may share one.', max_length=100)),

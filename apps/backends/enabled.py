@@ -1,4 +1,5 @@
-"""The enabled backends, as each worker process sees them.
+"""The enabled backends, as each worker process sees them: a per-process cache of the
+Backend table that expires after ``ttl`` seconds.
 
 Reading the Backend table for every prompt cost a database round trip per prompt; rows
 change rarely. Each process keeps them for ``ttl`` seconds, so an edit (disable, weight)
@@ -16,7 +17,7 @@ from apps.backends.models import Backend
 from apps.backends.selectors import backend_list_enabled
 
 
-class BackendDirectory:
+class EnabledBackends:
     def __init__(self, ttl: float = 1.0) -> None:
         self.ttl = ttl
         self._by_alias: dict[str, list[Backend]] = {}
@@ -39,4 +40,4 @@ class BackendDirectory:
         return self._by_alias.get(alias, [])
 
 
-directory = BackendDirectory()
+enabled_backends = EnabledBackends()

@@ -11,17 +11,17 @@ services do the locking and status checks, so batching changes no guarantee.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from channels.db import database_sync_to_async
 
+from apps.core.loop import PerLoop
 from apps.gateway import services
 from apps.gateway.models import PromptRequest
 
 Started = tuple[PromptRequest, bool] | None
 
 
-class LedgerBatcher:
+class GroupCommit:
     def __init__(self) -> None:
         self._starts: list[tuple[str, asyncio.Future[Started]]] = []
         self._completes: list[tuple[services.Completion, asyncio.Future[bool]]] = []
@@ -77,14 +77,5 @@ def _write(
     return started, completed
 
 
-_batchers: dict[Any, LedgerBatcher] = {}
-
-
-def ledger() -> LedgerBatcher:
-    """The batcher of the running event loop (futures belong to one loop)."""
-    loop = asyncio.get_running_loop()
-    batcher = _batchers.get(loop)
-    if batcher is None:
-        _batchers.clear()  # an old loop's batcher is of no use any more
-        batcher = _batchers[loop] = LedgerBatcher()
-    return batcher
+# One per event loop: its futures belong to that loop.
+group_commit = PerLoop(GroupCommit)
