@@ -88,3 +88,16 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
     assert "up-test-password" not in output  # a given password is never echoed
     for port in range(sims, sims + 5):
         assert not port_in_use(port), f"port {port} still open after Ctrl-C"
+
+
+@pytest.mark.django_db
+def test_a_database_from_version_zero_is_refused_with_what_to_do():
+    from django.core.management.base import CommandError
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from apps.gateway.management.commands.up import _refuse_a_version_zero_database
+
+    _refuse_a_version_zero_database()  # a database of this version: fine
+    MigrationRecorder.Migration.objects.create(app="gateway", name="0002_cache_key_coalesced_with")
+    with pytest.raises(CommandError, match="version zero.*rm -r var/"):
+        _refuse_a_version_zero_database()

