@@ -10,12 +10,14 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 from apps.backends import live
 from apps.backends.selectors import backend_names_active
 from apps.core import clients
 from apps.core.loop import PerLoop
 from apps.gateway import cache, metrics
+from apps.gateway.queues import queues
 
 HISTORY_SECONDS = 15 * 60
 
@@ -92,9 +94,9 @@ async def gauges() -> dict[str, Any]:
     backends = await database_sync_to_async(backend_names_active)()
     states = await live.snapshot([pk for pk, _ in backends])
     async with redis.pipeline(transaction=False) as pipe:
-        for name in settings.BARISTA_QUEUES:
-            pipe.llen(f"rq:queue:{name}")
-        pipe.scard("rq:workers")
+        for rq_queue in queues():
+            pipe.llen(rq_queue.key)
+        pipe.scard(REDIS_WORKER_KEYS)
         pipe.hgetall(cache.COUNTERS_KEY)
         *depths, workers, counters = await pipe.execute()
     counted = cache.counters_from(counters)

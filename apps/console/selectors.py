@@ -131,7 +131,7 @@ def queue_rows(redis: Redis) -> list[QueueRow]:
     for name in settings.BARISTA_QUEUES:
         rq_queue = queue(name)
         head = rq_queue.get_job_ids(0, 1)
-        stamp = redis.hget(f"rq:job:{head[0]}", "enqueued_at") if head else None
+        stamp = redis.hget(Job.key_for(head[0]), "enqueued_at") if head else None
         oldest = metrics.seconds_since(stamp, time.time()) if stamp else None
         rows.append(
             QueueRow(
