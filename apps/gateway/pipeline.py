@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import logging
 import time
 import uuid
 
 import httpx
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
@@ -18,11 +16,11 @@ from django.utils import timezone
 from apps.backends import live
 from apps.backends.balancer import NoBackendAvailable, backend_acquire
 from apps.backends.enabled import enabled_backends
-from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.core import clients
-from apps.gateway import cache, coalescing, services
-from apps.gateway.delivery import TokenBatcher, done_event, push
+from apps.gateway import coalescing, services
+from apps.gateway.answers import record_answer
+from apps.gateway.delivery import TokenBatcher, push
 from apps.gateway.fanout import Fanout, owners_of
 from apps.gateway.group_commit import group_commit
 from apps.gateway.metrics import recorder
@@ -121,16 +119,6 @@ async def _fail_followers(request: PromptRequest, message: str) -> None:
             await push(
                 request_id=follower, owner_id=owner, event={"event": "failed", "error": message}
             )
-
-
-def _cached_answer(answer: str, backend: Backend, usage: Usage) -> cache.CachedAnswer:
-    return cache.CachedAnswer(
-        answer=answer,
-        backend_id=backend.pk,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cost=cache.cost_of(backend, usage.prompt_tokens, usage.completion_tokens),
-    )
 
 
 # Retry budget: retries under way in this process stay below a fifth of the prompts in
@@ -282,66 +270,11 @@ async def _answer_once(
         break
     # No last flush: the final frame carries the whole answer.
     await batcher.close()
-    answer = "".join(parts)
-    completions = [
-        services.Completion(
-            request_id=str(request_id),
-            answer=answer,
-            backend_id=backend.pk,
-            first_token_at=first_token_at,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-        )
-    ]
-    owners = {str(request_id): owner_id}
-    if request.cache_key:
-        stored = _cached_answer(answer, backend, usage)
-        # One script stores the answer (only a complete one: not one cut short by
-        # max_tokens) and closes the key; those who joined are answered with the leader.
-        followers = await coalescing.close(
-            clients.redis(),
-            cache_key=request.cache_key,
-            leader_id=str(request_id),
-            answer=cache.encode(stored) if usage.finish_reason != "length" else b"",
-            ttl=settings.BARISTA_CACHE_TTL,
-        )
-        assert fanout is not None
-        owners.update(await fanout.owner_ids(followers))
-        completions += [
-            dataclasses.replace(
-                completions[0],
-                request_id=follower,
-                cache_outcome=PromptRequest.CacheOutcome.COALESCED,
-            )
-            for follower in followers
-        ]
-        if followers:
-            await sync_to_async(cache.add_saved, thread_sensitive=False)(stored, len(followers))
-    recorded = await asyncio.gather(*(group_commit().complete(c) for c in completions))
-    finished = timezone.now()
-    for completion, was_recorded in zip(completions, recorded, strict=True):
-        if was_recorded:
-            leader = completion.request_id == str(request_id)
-            recorder.request(
-                outcome=completion.cache_outcome,
-                model=request.model,
-                # Times from the leader's submission (a follower's own is not loaded here).
-                latency=(finished - request.queued_at).total_seconds() if leader else None,
-                ttft=(first_token_at - request.queued_at).total_seconds()
-                if leader and first_token_at
-                else None,
-                tokens_in=usage.prompt_tokens,
-                tokens_out=usage.completion_tokens,
-            )
-            await push(
-                request_id=completion.request_id,
-                owner_id=owners[completion.request_id],
-                event={
-                    **done_event(
-                        answer=answer,
-                        usage=usage,
-                        backend=backend,
-                        cache_outcome=completion.cache_outcome,
-                    ),
-                },
-            )
+    await record_answer(
+        request,
+        answer="".join(parts),
+        backend=backend,
+        usage=usage,
+        first_token_at=first_token_at,
+        fanout=fanout,
+    )
