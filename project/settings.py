@@ -187,12 +187,13 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing folder
 # Serve app static files straight from their folders (no collectstatic needed for a local
-# run or the tests); production runs collectstatic and gets compressed, hashed files.
+# run or the tests); production runs collectstatic and gets compressed, hashed files
+# (the imports of JS modules too: project/storage.py).
 WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "project.storage.StaticFilesStorage"
         if not DEBUG
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },

@@ -1,0 +1,170 @@
+// The chat page: sends prompts over /ws/chat/ and shows answers as they stream in.
+// This module wires the page: the composer, settings, dialogs and model picker. The
+// socket lives in socket.js, its frames are handled in frames.js, the answers in flight
+// are tracked in answers.js, and view.js draws it all.
+import { answers, answerView, busy, onChange } from "./answers.js";
+import { connect, dropConnection, send } from "./socket.js";
+import {
+  addCodeCopyButtons, addMessage, keepScrolled, lastPrompt, removeLastExchange, showActions,
+  showWaiting,
+} from "./view.js";
+
+const thread = document.getElementById("thread");
+const list = document.getElementById("messages");
+const form = document.getElementById("composer");
+const input = document.getElementById("prompt");
+const modelSelect = document.getElementById("model");
+const healthDot = document.getElementById("model-health");
+const modelDown = document.getElementById("model-down");
+const sendButton = document.getElementById("send");
+const stopButton = document.getElementById("stop");
+const freshBox = document.getElementById("fresh");
+const temperature = document.getElementById("temperature");
+const temperatureValue = document.getElementById("temperature-value");
+const maxTokens = document.getElementById("max-tokens");
+const editing = document.getElementById("editing");
+const pending = JSON.parse(document.getElementById("pending-requests").textContent);
+
+let nextRef = 1;
+let editMode = false;
+
+function refreshButtons() {
+  const isBusy = busy();
+  stopButton.hidden = !isBusy;
+  sendButton.hidden = isBusy;
+  showActions(!isBusy && Boolean(answers.conversation), { regenerate, startEdit });
+}
+
+function stopAll() {
+  for (const id of answers.byRequest.keys()) send({ type: "cancel", request: id });
+}
+
+// --- Sending ----------------------------------------------------------------------
+
+function params() {
+  const chosen = {};
+  if (temperature.dataset.set) chosen.temperature = Number(temperature.value);
+  if (maxTokens.value) chosen.max_tokens = Number(maxTokens.value);
+  return chosen;
+}
+
+function submit(content, options) {
+  options = options || {};
+  if (!content.trim() || !modelSelect.value) return false;
+  if (busy()) return false; // one answer at a time per page
+  const ref = nextRef++;
+  const payload = { type: "prompt", ref: ref, model: modelSelect.value, content: content, conversation: answers.conversation, params: params() };
+  if (freshBox.checked || options.fresh) payload.fresh = true;
+  if (options.replaceLast) { payload.replace_last = true; removeLastExchange(); }
+  send(payload);
+  addMessage("user", content);
+  const view = addMessage("assistant", "");
+  showWaiting(view, "Sending…");
+  answers.byRef.set(ref, view);
+  refreshButtons();
+  return true;
+}
+
+function regenerate() {
+  const lastUser = lastPrompt();
+  if (lastUser) submit(lastUser.dataset.raw, { replaceLast: true, fresh: true });
+}
+
+function startEdit() {
+  const lastUser = lastPrompt();
+  if (!lastUser) return;
+  editMode = true;
+  editing.hidden = false;
+  input.value = lastUser.dataset.raw;
+  autosize();
+  input.focus();
+}
+
+function endEdit() { editMode = false; editing.hidden = true; }
+
+function clearComposer() { endEdit(); input.value = ""; autosize(); }
+
+function submitComposer() {
+  if (submit(input.value, { replaceLast: editMode })) clearComposer();
+}
+
+function autosize() { input.style.height = "auto"; input.style.height = Math.min(input.scrollHeight, window.innerHeight * 0.4) + "px"; }
+
+// --- Model picker, settings, dialogs ------------------------------------------------
+
+function showModelHealth() {
+  const option = modelSelect.selectedOptions[0];
+  const up = option && option.dataset.up === "1";
+  healthDot.dataset.up = option ? (up ? "1" : "0") : "";
+  healthDot.title = !option ? "" : up ? "Answering" : option.dataset.reason;
+  healthDot.setAttribute("aria-label", !option ? "No model" : up ? modelSelect.value + " is answering" : option.dataset.reason);
+  modelDown.hidden = !option || up;
+  modelDown.textContent = option && !up ? modelSelect.value + ": " + option.dataset.reason : "";
+}
+
+async function pollModels() {
+  try {
+    const response = await fetch(thread.dataset.modelsUrl, { headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    const data = await response.json();
+    for (const model of data.models) {
+      const option = Array.from(modelSelect.options).find((o) => o.value === model.alias);
+      if (!option) continue;
+      option.dataset.up = model.up ? "1" : "0";
+      option.dataset.reason = model.reason;
+      option.disabled = !model.up && option !== modelSelect.selectedOptions[0];
+      option.textContent = model.alias + (model.simulated ? " (simulated)" : "") + (model.up ? "" : " — down");
+    }
+    showModelHealth();
+  } catch (error) { /* offline for a moment: the next poll tries again */ }
+}
+
+function showTemperature() {
+  temperatureValue.textContent = temperature.dataset.set ? Number(temperature.value).toFixed(1) : "default";
+}
+temperature.addEventListener("input", function () { temperature.dataset.set = "1"; showTemperature(); });
+document.getElementById("params-reset").addEventListener("click", function () {
+  temperature.dataset.set = "";
+  temperature.value = "1";
+  maxTokens.value = "";
+  showTemperature();
+});
+
+for (const [openId, dialogId] of [["rename-open", "rename-dialog"], ["delete-open", "delete-dialog"]]) {
+  const opener = document.getElementById(openId);
+  const dialog = document.getElementById(dialogId);
+  if (!opener || !dialog) continue;
+  opener.addEventListener("click", function () { dialog.showModal(); });
+  for (const closer of dialog.querySelectorAll("[data-close]")) closer.addEventListener("click", function () { dialog.close(); });
+}
+
+form.addEventListener("submit", function (event) { event.preventDefault(); submitComposer(); });
+input.addEventListener("keydown", function (event) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); submitComposer(); }
+});
+input.addEventListener("input", autosize);
+stopButton.addEventListener("click", stopAll);
+document.getElementById("edit-cancel").addEventListener("click", clearComposer);
+modelSelect.addEventListener("change", showModelHealth);
+document.addEventListener("keydown", function (event) {
+  if (event.key !== "Escape") return;
+  if (!stopButton.hidden) { event.preventDefault(); stopAll(); }
+  else if (editMode) clearComposer();
+});
+
+// --- Start --------------------------------------------------------------------------
+
+onChange(refreshButtons);
+// Answers rendered by the server on load get their copy buttons too.
+for (const bubble of list.querySelectorAll(".bubble.markdown")) addCodeCopyButtons(bubble);
+for (const request of pending) answerView(request.id, request.status);
+refreshButtons();
+showTemperature();
+showModelHealth();
+setInterval(pollModels, 10000);
+keepScrolled(true);
+connect(thread.dataset.wsPath);
+input.focus();
+
+// For tests and the curious: drop the connection as a flaky network would.
+window.barista = { dropConnection };
