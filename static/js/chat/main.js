@@ -164,6 +164,7 @@ showModelHealth();
 setInterval(pollModels, 10000);
 keepScrolled(true);
 connect(thread.dataset.wsPath);
+input.disabled = false;  // the page is ready for what is typed (see home.html)
 input.focus();
 
 // For tests and the curious: drop the connection as a flaky network would.
