@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["e2e_latency", "worker_capacity", "cache", "fleet", "metrics_cost"]
+BENCHMARKS = ["api_overhead", "e2e_latency", "worker_capacity", "cache", "fleet", "metrics_cost"]
 
 
 def main() -> None:
