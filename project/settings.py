@@ -100,14 +100,27 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
+database_url = envstr("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+_sqlite = database_url.startswith("sqlite")
+# Opening a connection per request was a tenth of the web process's CPU on SQLite and a
+# new server process per request on PostgreSQL (docs/perf/). SQLite keeps its connection;
+# PostgreSQL lends connections from a pool (Django >= 5.1, psycopg_pool), which needs
+# CONN_MAX_AGE 0 and survives a database restart by checking connections out fresh.
 DATABASES = {
     "default": dj_database_url.parse(
-        envstr("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
-        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+        database_url,
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 600 if _sqlite else 0, minimum=0),
         conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+DATABASE_POOL = envbool("DATABASE_POOL", not _sqlite)
+if DATABASE_POOL and not _sqlite:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": envint("DATABASE_POOL_SIZE", 4, minimum=1),
+        "timeout": 30,
+    }
+if _sqlite:
     # Web and worker processes write the same file: WAL lets readers run beside a
     # writer, IMMEDIATE takes the write lock up front instead of failing mid-transaction,
     # and the timeout waits for a busy lock instead of raising "database is locked".

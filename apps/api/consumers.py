@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -31,12 +32,13 @@ from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
 from apps.backends.selectors import alias_list
-from apps.gateway.admission import Principal, Rejection, count_key_tokens
+from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
+from apps.gateway.selectors import cached_answer
 from apps.gateway.services import request_submit
 from apps.gateway.subscription import Subscription
-from apps.gateway.validation import InvalidRequest, chat_request
+from apps.gateway.validation import ChatRequest, InvalidRequest, chat_request
 
 
 class OpenAIConsumer(JsonHttpConsumer):
@@ -52,12 +54,14 @@ class OpenAIConsumer(JsonHttpConsumer):
         if path == "/v1/openapi.json" and method == "GET":
             await self.json(200, openapi_document())
             return
-        key = self.key = await self._authenticate()
+        token = self._token()
         if path == "/v1/chat/completions":
             if method != "POST":
                 raise ApiError(405, "Use POST for /v1/chat/completions.", code="method_not_allowed")
-            await self.chat_completions(key, body)
-        elif path == "/v1/models" and method == "GET":
+            await self.chat_completions(token, body)
+            return
+        key = self.key = await database_sync_to_async(_authenticate)(token)
+        if path == "/v1/models" and method == "GET":
             aliases = await database_sync_to_async(_aliases)(key)
             await self.json(
                 200, {"object": "list", "data": [_model_object(alias) for alias in aliases]}
@@ -70,7 +74,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         else:
             raise ApiError(404, f"Unknown route {method} {path}.", code="unknown_url")
 
-    async def _authenticate(self) -> ApiKey:
+    def _token(self) -> str:
         scheme, _, token = (self.header(b"authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(
@@ -78,59 +82,54 @@ class OpenAIConsumer(JsonHttpConsumer):
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        key = await database_sync_to_async(api_key_authenticate)(token.strip())
-        if key is None:
-            raise ApiError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
-        return key
+        return token.strip()
 
-    async def chat_completions(self, key: ApiKey, raw: bytes) -> None:
+    async def chat_completions(self, token: str, raw: bytes) -> None:
+        request: ChatRequest | ApiError
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ApiError(
-                400, "The request body is not valid UTF-8.", code="invalid_utf8"
-            ) from None
-        except (ValueError, RecursionError):  # too deeply nested is invalid too
-            raise ApiError(
-                400, "We could not parse the JSON body of your request.", code="invalid_json"
-            ) from None
-        try:
-            model, messages, params, self.stream, include_usage = chat_request(body)
-        except InvalidRequest as exc:
-            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
-        if model not in await database_sync_to_async(_aliases)(None):
-            raise model_not_found(model)
-
+            request = _chat_request(raw)
+        except ApiError as exc:
+            request = exc
+        bypass = "no-cache" in (self.header(b"cache-control") or "").lower()
         request_id = uuid.uuid4()
+        # One trip to the database thread: the key (401 first), the body (400), the model
+        # (404), and a stored answer, which is recorded and returned there and then.
+        authorized = await database_sync_to_async(_authorize)(token, request, request_id, bypass)
+        self.key, row, quota = authorized.key, authorized.hit, authorized.quota
+        model, messages, params, self.stream, include_usage = authorized.request
         self.completion = Completion(str(request_id), model, int(time.time()), include_usage)
+        principal = Principal(self.key.owner_id, self.key.limits())
         self.subscription = Subscription(
             layer=self.channel_layer,
-            channel_name=self.channel_name,
-            owner_id=key.owner_id,
+            # A stored answer is replayed from here: it needs no channel.
+            channel_name="" if row is not None else await self.open_channel(),
+            owner_id=self.key.owner_id,
             send=self._on_event,
         )
-        await self.subscription.join(request_id)  # before the job exists: no token missed
-        principal = Principal(key.owner_id, key.limits())
-        bypass = "no-cache" in (self.header(b"cache-control") or "").lower()
-        try:
-            request = await database_sync_to_async(request_submit)(
-                principal=principal,
-                model=model,
-                messages=messages,
-                params=params,
-                source=PromptRequest.Source.API,
-                request_id=request_id,
-                queue=settings.BARISTA_API_QUEUE,
-                bypass_cache=bypass,
-            )
-        except Rejection as exc:
-            raise from_rejection(exc) from None
+        if row is None:
+            # Not answered yet: listen for the answer before the job exists (no token
+            # missed), then submit.
+            await self.subscription.join(request_id)
+            try:
+                row = await database_sync_to_async(request_submit)(
+                    principal=principal,
+                    model=model,
+                    messages=messages,
+                    params=params,
+                    source=PromptRequest.Source.API,
+                    request_id=request_id,
+                    queue=settings.BARISTA_API_QUEUE,
+                    bypass_cache=bypass,
+                )
+            except Rejection as exc:
+                raise from_rejection(exc) from None
+            quota = principal.quota
         self.extra_headers += [
-            *quota_headers(principal.quota),
+            *quota_headers(quota),
             (b"x-barista-request-id", str(request_id).encode()),
         ]
-        if request.status == PromptRequest.Status.DONE:  # a cache hit: replayed like a live one
-            await self.subscription.replay(request)
+        if row.status == PromptRequest.Status.DONE:  # from the cache: replayed like a live one
+            await self.subscription.replay(row)
             return
         self.subscription.expect(request_id)
 
@@ -211,3 +210,67 @@ def _aliases(key: ApiKey | None) -> list[str]:
         for entry in alias_list()
         if limits is None or limits.allows(str(entry["alias"]))
     ]
+
+
+def _chat_request(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "The request body is not valid UTF-8.", code="invalid_utf8") from None
+    except (ValueError, RecursionError):  # too deeply nested is invalid too
+        raise ApiError(
+            400, "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    try:
+        return chat_request(body)
+    except InvalidRequest as exc:
+        raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+
+
+def _authenticate(token: str) -> ApiKey:
+    key = api_key_authenticate(token)
+    if key is None:
+        raise ApiError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    key: ApiKey
+    request: ChatRequest
+    hit: PromptRequest | None = None  # recorded already, when the answer was stored
+    quota: Quota | None = None
+
+
+def _authorize(
+    token: str, request: ChatRequest | ApiError, request_id: uuid.UUID, bypass: bool
+) -> Authorized:
+    """The key, then the body, then the model — each refused in that order; then, when the
+    answer is stored already, the request recorded as a hit (no channel, no job)."""
+    key = _authenticate(token)
+    if isinstance(request, ApiError):
+        raise request
+    model, messages, params, _, _ = request
+    if model not in _aliases(None):
+        raise model_not_found(model)
+    principal = Principal(key.owner_id, key.limits())
+    stored = cached_answer(
+        principal=principal, model=model, messages=messages, params=params, bypass_cache=bypass
+    )
+    if stored is None:
+        return Authorized(key, request)
+    try:
+        hit = request_submit(
+            principal=principal,
+            model=model,
+            messages=messages,
+            params=params,
+            source=PromptRequest.Source.API,
+            request_id=request_id,
+            queue=settings.BARISTA_API_QUEUE,
+            bypass_cache=bypass,
+            cached=stored,
+        )
+    except Rejection as exc:
+        raise from_rejection(exc) from None
+    return Authorized(key, request, hit, principal.quota)

@@ -3,27 +3,35 @@ answers JSON, errors in OpenAI's shape and Server-Sent Events.
 
 The API is served by Channels rather than a Django view (DESIGN.md, decision 9: no sync
 middleware, no thread hops on the hot path), so it enforces the body limit itself.
+
+Unlike a stock Channels consumer, it opens its channel-layer channel only when a request
+needs one (``open_channel``): listing models or answering from the cache then costs no
+channel, no receive loop and no Redis connection of the channel layer's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.api.errors import REDIS_UNAVAILABLE, ApiError
+from apps.core.dispatch import DirectDispatch
 
 logger = logging.getLogger(__name__)
 
 JSON = b"application/json"
 
 
-class JsonHttpConsumer(AsyncHttpConsumer):
+class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.received = 0
@@ -83,17 +91,37 @@ class JsonHttpConsumer(AsyncHttpConsumer):
         raise StopConsumer()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Redis going away while a request waits for its answer (the channel layer's
+        """As ``AsyncConsumer.__call__``, with the channel opened on demand.
+
+        Redis going away while a request waits for its answer (the channel layer's
         receive fails) ends that request with a clear 503 — or, mid-stream, an error event
         — instead of a dropped connection. The ledger still holds the prompt."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer()
+        self.base_send = send
+        self._channel_open = asyncio.Event()
         try:
-            await super().__call__(scope, receive, send)
+            await await_many_dispatch([receive, self._channel_receive], self.dispatch)
+        except StopConsumer:
+            pass
         except RedisError:
             logger.warning("API request: Redis stopped answering")
             try:
                 await self.error(REDIS_UNAVAILABLE)
             except Exception:  # the client is gone too: nothing left to tell
                 logger.info("API request: the client left as well")
+
+    async def open_channel(self) -> str:
+        """This request's channel on the channel layer, opened on first use."""
+        if not self._channel_open.is_set():
+            self.channel_name = await self.channel_layer.new_channel()
+            self._channel_open.set()
+        return str(self.channel_name)
+
+    async def _channel_receive(self) -> dict[str, Any]:
+        await self._channel_open.wait()
+        message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+        return message
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.scope.get("headers", []):

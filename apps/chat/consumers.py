@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from apps.backends.selectors import alias_exists
 from apps.chat import markdown
 from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prompt_submit
+from apps.core.dispatch import DirectDispatch
 from apps.gateway.admission import UNAVAILABLE, Rejection, estimate_wait
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
@@ -42,7 +43,7 @@ class InvalidInput(Exception):
         self.retry_after = retry_after
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:

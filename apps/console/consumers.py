@@ -10,12 +10,13 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from apps.console import live_metrics
+from apps.core.dispatch import DirectDispatch
 
 logger = logging.getLogger(__name__)
 CLOSE_FORBIDDEN = 4403
 
 
-class MetricsConsumer(AsyncWebsocketConsumer):
+class MetricsConsumer(DirectDispatch, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated or not user.is_staff:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import Count, Q, Sum
 
+from apps.gateway.admission import Principal
+from apps.gateway.cache import CachedAnswer, cache_key, lookup
 from apps.gateway.models import PromptRequest
 
 
@@ -70,3 +73,22 @@ def usage_summary(*, user: User) -> dict[str, int]:
         "saved_answers": int(saved["answers"] or 0),
         "saved_tokens": int(saved["tokens"] or 0),
     }
+
+
+def cached_answer(
+    *,
+    principal: Principal,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    bypass_cache: bool = False,
+) -> CachedAnswer | None:
+    """The stored answer to exactly this request in this person's cache scope, if any."""
+    key = cache_key(
+        alias=model,
+        messages=messages,
+        params=params,
+        owner_id=principal.user_id,
+        bypass=bypass_cache,
+    )
+    return lookup(key) if key else None

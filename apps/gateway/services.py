@@ -32,6 +32,7 @@ def request_submit(
     request_id: uuid.UUID | None = None,
     queue: str | None = None,
     bypass_cache: bool = False,
+    cached: cache.CachedAnswer | None = None,
 ) -> PromptRequest:
     """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
 
@@ -42,7 +43,9 @@ def request_submit(
     * **miss** — it is enqueued once the row is committed.
 
     Enqueueing after commit means a worker never sees a job whose row it cannot load,
-    and a rolled-back submission leaves no job behind.
+    and a rolled-back submission leaves no job behind. ``cached`` is the answer the caller
+    already found for this very request (``selectors.cached_answer``), so a hit is not
+    looked up twice — nor turned into a miss by an answer expiring in between.
     """
     admit(principal, model=model)
     params = params or {}
@@ -53,7 +56,7 @@ def request_submit(
         owner_id=principal.user_id,
         bypass=bypass_cache,
     )
-    hit = cache.lookup(key) if key else None
+    hit = cached or (cache.lookup(key) if key else None)
     fields: dict[str, Any] = {
         "id": request_id or uuid.uuid4(),
         "owner_id": principal.user_id,

@@ -94,7 +94,11 @@ def sampling_params(value: Any, *, allowed: Collection[str]) -> dict[str, Any]:
     return {name: given for name, given in value.items() if given is not None}
 
 
-def chat_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any], bool, bool]:
+# model, messages, the parameters passed on, stream, include usage
+ChatRequest = tuple[str, list[dict[str, Any]], dict[str, Any], bool, bool]
+
+
+def chat_request(body: Any) -> ChatRequest:
     """Validate; returns (model, messages, backend parameters, stream, include usage)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
