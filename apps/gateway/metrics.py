@@ -24,6 +24,9 @@ from collections import Counter
 from typing import Any
 
 from django.conf import settings
+from rq import Queue
+from rq.job import Job
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -172,14 +175,15 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: st
     names = settings.BARISTA_QUEUES
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.llen(f"rq:queue:{name}")
-            pipe.lindex(f"rq:queue:{name}", 0)
-        pipe.scard("rq:workers")
+            key = Queue(name, connection=connection).key
+            pipe.llen(key)
+            pipe.lindex(key, 0)
+        pipe.scard(REDIS_WORKER_KEYS)
         replies = pipe.execute()
     heads = [replies[2 * i + 1] for i in range(len(names))]
     with connection.pipeline(transaction=False) as pipe:
         for head in heads:
-            pipe.hget(f"rq:job:{head.decode()}", "enqueued_at") if head else pipe.echo("")
+            pipe.hget(Job.key_for(head.decode()), "enqueued_at") if head else pipe.echo("")
         enqueued = pipe.execute()
     states = live.snapshot_sync(connection, [pk for pk, _ in backends])
     fields: dict[str, float] = {"workers": int(replies[-1])}
