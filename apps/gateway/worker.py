@@ -5,7 +5,8 @@ spend seconds waiting on the network, so this worker keeps up to ``concurrency``
 flight on one asyncio loop (DESIGN.md, decision 1). It is an RQ worker all the same: it
 registers itself, answers RQ's commands (shutdown, stop-job) and suspension, and keeps the
 registries truthful — a job in flight sits in the started registry under a live
-heartbeat, and ends in the finished or the failed registry. Its own Redis bookkeeping is
+heartbeat, and ends in the finished or the failed registry (``apps.gateway.runs`` records
+each step on RQ's public API). Its own Redis bookkeeping is
 batched: one pipeline starts a whole batch of jobs, one pipeline heartbeats every job in
 flight, and finished jobs are recorded together.
 
@@ -25,8 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -34,32 +34,21 @@ from django.conf import settings
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import parse_payload
-from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.suspension import is_suspended
-from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from apps.backends import health
 from apps.backends.selectors import backend_list_active, backend_names_active
 from apps.core import clients
-from apps.gateway import metrics, reconciler
+from apps.gateway import metrics, reconciler, runs
 from apps.gateway.admission import COMPLETED_KEY
 from apps.gateway.queues import paused_queues
+from apps.gateway.runs import Running
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP, CANCEL_TIMEOUT
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Running:
-    job: Job
-    queue: Queue
-    execution: Execution
-    task: asyncio.Task[Any] | None = None
-    started: float = field(default_factory=time.monotonic)
-    cancel_reason: str | None = None
 
 
 class GatewayWorker(BaseWorker):
@@ -93,7 +82,7 @@ class GatewayWorker(BaseWorker):
         self._last_gauges = 0
         self._gauge_backends: list[tuple[int, str]] = []
         self._gauge_backends_at = float("-inf")
-        self._functions: dict[str, Callable[..., Any]] = {}
+        self._function = runs.Functions()
         # The blocking pop runs in a thread and needs a connection of its own.
         pool = self.connection.connection_pool
         self._blocking_connection = self.connection.__class__(
@@ -278,11 +267,11 @@ class GatewayWorker(BaseWorker):
                     job = by_id.get(job_id)
                     if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
                         continue  # deleted or cancelled while queued
-                    execution = Execution.create(
-                        job, self.heartbeat_ttl, pipeline=pipe, worker_name=self.name
+                    batch.append(
+                        runs.start(
+                            job, queue, pipe=pipe, worker_name=self.name, ttl=self.heartbeat_ttl
+                        )
                     )
-                    job.prepare_for_execution(self.name, pipeline=pipe)
-                    batch.append(Running(job=job, queue=queue, execution=execution))
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             pipe.execute()
         for running in batch:
@@ -290,40 +279,18 @@ class GatewayWorker(BaseWorker):
             running.task = asyncio.create_task(self._run(running), name=running.job.id)
         return len(batch)
 
-    def _function(self, job: Job) -> Callable[..., Any]:
-        """The job's function, imported once per name: RQ's ``job.func`` imports it anew on
-        every access, probing sys.path each time (a tenth of the worker's time)."""
-        name = job.func_name
-        if job.instance is not None or name is None:
-            return job.func
-        function = self._functions.get(name)
-        if function is None:
-            function = self._functions[name] = import_attribute(name)
-        return function
-
     async def _run(self, running: Running) -> None:
         job = running.job
-        timeout = job.timeout if job.timeout and job.timeout > 0 else None
         timer = None
-        if timeout is not None:
+        if job.timeout and job.timeout > 0:
             timer = asyncio.get_running_loop().call_later(
-                timeout, self._cancel_job, job.id, CANCEL_TIMEOUT
+                job.timeout, self._cancel_job, job.id, CANCEL_TIMEOUT
             )
-        error: BaseException | None = None
         try:
-            result = self._function(job)(*job.args, **job.kwargs)
-            if isinstance(result, Awaitable):
-                result = await result
-            job._result = result
-        except asyncio.CancelledError as exc:
-            error = exc
-        except Exception as exc:
-            logger.exception("job %s raised", job.id)
-            error = exc
+            error = await runs.perform(running, self._function(job))
         finally:
             if timer is not None:
                 timer.cancel()
-        job.ended_at = now()
         self.running.pop(job.id, None)
         self._finished.append((running, error))
         if len(self._finished) >= 32:
@@ -346,35 +313,10 @@ class GatewayWorker(BaseWorker):
         requeue: list[Running] = []
         with self.connection.pipeline() as pipe:
             for running, error in finished:
-                job, execution = running.job, running.execution
-                execution.delete(job=job, pipeline=pipe)
-                # What RQ records about this run in the job's result either way.
-                run: dict[str, Any] = {
-                    "pipeline": pipe,
-                    "worker_name": self.name,
-                    "execution_id": execution.id,
-                    "execution_started_at": execution.created_at,
-                    "execution_ended_at": job.ended_at,
-                }
-                if error is None:
-                    result_ttl = job.get_result_ttl(self.default_result_ttl)
-                    job._handle_success(result_ttl, **run)
-                    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                    self.completed += 1
-                elif running.cancel_reason == CANCEL_REQUEUE:
+                if not runs.finish(running, error, pipe=pipe, worker=self):
                     requeue.append(running)
-                else:
-                    reason = running.cancel_reason
-                    if reason == CANCEL_STOP:
-                        job.set_status(JobStatus.STOPPED, pipeline=pipe)
-                        text = "Stopped: the request was cancelled."
-                    elif reason == CANCEL_TIMEOUT:
-                        job.set_status(JobStatus.FAILED, pipeline=pipe)
-                        text = f"Job exceeded its timeout ({job.timeout} s)."
-                    else:
-                        job.set_status(JobStatus.FAILED, pipeline=pipe)
-                        text = f"{type(error).__name__}: {error}"
-                    job._handle_failure(text, **run)
+                elif error is None:
+                    self.completed += 1
             if not self.running:
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             # Recent throughput, for queue-position estimates (apps.gateway.admission).
@@ -410,12 +352,7 @@ class GatewayWorker(BaseWorker):
                         "barista_done": self.completed,
                     },
                 )
-                stamp = now()
-                for running in list(self.running.values()):
-                    running.execution.heartbeat(
-                        running.job.started_job_registry, self.heartbeat_ttl, pipeline=pipe
-                    )
-                    running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
+                runs.heartbeat(list(self.running.values()), pipe=pipe, ttl=self.heartbeat_ttl)
                 pipe.execute()
         if int(time.time()) != self._last_gauges:  # once in every wall-clock second
             self._last_gauges = int(time.time())
