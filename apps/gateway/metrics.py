@@ -160,18 +160,14 @@ def _increment(pipe: object, key: str, field: str, amount: float) -> None:
 
 recorder = Recorder()
 
-GAUGE_TURN_KEY = "barista:metrics:gauges:{second}"
 
-
-def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: str) -> bool:
+def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int) -> None:
     """Write this second's gauges — queue depth and oldest wait per queue, calls in
-    flight per backend, workers alive — into the second's hash, if no other process has
-    this second (the gauges are the same whoever reads them). Two round trips."""
+    flight per backend, workers alive — into the second's hash. One process of the fleet
+    does it per second (the gauges are the same whoever reads them): see
+    ``apps.gateway.chores``. Four round trips."""
     from apps.backends import live
 
-    second = int(time.time())
-    if not connection.set(GAUGE_TURN_KEY.format(second=second), claimant, nx=True, ex=5):
-        return False
     names = settings.BARISTA_QUEUES
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
@@ -198,7 +194,6 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: st
         pipe.hset(key, mapping=fields)
         pipe.expire(key, KEEP_SECONDS)
         pipe.execute()
-    return True
 
 
 def seconds_since(enqueued_at: bytes | str | None, wall: float) -> float:

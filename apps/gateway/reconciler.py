@@ -34,7 +34,6 @@ from apps.gateway.models import PromptRequest
 
 logger = logging.getLogger(__name__)
 
-TURN_KEY = "barista:reconciler:turn"
 BATCH = 500
 LOST_WHILE_RUNNING = (
     "This answer was lost when Barista's queue restarted while it ran. Please send it again."
@@ -47,12 +46,6 @@ Status = PromptRequest.Status
 class Reconciled:
     requeued: int = 0
     failed: int = 0
-
-
-def claim_turn(connection: Redis, claimant: str) -> bool:
-    """One pass per interval for the whole fleet."""
-    interval = max(1, int(settings.BARISTA_RECONCILE_INTERVAL))
-    return bool(connection.set(TURN_KEY, claimant, nx=True, ex=interval))
 
 
 # A job in one of these states will never answer its row.

@@ -6,14 +6,15 @@ flight on one asyncio loop (DESIGN.md, decision 1). It is an RQ worker all the s
 registers itself, answers RQ's commands (shutdown, stop-job) and suspension, and keeps the
 registries truthful — a job in flight sits in the started registry under a live
 heartbeat, and ends in the finished or the failed registry (``apps.gateway.runs`` records
-each step on RQ's public API). Its own Redis bookkeeping is
-batched: one pipeline starts a whole batch of jobs, one pipeline heartbeats every job in
-flight, and finished jobs are recorded together.
+each step on RQ's public API). Its own Redis bookkeeping is batched: one pipeline starts a
+whole batch of jobs, one pipeline heartbeats every job in flight, and finished jobs are
+recorded together. Between jobs it offers to do the fleet's chores
+(``apps.gateway.chores``).
 
 Recovery: a job's started-registry entry expires ``heartbeat_ttl`` seconds after its last
-heartbeat. If this process dies (SIGKILL, power loss), every other worker's maintenance
-pass finds those entries expired and RQ re-enqueues the jobs (they are enqueued with
-``Retry``). The job function is safe to run twice: see ``apps.gateway.pipeline``.
+heartbeat. If this process dies (SIGKILL, power loss), the next RQ maintenance pass (a
+chore of the fleet) finds those entries expired and RQ re-enqueues the jobs (they are
+enqueued with ``Retry``). The job function is safe to run twice: see ``apps.gateway.pipeline``.
 
 Signals: SIGTERM/SIGINT stop taking jobs, let those in flight finish for ``grace``
 seconds, then cancel the rest and put them back at the front of their queue, untouched.
@@ -29,7 +30,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 from rq import Queue
@@ -39,11 +39,10 @@ from rq.suspension import is_suspended
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
-from apps.backends import health
-from apps.backends.selectors import backend_list_active, backend_names_active
 from apps.core import clients
-from apps.gateway import metrics, reconciler, runs
+from apps.gateway import runs
 from apps.gateway.admission import COMPLETED_KEY
+from apps.gateway.chores import Chores
 from apps.gateway.queues import paused_queues
 from apps.gateway.runs import Running
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP, CANCEL_TIMEOUT
@@ -77,12 +76,9 @@ class GatewayWorker(BaseWorker):
         self.completed = 0
         self._paused: set[str] = set()
         self._redis_warned = 0.0
-        # When housekeeping last did each of its chores (monotonic; gauges: wall second).
-        self._last_beat = self._last_maintenance = self._last_reconcile = 0.0
-        self._last_gauges = 0
-        self._gauge_backends: list[tuple[int, str]] = []
-        self._gauge_backends_at = float("-inf")
+        self._last_beat = self._last_registered = 0.0  # monotonic
         self._function = runs.Functions()
+        self.chores = Chores(self)
         # The blocking pop runs in a thread and needs a connection of its own.
         pool = self.connection.connection_pool
         self._blocking_connection = self.connection.__class__(
@@ -152,7 +148,7 @@ class GatewayWorker(BaseWorker):
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._request_stop)
         housekeeping = asyncio.create_task(self._housekeeping())
-        checks = asyncio.create_task(self._health_checks())
+        checks = asyncio.create_task(self.chores.health_checks())
         try:
             await self._dispatch(burst)
             await self._drain()
@@ -329,17 +325,18 @@ class GatewayWorker(BaseWorker):
             running.queue.enqueue_job(running.job, at_front=True)
 
     async def _housekeeping(self) -> None:
-        """Heartbeats for the worker and every job in flight; finished-job flushes;
-        RQ's maintenance (which re-enqueues the jobs of workers that died)."""
+        """Heartbeats for the worker and every job in flight; finished-job flushes; the
+        fleet's chores."""
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 0.5))
             try:
-                await self._housekeep()
+                self._flush_finished()
+                self._heartbeat()
+                await self.chores.run_due()
             except Exception as exc:  # Redis away, most likely: try again next round
                 self._redis_trouble(exc)
 
-    async def _housekeep(self) -> None:
-        self._flush_finished()
+    def _heartbeat(self) -> None:
         if time.monotonic() - self._last_beat >= self.heartbeat_interval:
             self._last_beat = time.monotonic()
             with self.connection.pipeline() as pipe:
@@ -347,55 +344,17 @@ class GatewayWorker(BaseWorker):
                 # For the console's workers page.
                 pipe.hset(
                     self.key,
-                    mapping={
-                        "barista_inflight": len(self.running),
-                        "barista_done": self.completed,
-                    },
+                    mapping={"barista_inflight": len(self.running), "barista_done": self.completed},
                 )
                 runs.heartbeat(list(self.running.values()), pipe=pipe, ttl=self.heartbeat_ttl)
                 pipe.execute()
-        if int(time.time()) != self._last_gauges:  # once in every wall-clock second
-            self._last_gauges = int(time.time())
-            await self._record_gauges()
-        if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
-            self._last_maintenance = time.monotonic()
+        if time.monotonic() - self._last_registered >= self.maintenance_interval:
+            self._last_registered = time.monotonic()
             if not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
                 # Redis came back without our registration (a restart without
                 # persistence): register again, so the fleet and the console see us.
                 self.connection.delete(self.key)
                 self.register_birth()  # type: ignore[no-untyped-call]
-            await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
-        if time.monotonic() - self._last_reconcile >= settings.BARISTA_RECONCILE_INTERVAL:
-            self._last_reconcile = time.monotonic()
-            if reconciler.claim_turn(self.connection, self.name):
-                await database_sync_to_async(reconciler.reconcile)(self.connection)
-
-    async def _record_gauges(self) -> None:
-        """This second's queue depths, in-flight counts and workers, for the metrics store
-        (one worker of the fleet writes them; see ``apps.gateway.metrics``)."""
-        if not settings.BARISTA_METRICS_ENABLED:
-            return
-        try:
-            if time.monotonic() - self._gauge_backends_at > 10:
-                self._gauge_backends = await database_sync_to_async(backend_names_active)()
-                self._gauge_backends_at = time.monotonic()
-            metrics.record_gauges(self.connection, self._gauge_backends, self.name)
-        except Exception:  # metrics must never stop the worker
-            logger.warning("worker %s: could not record gauges", self.name, exc_info=True)
-
-    async def _health_checks(self) -> None:
-        """Active health checks of every backend, by one worker of the fleet at a time."""
-        interval = settings.BARISTA_HEALTH_INTERVAL
-        if interval <= 0:
-            return
-        while True:
-            try:
-                if await health.claim_turn(self.name, interval):
-                    backends = await database_sync_to_async(list)(backend_list_active())
-                    await health.check_all(clients.http(), backends)
-            except Exception:  # a failed round must not end the checks
-                logger.exception("worker %s: health checks failed", self.name)
-            await asyncio.sleep(interval)
 
     async def _drain(self) -> None:
         """Stop: let in-flight jobs finish for ``grace`` s, then requeue the rest."""
