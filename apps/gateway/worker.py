@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import parse_payload
@@ -43,7 +41,7 @@ from apps.core import clients
 from apps.gateway import runs
 from apps.gateway.admission import COMPLETED_KEY
 from apps.gateway.chores import Chores
-from apps.gateway.queues import paused_queues
+from apps.gateway.intake import Intake, Popped, woken
 from apps.gateway.runs import Running
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP, CANCEL_TIMEOUT
 
@@ -74,16 +72,11 @@ class GatewayWorker(BaseWorker):
         self._stopping = False
         self._finished: list[tuple[Running, BaseException | None]] = []
         self.completed = 0
-        self._paused: set[str] = set()
         self._redis_warned = 0.0
         self._last_beat = self._last_registered = 0.0  # monotonic
         self._function = runs.Functions()
         self.chores = Chores(self)
-        # The blocking pop runs in a thread and needs a connection of its own.
-        pool = self.connection.connection_pool
-        self._blocking_connection = self.connection.__class__(
-            connection_pool=pool.__class__(**pool.connection_kwargs)
-        )
+        self.intake = Intake(self.queues, self.connection)
 
     # --- RQ plumbing ------------------------------------------------------------------
 
@@ -104,14 +97,6 @@ class GatewayWorker(BaseWorker):
         if now_ - self._redis_warned > 5:
             self._redis_warned = now_
             logger.warning("worker %s: Redis is not answering (%s); retrying", self.name, exc)
-
-    def _refresh_paused(self) -> None:
-        """Queues staff paused in the console (``apps.gateway.queues``): not taken from
-        until resumed; their jobs wait where they are."""
-        self._paused = paused_queues(self.connection)
-
-    def _open_queues(self) -> list[Queue]:
-        return [queue for queue in self.queues if queue.name not in self._paused]
 
     def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -168,7 +153,7 @@ class GatewayWorker(BaseWorker):
                 if time.monotonic() - suspended_checked > 1.0:
                     suspended_checked = time.monotonic()
                     suspended = bool(is_suspended(self.connection, self))
-                    self._refresh_paused()
+                    self.intake.refresh_paused()
                     self.set_state(
                         WorkerStatus.SUSPENDED
                         if suspended
@@ -189,68 +174,23 @@ class GatewayWorker(BaseWorker):
                 # are picked up fast without a blocking pop stalling the loop.
                 self._wake.clear()
                 if free > 0 and not suspended:
-                    first = await self._wait_for_jobs()
-                    if first is not None:
+                    first = await self.intake.wait(self._wake)
+                    if first is not None and self._stopping:
+                        self.intake.put_back(first)  # not ours to start any more
+                    elif first is not None:
                         await self._start_batch(free, first)
                 else:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                    await woken(self._wake, 1.0)
             except RedisError as exc:
                 # Redis restarting or unreachable: keep what is in flight, retry in a
                 # second (redis-py reconnects by itself), never die over it.
                 self._redis_trouble(exc)
                 await asyncio.sleep(1.0)
 
-    async def _wait_for_jobs(self) -> tuple[str, str] | None:
-        """Block (in a thread) until a job id appears in one of our queues, up to 1 s, and
-        pop it (BLPOP takes keys in order, so priority holds). Returns (queue key, job id)."""
-        assert self._wake is not None
-        keys = [queue.key for queue in self._open_queues()]
-        if not keys:  # every queue paused: wait as if none had a job
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
-            return None
-        waiter = asyncio.get_running_loop().run_in_executor(None, self._blocking_pop, keys)
-        wake: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
-        pending: set[asyncio.Future[Any]] = {waiter, wake}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        wake.cancel()
-        popped = await waiter  # at most 1 s more; a popped id is never left behind
-        if popped and self._stopping:
-            self.connection.lpush(popped[0], popped[1])  # not ours to start any more
-            return None
-        return popped
-
-    def _blocking_pop(self, keys: list[str]) -> tuple[str, str] | None:
-        popped = self._blocking_connection.blpop(keys, timeout=1)
-        if not popped:
-            return None
-        key, job_id = popped
-        return (
-            key.decode() if isinstance(key, bytes) else key,
-            job_id.decode() if isinstance(job_id, bytes) else job_id,
-        )
-
-    async def _start_batch(self, free: int, first: tuple[str, str] | None = None) -> int:
+    async def _start_batch(self, free: int, first: Popped | None = None) -> int:
         """Pop up to ``free`` jobs, queues in priority order, and start them together.
         ``first`` is a job the blocking wait already popped."""
-        popped: list[tuple[Queue, list[str]]] = []
-        if first is not None:
-            first_queue = next(q for q in self.queues if q.key == first[0])
-            popped.append((first_queue, [first[1]]))
-            free -= 1
-        for queue in self._open_queues():
-            if free <= 0:
-                break
-            ids: Any = self.connection.lpop(queue.key, free)
-            if ids:
-                decoded = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-                popped.append((queue, decoded))
-                free -= len(decoded)
+        popped = self.intake.take(free, first)
         if not popped:
             return 0
         all_ids = [job_id for _, ids in popped for job_id in ids]
@@ -373,26 +313,3 @@ class GatewayWorker(BaseWorker):
         if leftover:
             await asyncio.wait(leftover)
         self._flush_finished()
-
-
-def run_worker(*, queue_names: list[str], name: str | None = None, burst: bool = False) -> None:
-    from django.db import connections
-
-    from apps.gateway.queues import queue
-
-    # One long-lived process doing all its database work on one thread: keep the
-    # connection instead of opening one per call (that was a third of the worker's time).
-    for alias in connections:
-        connections[alias].settings_dict["CONN_MAX_AGE"] = None
-    queues = [queue(queue_name) for queue_name in queue_names]
-    worker = GatewayWorker(
-        queues,
-        connection=queues[0].connection,
-        name=name or f"gateway-{os.uname().nodename}-{os.getpid()}",
-        concurrency=settings.BARISTA_WORKER_CONCURRENCY,
-        heartbeat_interval=settings.BARISTA_WORKER_HEARTBEAT,
-        heartbeat_ttl=settings.BARISTA_WORKER_HEARTBEAT_TTL,
-        grace=settings.BARISTA_WORKER_GRACE,
-        maintenance_interval=settings.BARISTA_WORKER_MAINTENANCE_INTERVAL,
-    )
-    worker.work(burst=burst)
