@@ -1,7 +1,7 @@
 """Active health checks: every few seconds, one worker asks each backend ``GET /models``.
 
-A Redis lock taken for one interval makes sure only one worker in the fleet checks per
-interval, however many workers run. What a check finds feeds the same live state as real
+One worker of the fleet checks per interval, however many workers run (it takes the turn
+with ``apps.core.turns.claim_turn``). What a check finds feeds the same live state as real
 calls (``apps.backends.live``):
 
 * a backend that does not answer, or answers an error, counts one failure toward its
@@ -28,11 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.backends import live
 from apps.backends.models import Backend
-from apps.core import clients
 
 logger = logging.getLogger(__name__)
-
-LOCK_KEY = "barista:health:lock"
 
 
 @dataclass(slots=True)
@@ -144,9 +141,3 @@ async def check_all(client: httpx.AsyncClient, backends: list[Backend]) -> list[
             logger.info("health check: %s is back; closing its circuit", backend.name)
             await live.record(backend.pk, ok=True)
     return results
-
-
-async def claim_turn(worker_name: str, interval: float) -> bool:
-    """True for the one worker that checks the fleet this interval."""
-    got = await clients.redis().set(LOCK_KEY, worker_name, nx=True, px=int(interval * 1000))
-    return bool(got)

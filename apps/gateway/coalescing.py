@@ -23,12 +23,14 @@ from typing import Any
 
 from django.conf import settings
 
+from apps.core.scripts import LuaScript
+
 INFLIGHT = "barista:inflight:"
 FOLLOWERS = "barista:followers:"
 
 # KEYS[2] is the cached answer: a leader stores it before it closes the key, so a request
 # joining finds either a leader in flight or the answer — never neither.
-_JOIN = """
+_JOIN = LuaScript("""
 local leader = redis.call('GET', KEYS[1])
 if leader and leader ~= ARGV[1] then
   local followers = ARGV[3] .. leader
@@ -39,20 +41,20 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'cached' end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
-"""
+""")
 CACHED = "cached"
 
 # Stores the answer (when ARGV[2] is not empty) *before* it closes the key, in one step:
 # a request arriving after finds the answer; one arriving before is among the followers.
-_CLOSE = """
+_CLOSE = LuaScript("""
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 local followers = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
 return followers
-"""
+""")
 
-_HAND_OVER = """
+_HAND_OVER = LuaScript("""
 local new = redis.call('LPOP', KEYS[2])
 if not new then
   if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -66,7 +68,7 @@ if #rest > 0 then
   redis.call('EXPIRE', ARGV[3] .. new, ARGV[2])
 end
 return {new, unpack(rest)}
-"""
+""")
 
 
 def _ttl() -> int:
@@ -83,16 +85,18 @@ def join(connection: Any, *, cache_key: str, request_id: str) -> str | None:
     answer was stored meanwhile; or lead (None)."""
     from apps.gateway.cache import redis_key
 
-    leader = connection.eval(
-        _JOIN, 2, INFLIGHT + cache_key, redis_key(cache_key), request_id, _ttl(), FOLLOWERS
+    leader = _JOIN(
+        connection,
+        [INFLIGHT + cache_key, redis_key(cache_key)],
+        [request_id, _ttl(), FOLLOWERS],
     )
     return _text(leader) if leader else None
 
 
 def hand_over(connection: Any, *, cache_key: str, leader_id: str) -> list[str]:
     """The oldest follower leads now; returns [new leader, *its followers], or []."""
-    reply = connection.eval(
-        _HAND_OVER, 2, INFLIGHT + cache_key, FOLLOWERS + leader_id, leader_id, _ttl(), FOLLOWERS
+    reply = _HAND_OVER(
+        connection, [INFLIGHT + cache_key, FOLLOWERS + leader_id], [leader_id, _ttl(), FOLLOWERS]
     )
     return [_text(item) for item in reply] if reply else []
 
@@ -116,14 +120,9 @@ async def close(
     with the leader."""
     from apps.gateway.cache import redis_key
 
-    reply = await connection.eval(
-        _CLOSE,
-        3,
-        INFLIGHT + cache_key,
-        FOLLOWERS + leader_id,
-        redis_key(cache_key),
-        leader_id,
-        answer,
-        ttl,
+    reply = await _CLOSE.run(
+        connection,
+        [INFLIGHT + cache_key, FOLLOWERS + leader_id, redis_key(cache_key)],
+        [leader_id, answer, ttl],
     )
     return [_text(item) for item in reply]

@@ -24,6 +24,9 @@ from collections import Counter
 from typing import Any
 
 from django.conf import settings
+from rq import Queue
+from rq.job import Job
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -157,29 +160,26 @@ def _increment(pipe: object, key: str, field: str, amount: float) -> None:
 
 recorder = Recorder()
 
-GAUGE_TURN_KEY = "barista:metrics:gauges:{second}"
 
-
-def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: str) -> bool:
+def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int) -> None:
     """Write this second's gauges — queue depth and oldest wait per queue, calls in
-    flight per backend, workers alive — into the second's hash, if no other process has
-    this second (the gauges are the same whoever reads them). Two round trips."""
+    flight per backend, workers alive — into the second's hash. One process of the fleet
+    does it per second (the gauges are the same whoever reads them): see
+    ``apps.gateway.chores``. Four round trips."""
     from apps.backends import live
 
-    second = int(time.time())
-    if not connection.set(GAUGE_TURN_KEY.format(second=second), claimant, nx=True, ex=5):
-        return False
     names = settings.BARISTA_QUEUES
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.llen(f"rq:queue:{name}")
-            pipe.lindex(f"rq:queue:{name}", 0)
-        pipe.scard("rq:workers")
+            key = Queue(name, connection=connection).key
+            pipe.llen(key)
+            pipe.lindex(key, 0)
+        pipe.scard(REDIS_WORKER_KEYS)
         replies = pipe.execute()
     heads = [replies[2 * i + 1] for i in range(len(names))]
     with connection.pipeline(transaction=False) as pipe:
         for head in heads:
-            pipe.hget(f"rq:job:{head.decode()}", "enqueued_at") if head else pipe.echo("")
+            pipe.hget(Job.key_for(head.decode()), "enqueued_at") if head else pipe.echo("")
         enqueued = pipe.execute()
     states = live.snapshot_sync(connection, [pk for pk, _ in backends])
     fields: dict[str, float] = {"workers": int(replies[-1])}
@@ -194,7 +194,6 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], claimant: st
         pipe.hset(key, mapping=fields)
         pipe.expire(key, KEEP_SECONDS)
         pipe.execute()
-    return True
 
 
 def seconds_since(enqueued_at: bytes | str | None, wall: float) -> float:

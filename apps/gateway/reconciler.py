@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import timezone
 from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
 from apps.gateway import services
 from apps.gateway.models import PromptRequest
 
 logger = logging.getLogger(__name__)
 
-TURN_KEY = "barista:reconciler:turn"
 BATCH = 500
 LOST_WHILE_RUNNING = (
     "This answer was lost when Barista's queue restarted while it ran. Please send it again."
@@ -46,14 +48,8 @@ class Reconciled:
     failed: int = 0
 
 
-def claim_turn(connection: Redis, claimant: str) -> bool:
-    """One pass per interval for the whole fleet."""
-    interval = max(1, int(settings.BARISTA_RECONCILE_INTERVAL))
-    return bool(connection.set(TURN_KEY, claimant, nx=True, ex=interval))
-
-
 # A job in one of these states will never answer its row.
-ENDED_JOB = {b"failed", b"stopped", b"canceled"}
+ENDED_JOB = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
 def _jobs_alive(connection: Redis, ids: list[str]) -> dict[str, bool]:
@@ -63,15 +59,17 @@ def _jobs_alive(connection: Redis, ids: list[str]) -> dict[str, bool]:
     popped but died before starting is in neither."""
     with connection.pipeline(transaction=False) as pipe:
         for request_id in ids:
-            pipe.hmget(f"rq:job:{request_id}", "status", "origin")
-        found = pipe.execute()
+            pipe.hmget(Job.key_for(request_id), "status", "origin")
+        found = [
+            (status.decode() if status else None, (origin or b"").decode())
+            for status, origin in pipe.execute()
+        ]
     with connection.pipeline(transaction=False) as pipe:
         for request_id, (status, origin) in zip(ids, found, strict=True):
-            queue = (origin or b"").decode()
-            if status == b"queued":
-                pipe.lpos(f"rq:queue:{queue}", request_id)
-            elif status == b"started":
-                pipe.zscore(f"rq:wip:{queue}", request_id)
+            if status == JobStatus.QUEUED:
+                pipe.lpos(Queue(origin, connection=connection).key, request_id)
+            elif status == JobStatus.STARTED:
+                pipe.zscore(StartedJobRegistry(origin, connection=connection).key, request_id)
             else:
                 pipe.echo("")  # keeps the replies in step
         placed = pipe.execute()
@@ -79,7 +77,7 @@ def _jobs_alive(connection: Redis, ids: list[str]) -> dict[str, bool]:
     for request_id, (status, _), where in zip(ids, found, placed, strict=True):
         if status is None or status in ENDED_JOB:
             alive[request_id] = False
-        elif status in (b"queued", b"started"):
+        elif status in (JobStatus.QUEUED, JobStatus.STARTED):
             alive[request_id] = where is not None
         else:  # deferred, scheduled, finished: let RQ and the pipeline have it
             alive[request_id] = True
@@ -116,7 +114,7 @@ def reconcile(connection: Redis) -> Reconciled:
                 coalesced_with=None, cache_outcome=PromptRequest.CacheOutcome.MISS
             )
             if updated:
-                connection.delete(f"rq:job:{key}")  # an ended job of the same id goes
+                connection.delete(Job.key_for(key))  # an ended job of the same id goes
                 services.request_enqueue(
                     request_id=key, queue_name=services.queue_for(source=source)
                 )

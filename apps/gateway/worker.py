@@ -5,14 +5,16 @@ spend seconds waiting on the network, so this worker keeps up to ``concurrency``
 flight on one asyncio loop (DESIGN.md, decision 1). It is an RQ worker all the same: it
 registers itself, answers RQ's commands (shutdown, stop-job) and suspension, and keeps the
 registries truthful — a job in flight sits in the started registry under a live
-heartbeat, and ends in the finished or the failed registry. Its own Redis bookkeeping is
-batched: one pipeline starts a whole batch of jobs, one pipeline heartbeats every job in
-flight, and finished jobs are recorded together.
+heartbeat, and ends in the finished or the failed registry (``apps.gateway.runs`` records
+each step on RQ's public API). Its own Redis bookkeeping is batched: one pipeline starts a
+whole batch of jobs, one pipeline heartbeats every job in flight, and finished jobs are
+recorded together. Between jobs it offers to do the fleet's chores
+(``apps.gateway.chores``).
 
 Recovery: a job's started-registry entry expires ``heartbeat_ttl`` seconds after its last
-heartbeat. If this process dies (SIGKILL, power loss), every other worker's maintenance
-pass finds those entries expired and RQ re-enqueues the jobs (they are enqueued with
-``Retry``). The job function is safe to run twice: see ``apps.gateway.pipeline``.
+heartbeat. If this process dies (SIGKILL, power loss), the next RQ maintenance pass (a
+chore of the fleet) finds those entries expired and RQ re-enqueues the jobs (they are
+enqueued with ``Retry``). The job function is safe to run twice: see ``apps.gateway.pipeline``.
 
 Signals: SIGTERM/SIGINT stop taking jobs, let those in flight finish for ``grace``
 seconds, then cancel the rest and put them back at the front of their queue, untouched.
@@ -22,44 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
-from django.conf import settings
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import parse_payload
-from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.suspension import is_suspended
-from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
-from apps.backends import health
-from apps.backends.selectors import backend_list_active, backend_names_active
 from apps.core import clients
-from apps.gateway import metrics, reconciler
+from apps.gateway import runs
 from apps.gateway.admission import COMPLETED_KEY
-from apps.gateway.queues import paused_queues
+from apps.gateway.chores import Chores
+from apps.gateway.intake import Intake, Popped, woken
+from apps.gateway.runs import Running
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP, CANCEL_TIMEOUT
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Running:
-    job: Job
-    queue: Queue
-    execution: Execution
-    task: asyncio.Task[Any] | None = None
-    started: float = field(default_factory=time.monotonic)
-    cancel_reason: str | None = None
 
 
 class GatewayWorker(BaseWorker):
@@ -86,19 +72,11 @@ class GatewayWorker(BaseWorker):
         self._stopping = False
         self._finished: list[tuple[Running, BaseException | None]] = []
         self.completed = 0
-        self._paused: set[str] = set()
         self._redis_warned = 0.0
-        # When housekeeping last did each of its chores (monotonic; gauges: wall second).
-        self._last_beat = self._last_maintenance = self._last_reconcile = 0.0
-        self._last_gauges = 0
-        self._gauge_backends: list[tuple[int, str]] = []
-        self._gauge_backends_at = float("-inf")
-        self._functions: dict[str, Callable[..., Any]] = {}
-        # The blocking pop runs in a thread and needs a connection of its own.
-        pool = self.connection.connection_pool
-        self._blocking_connection = self.connection.__class__(
-            connection_pool=pool.__class__(**pool.connection_kwargs)
-        )
+        self._last_beat = self._last_registered = 0.0  # monotonic
+        self._function = runs.Functions()
+        self.chores = Chores(self)
+        self.intake = Intake(self.queues, self.connection)
 
     # --- RQ plumbing ------------------------------------------------------------------
 
@@ -119,14 +97,6 @@ class GatewayWorker(BaseWorker):
         if now_ - self._redis_warned > 5:
             self._redis_warned = now_
             logger.warning("worker %s: Redis is not answering (%s); retrying", self.name, exc)
-
-    def _refresh_paused(self) -> None:
-        """Queues staff paused in the console (``apps.gateway.queues``): not taken from
-        until resumed; their jobs wait where they are."""
-        self._paused = paused_queues(self.connection)
-
-    def _open_queues(self) -> list[Queue]:
-        return [queue for queue in self.queues if queue.name not in self._paused]
 
     def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -163,7 +133,7 @@ class GatewayWorker(BaseWorker):
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._request_stop)
         housekeeping = asyncio.create_task(self._housekeeping())
-        checks = asyncio.create_task(self._health_checks())
+        checks = asyncio.create_task(self.chores.health_checks())
         try:
             await self._dispatch(burst)
             await self._drain()
@@ -183,7 +153,7 @@ class GatewayWorker(BaseWorker):
                 if time.monotonic() - suspended_checked > 1.0:
                     suspended_checked = time.monotonic()
                     suspended = bool(is_suspended(self.connection, self))
-                    self._refresh_paused()
+                    self.intake.refresh_paused()
                     self.set_state(
                         WorkerStatus.SUSPENDED
                         if suspended
@@ -204,68 +174,23 @@ class GatewayWorker(BaseWorker):
                 # are picked up fast without a blocking pop stalling the loop.
                 self._wake.clear()
                 if free > 0 and not suspended:
-                    first = await self._wait_for_jobs()
-                    if first is not None:
+                    first = await self.intake.wait(self._wake)
+                    if first is not None and self._stopping:
+                        self.intake.put_back(first)  # not ours to start any more
+                    elif first is not None:
                         await self._start_batch(free, first)
                 else:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                    await woken(self._wake, 1.0)
             except RedisError as exc:
                 # Redis restarting or unreachable: keep what is in flight, retry in a
                 # second (redis-py reconnects by itself), never die over it.
                 self._redis_trouble(exc)
                 await asyncio.sleep(1.0)
 
-    async def _wait_for_jobs(self) -> tuple[str, str] | None:
-        """Block (in a thread) until a job id appears in one of our queues, up to 1 s, and
-        pop it (BLPOP takes keys in order, so priority holds). Returns (queue key, job id)."""
-        assert self._wake is not None
-        keys = [queue.key for queue in self._open_queues()]
-        if not keys:  # every queue paused: wait as if none had a job
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
-            return None
-        waiter = asyncio.get_running_loop().run_in_executor(None, self._blocking_pop, keys)
-        wake: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
-        pending: set[asyncio.Future[Any]] = {waiter, wake}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        wake.cancel()
-        popped = await waiter  # at most 1 s more; a popped id is never left behind
-        if popped and self._stopping:
-            self.connection.lpush(popped[0], popped[1])  # not ours to start any more
-            return None
-        return popped
-
-    def _blocking_pop(self, keys: list[str]) -> tuple[str, str] | None:
-        popped = self._blocking_connection.blpop(keys, timeout=1)
-        if not popped:
-            return None
-        key, job_id = popped
-        return (
-            key.decode() if isinstance(key, bytes) else key,
-            job_id.decode() if isinstance(job_id, bytes) else job_id,
-        )
-
-    async def _start_batch(self, free: int, first: tuple[str, str] | None = None) -> int:
+    async def _start_batch(self, free: int, first: Popped | None = None) -> int:
         """Pop up to ``free`` jobs, queues in priority order, and start them together.
         ``first`` is a job the blocking wait already popped."""
-        popped: list[tuple[Queue, list[str]]] = []
-        if first is not None:
-            first_queue = next(q for q in self.queues if q.key == first[0])
-            popped.append((first_queue, [first[1]]))
-            free -= 1
-        for queue in self._open_queues():
-            if free <= 0:
-                break
-            ids: Any = self.connection.lpop(queue.key, free)
-            if ids:
-                decoded = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-                popped.append((queue, decoded))
-                free -= len(decoded)
+        popped = self.intake.take(free, first)
         if not popped:
             return 0
         all_ids = [job_id for _, ids in popped for job_id in ids]
@@ -278,11 +203,11 @@ class GatewayWorker(BaseWorker):
                     job = by_id.get(job_id)
                     if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
                         continue  # deleted or cancelled while queued
-                    execution = Execution.create(
-                        job, self.heartbeat_ttl, pipeline=pipe, worker_name=self.name
+                    batch.append(
+                        runs.start(
+                            job, queue, pipe=pipe, worker_name=self.name, ttl=self.heartbeat_ttl
+                        )
                     )
-                    job.prepare_for_execution(self.name, pipeline=pipe)
-                    batch.append(Running(job=job, queue=queue, execution=execution))
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             pipe.execute()
         for running in batch:
@@ -290,40 +215,18 @@ class GatewayWorker(BaseWorker):
             running.task = asyncio.create_task(self._run(running), name=running.job.id)
         return len(batch)
 
-    def _function(self, job: Job) -> Callable[..., Any]:
-        """The job's function, imported once per name: RQ's ``job.func`` imports it anew on
-        every access, probing sys.path each time (a tenth of the worker's time)."""
-        name = job.func_name
-        if job.instance is not None or name is None:
-            return job.func
-        function = self._functions.get(name)
-        if function is None:
-            function = self._functions[name] = import_attribute(name)
-        return function
-
     async def _run(self, running: Running) -> None:
         job = running.job
-        timeout = job.timeout if job.timeout and job.timeout > 0 else None
         timer = None
-        if timeout is not None:
+        if job.timeout and job.timeout > 0:
             timer = asyncio.get_running_loop().call_later(
-                timeout, self._cancel_job, job.id, CANCEL_TIMEOUT
+                job.timeout, self._cancel_job, job.id, CANCEL_TIMEOUT
             )
-        error: BaseException | None = None
         try:
-            result = self._function(job)(*job.args, **job.kwargs)
-            if isinstance(result, Awaitable):
-                result = await result
-            job._result = result
-        except asyncio.CancelledError as exc:
-            error = exc
-        except Exception as exc:
-            logger.exception("job %s raised", job.id)
-            error = exc
+            error = await runs.perform(running, self._function(job))
         finally:
             if timer is not None:
                 timer.cancel()
-        job.ended_at = now()
         self.running.pop(job.id, None)
         self._finished.append((running, error))
         if len(self._finished) >= 32:
@@ -346,35 +249,10 @@ class GatewayWorker(BaseWorker):
         requeue: list[Running] = []
         with self.connection.pipeline() as pipe:
             for running, error in finished:
-                job, execution = running.job, running.execution
-                execution.delete(job=job, pipeline=pipe)
-                # What RQ records about this run in the job's result either way.
-                run: dict[str, Any] = {
-                    "pipeline": pipe,
-                    "worker_name": self.name,
-                    "execution_id": execution.id,
-                    "execution_started_at": execution.created_at,
-                    "execution_ended_at": job.ended_at,
-                }
-                if error is None:
-                    result_ttl = job.get_result_ttl(self.default_result_ttl)
-                    job._handle_success(result_ttl, **run)
-                    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                    self.completed += 1
-                elif running.cancel_reason == CANCEL_REQUEUE:
+                if not runs.finish(running, error, pipe=pipe, worker=self):
                     requeue.append(running)
-                else:
-                    reason = running.cancel_reason
-                    if reason == CANCEL_STOP:
-                        job.set_status(JobStatus.STOPPED, pipeline=pipe)
-                        text = "Stopped: the request was cancelled."
-                    elif reason == CANCEL_TIMEOUT:
-                        job.set_status(JobStatus.FAILED, pipeline=pipe)
-                        text = f"Job exceeded its timeout ({job.timeout} s)."
-                    else:
-                        job.set_status(JobStatus.FAILED, pipeline=pipe)
-                        text = f"{type(error).__name__}: {error}"
-                    job._handle_failure(text, **run)
+                elif error is None:
+                    self.completed += 1
             if not self.running:
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             # Recent throughput, for queue-position estimates (apps.gateway.admission).
@@ -387,17 +265,18 @@ class GatewayWorker(BaseWorker):
             running.queue.enqueue_job(running.job, at_front=True)
 
     async def _housekeeping(self) -> None:
-        """Heartbeats for the worker and every job in flight; finished-job flushes;
-        RQ's maintenance (which re-enqueues the jobs of workers that died)."""
+        """Heartbeats for the worker and every job in flight; finished-job flushes; the
+        fleet's chores."""
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 0.5))
             try:
-                await self._housekeep()
+                self._flush_finished()
+                self._heartbeat()
+                await self.chores.run_due()
             except Exception as exc:  # Redis away, most likely: try again next round
                 self._redis_trouble(exc)
 
-    async def _housekeep(self) -> None:
-        self._flush_finished()
+    def _heartbeat(self) -> None:
         if time.monotonic() - self._last_beat >= self.heartbeat_interval:
             self._last_beat = time.monotonic()
             with self.connection.pipeline() as pipe:
@@ -405,60 +284,17 @@ class GatewayWorker(BaseWorker):
                 # For the console's workers page.
                 pipe.hset(
                     self.key,
-                    mapping={
-                        "barista_inflight": len(self.running),
-                        "barista_done": self.completed,
-                    },
+                    mapping={"barista_inflight": len(self.running), "barista_done": self.completed},
                 )
-                stamp = now()
-                for running in list(self.running.values()):
-                    running.execution.heartbeat(
-                        running.job.started_job_registry, self.heartbeat_ttl, pipeline=pipe
-                    )
-                    running.job.heartbeat(stamp, self.heartbeat_ttl, pipeline=pipe, xx=True)
+                runs.heartbeat(list(self.running.values()), pipe=pipe, ttl=self.heartbeat_ttl)
                 pipe.execute()
-        if int(time.time()) != self._last_gauges:  # once in every wall-clock second
-            self._last_gauges = int(time.time())
-            await self._record_gauges()
-        if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
-            self._last_maintenance = time.monotonic()
+        if time.monotonic() - self._last_registered >= self.maintenance_interval:
+            self._last_registered = time.monotonic()
             if not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
                 # Redis came back without our registration (a restart without
                 # persistence): register again, so the fleet and the console see us.
                 self.connection.delete(self.key)
                 self.register_birth()  # type: ignore[no-untyped-call]
-            await asyncio.get_running_loop().run_in_executor(None, self.clean_registries)
-        if time.monotonic() - self._last_reconcile >= settings.BARISTA_RECONCILE_INTERVAL:
-            self._last_reconcile = time.monotonic()
-            if reconciler.claim_turn(self.connection, self.name):
-                await database_sync_to_async(reconciler.reconcile)(self.connection)
-
-    async def _record_gauges(self) -> None:
-        """This second's queue depths, in-flight counts and workers, for the metrics store
-        (one worker of the fleet writes them; see ``apps.gateway.metrics``)."""
-        if not settings.BARISTA_METRICS_ENABLED:
-            return
-        try:
-            if time.monotonic() - self._gauge_backends_at > 10:
-                self._gauge_backends = await database_sync_to_async(backend_names_active)()
-                self._gauge_backends_at = time.monotonic()
-            metrics.record_gauges(self.connection, self._gauge_backends, self.name)
-        except Exception:  # metrics must never stop the worker
-            logger.warning("worker %s: could not record gauges", self.name, exc_info=True)
-
-    async def _health_checks(self) -> None:
-        """Active health checks of every backend, by one worker of the fleet at a time."""
-        interval = settings.BARISTA_HEALTH_INTERVAL
-        if interval <= 0:
-            return
-        while True:
-            try:
-                if await health.claim_turn(self.name, interval):
-                    backends = await database_sync_to_async(list)(backend_list_active())
-                    await health.check_all(clients.http(), backends)
-            except Exception:  # a failed round must not end the checks
-                logger.exception("worker %s: health checks failed", self.name)
-            await asyncio.sleep(interval)
 
     async def _drain(self) -> None:
         """Stop: let in-flight jobs finish for ``grace`` s, then requeue the rest."""
@@ -477,26 +313,3 @@ class GatewayWorker(BaseWorker):
         if leftover:
             await asyncio.wait(leftover)
         self._flush_finished()
-
-
-def run_worker(*, queue_names: list[str], name: str | None = None, burst: bool = False) -> None:
-    from django.db import connections
-
-    from apps.gateway.queues import queue
-
-    # One long-lived process doing all its database work on one thread: keep the
-    # connection instead of opening one per call (that was a third of the worker's time).
-    for alias in connections:
-        connections[alias].settings_dict["CONN_MAX_AGE"] = None
-    queues = [queue(queue_name) for queue_name in queue_names]
-    worker = GatewayWorker(
-        queues,
-        connection=queues[0].connection,
-        name=name or f"gateway-{os.uname().nodename}-{os.getpid()}",
-        concurrency=settings.BARISTA_WORKER_CONCURRENCY,
-        heartbeat_interval=settings.BARISTA_WORKER_HEARTBEAT,
-        heartbeat_ttl=settings.BARISTA_WORKER_HEARTBEAT_TTL,
-        grace=settings.BARISTA_WORKER_GRACE,
-        maintenance_interval=settings.BARISTA_WORKER_MAINTENANCE_INTERVAL,
-    )
-    worker.work(burst=burst)

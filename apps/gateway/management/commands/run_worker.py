@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import connections
 
-from apps.gateway.worker import run_worker
+from apps.gateway.queues import queue
+from apps.gateway.worker import GatewayWorker
 
 
 class Command(BaseCommand):
@@ -17,8 +20,19 @@ class Command(BaseCommand):
         parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        run_worker(
-            queue_names=options["queues"] or settings.BARISTA_QUEUES,
-            name=options["name"],
-            burst=options["burst"],
+        # One long-lived process doing all its database work on one thread: keep the
+        # connection instead of opening one per call (that was a third of the worker's time).
+        for alias in connections:
+            connections[alias].settings_dict["CONN_MAX_AGE"] = None
+        queues = [queue(name) for name in options["queues"] or settings.BARISTA_QUEUES]
+        worker = GatewayWorker(
+            queues,
+            connection=queues[0].connection,
+            name=options["name"] or f"gateway-{os.uname().nodename}-{os.getpid()}",
+            concurrency=settings.BARISTA_WORKER_CONCURRENCY,
+            heartbeat_interval=settings.BARISTA_WORKER_HEARTBEAT,
+            heartbeat_ttl=settings.BARISTA_WORKER_HEARTBEAT_TTL,
+            grace=settings.BARISTA_WORKER_GRACE,
+            maintenance_interval=settings.BARISTA_WORKER_MAINTENANCE_INTERVAL,
         )
+        worker.work(burst=options["burst"])
