@@ -22,8 +22,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         # One long-lived process doing all its database work on one thread: keep the
         # connection instead of opening one per call (that was a third of the worker's time).
+        # (No pool either: one thread needs one connection, not a pool of them.)
         for alias in connections:
             connections[alias].settings_dict["CONN_MAX_AGE"] = None
+            connections[alias].settings_dict.get("OPTIONS", {}).pop("pool", None)
         queues = [queue(name) for name in options["queues"] or settings.BARISTA_QUEUES]
         worker = GatewayWorker(
             queues,
