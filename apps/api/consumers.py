@@ -33,6 +33,7 @@ from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
 from apps.backends.selectors import alias_list
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
+from apps.gateway.cache import CachedAnswer
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.selectors import cached_answer
@@ -96,7 +97,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         # (404), and a stored answer, which is recorded and returned there and then.
         authorized = await database_sync_to_async(_authorize)(token, request, request_id, bypass)
         self.key, row, quota = authorized.key, authorized.hit, authorized.quota
-        model, messages, params, self.stream, include_usage = authorized.request
+        model, _, _, self.stream, include_usage = authorized.request
         self.completion = Completion(str(request_id), model, int(time.time()), include_usage)
         principal = Principal(self.key.owner_id, self.key.limits())
         self.subscription = Subscription(
@@ -110,19 +111,9 @@ class OpenAIConsumer(JsonHttpConsumer):
             # Not answered yet: listen for the answer before the job exists (no token
             # missed), then submit.
             await self.subscription.join(request_id)
-            try:
-                row = await database_sync_to_async(request_submit)(
-                    principal=principal,
-                    model=model,
-                    messages=messages,
-                    params=params,
-                    source=PromptRequest.Source.API,
-                    request_id=request_id,
-                    queue=settings.BARISTA_API_QUEUE,
-                    bypass_cache=bypass,
-                )
-            except Rejection as exc:
-                raise from_rejection(exc) from None
+            row = await database_sync_to_async(_submit)(
+                principal, authorized.request, request_id, bypass
+            )
             quota = principal.quota
         self.extra_headers += [
             *quota_headers(quota),
@@ -259,8 +250,20 @@ def _authorize(
     )
     if stored is None:
         return Authorized(key, request)
+    hit = _submit(principal, request, request_id, bypass, cached=stored)
+    return Authorized(key, request, hit, principal.quota)
+
+
+def _submit(
+    principal: Principal,
+    request: ChatRequest,
+    request_id: uuid.UUID,
+    bypass: bool,
+    cached: CachedAnswer | None = None,
+) -> PromptRequest:
+    model, messages, params, _, _ = request
     try:
-        hit = request_submit(
+        return request_submit(
             principal=principal,
             model=model,
             messages=messages,
@@ -269,8 +272,7 @@ def _authorize(
             request_id=request_id,
             queue=settings.BARISTA_API_QUEUE,
             bypass_cache=bypass,
-            cached=stored,
+            cached=cached,
         )
     except Rejection as exc:
         raise from_rejection(exc) from None
-    return Authorized(key, request, hit, principal.quota)

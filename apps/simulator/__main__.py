@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import uvicorn
 
@@ -60,22 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         help="require this bearer key on /v1/ routes (default: none); tests use it",
     )
     args = parser.parse_args(argv)
-    config = SimulatorConfig(
-        models=args.models or ["sim-model"],
-        ttft=args.ttft,
-        tps=args.tps,
-        tokens=args.tokens,
-        error_rate=args.error_rate,
-        hang_rate=args.hang_rate,
-        reset_rate=args.reset_rate,
-        garbage_rate=args.garbage_rate,
-        max_concurrency=args.max_concurrency,
-        max_running=args.max_running,
-        cut_after=args.cut_after,
-        fail_first=args.fail_first,
-        seed=args.seed,
-        api_key=args.api_key,
-    )
+    # Every option is the config field of the same name.
+    config = SimulatorConfig(models=args.models or ["sim-model"])
+    config.update({f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
     uvicorn.run(
         Simulator(config),
         host=args.host,
