@@ -6,7 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["api_overhead", "e2e_latency", "worker_capacity", "cache", "fleet", "metrics_cost"]
+BENCHMARKS = [
+    "api_overhead",
+    "e2e_latency",
+    "worker_capacity",
+    "cache",
+    "fleet",
+    "metrics_cost",
+    "streams",
+]
 
 
 def main() -> None:

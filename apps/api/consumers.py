@@ -251,6 +251,7 @@ def _authorize(
     if stored is None:
         return Authorized(key, request)
     hit = _submit(principal, request, request_id, bypass, cached=stored)
+    hit.backend  # noqa: B018 - loaded here, so the replay needs no second trip to this thread
     return Authorized(key, request, hit, principal.quota)
 
 

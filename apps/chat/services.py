@@ -97,6 +97,8 @@ def chat_prompt_submit(
         bypass_cache=bypass_cache,
     )
     Message.objects.create(conversation=conversation, content=content, request=request)
+    if request.status == PromptRequest.Status.DONE:
+        request.backend  # noqa: B018 - a hit is replayed at once: load what it names here
     return ChatPrompt(request=request, conversation=conversation)
 
 

@@ -121,7 +121,11 @@ class Subscription:
 
     async def replay(self, request: PromptRequest) -> None:
         """An answer from the cache, as the events of a live one."""
-        for event in await database_sync_to_async(delivery.replay_events)(request):
+        if request.backend_id is None or PromptRequest.backend.is_cached(request):
+            events = delivery.replay_events(request)  # nothing left to read from the database
+        else:
+            events = await database_sync_to_async(delivery.replay_events)(request)
+        for event in events:
             await self.deliver(event)
 
     # --- Stalls and catching up ----------------------------------------------------------
