@@ -193,6 +193,8 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
                     self.waiting.pop(request_id, None)
                     continue
                 eta = await database_sync_to_async(estimate_wait)(position)
+                if request_id not in self.waiting:
+                    continue  # it started, ended or was cancelled while we looked
                 if self.waiting.get(request_id) != (position, eta):
                     self.waiting[request_id] = (position, eta)
                     await self.send_json(
