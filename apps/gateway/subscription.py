@@ -6,8 +6,8 @@ request) — receive a request's progress the same way:
 1. **join** the request's channel group *before* the request is submitted, so no early
    frame is missed (the group is named by the request's unguessable id);
 2. **check the owner** of every event the channel layer brings: it must be this
-   subscriber's person and one of the requests it joined (DESIGN.md, decision 3) —
-   anything else is refused, counted and logged, never sent;
+   subscriber's person (DESIGN.md, decision 3) — anything else is refused, counted and
+   logged, never sent — and one of the requests it still listens to;
 3. **replay** an answer from the cache as the same events a live answer sends;
 4. **watch for stalls**: the channel layer is at-most-once, so a request that has sent
    nothing for ``BARISTA_DELIVERY_STALL`` seconds is looked up in the ledger and, if it
@@ -95,10 +95,14 @@ class Subscription:
 
     async def receive(self, event: Event) -> None:
         """An event from the channel layer: sent on only if it is this owner's, for a
-        request joined here."""
-        if event.get("owner") != self.owner_id or str(event.get("request")) not in self._joined:
+        request joined here. Another owner's event is refused and counted (it must never
+        happen); one for a request already left — a frame still in the channel after the
+        request ended here — is dropped quietly."""
+        if event.get("owner") != self.owner_id:
             recorder.refused_frame()
             logger.error("refused an event for request %s: owner mismatch", event.get("request"))
+            return
+        if str(event.get("request")) not in self._joined:
             return
         await self.deliver(event)
 
