@@ -20,9 +20,11 @@ and Redis commands per request (``INFO commandstats``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +45,9 @@ WARMUP = 10
 PG_URL = "postgres://postgres@127.0.0.1:5432/barista_bench"
 PG_REDIS_URL = "redis://127.0.0.1:6379/9"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# BENCH_BASELINE=/path/to/a/checkout measures that commit's Barista in the same rounds.
+BASELINE_TREE = Path(os.environ["BENCH_BASELINE"]) if os.environ.get("BENCH_BASELINE") else None
+BASELINE_NAME = os.environ.get("BENCH_BASELINE_NAME", "base")
 
 
 @dataclass
@@ -160,12 +165,12 @@ def measure(target: Target) -> Sample:
 # --- Setting up Barista -----------------------------------------------------------------
 
 
-def prepare(env: dict[str, str], simulator_url: str) -> str:
+def prepare(env: dict[str, str], simulator_url: str, tree: Path = BASE_DIR) -> str:
     """Migrate ``env``'s database, register the simulator, make an API key; returns it."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.api_overhead", "prepare", simulator_url],
         env=env,
-        cwd=BASE_DIR,
+        cwd=tree,
         capture_output=True,
         text=True,
         check=True,
@@ -216,13 +221,21 @@ def postgres_env(env: dict[str, str]) -> dict[str, str] | None:
     return {**env, "DATABASE_URL": PG_URL, "REDIS_URL": PG_REDIS_URL}
 
 
-def barista(running: Fleet, extra_env: dict[str, str], port: int, simulator_url: str) -> Target:
-    """Barista as ``make up`` runs it: one worker per core and daphne."""
-    from apps.gateway.localrun import wait_http, web_argv, worker_argv
+def barista(
+    running: Fleet,
+    extra_env: dict[str, str],
+    port: int,
+    simulator_url: str,
+    tree: Path = BASE_DIR,
+) -> Target:
+    """Barista as ``make up`` runs it: one worker per core and daphne — this checkout's,
+    or another commit's checked out in ``tree``."""
+    from apps.gateway.localrun import wait_http, web_argv
 
-    key = prepare({**running.env, **extra_env}, simulator_url)
-    workers = [running.spawn(worker_argv(), **extra_env) for _ in range(os.cpu_count() or 1)]
-    web = running.spawn(web_argv(port), **extra_env)
+    key = prepare({**running.env, **extra_env}, simulator_url, tree)
+    worker = [sys.executable, str(tree / "manage.py"), "run_worker"]
+    workers = [running.spawn(worker, cwd=tree, **extra_env) for _ in range(os.cpu_count() or 1)]
+    web = running.spawn(web_argv(port), cwd=tree, **extra_env)
     wait_http(f"http://127.0.0.1:{port}/healthz", process=web)
     redis_url = extra_env.get("REDIS_URL") or running.env["REDIS_URL"]
     redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
@@ -262,6 +275,23 @@ def main() -> None:
         ]
         miss = barista(running, {}, free_port(), simulator)
         targets += [miss, _as_hit(miss, "hit")]
+        if BASELINE_TREE is not None:
+            # Another commit's Barista, beside this one in the same rounds: its own
+            # Redis and database, so the two never take each other's jobs.
+            from apps.gateway.localrun import EmbeddedRedis
+
+            workdir = Path(tempfile.mkdtemp(prefix="barista-bench-base-"))
+            base_redis = EmbeddedRedis(port=free_port(), data_dir=workdir, persist=False)
+            base_redis.start()
+            atexit.register(base_redis.stop)
+            base_env = {
+                "REDIS_URL": base_redis.url,
+                "DATABASE_URL": f"sqlite:///{workdir / 'base.sqlite3'}",
+                "BARISTA_VAR_DIR": str(workdir),
+            }
+            base = barista(running, base_env, free_port(), simulator, BASELINE_TREE)
+            base.name = f"miss@{BASELINE_NAME}"
+            targets += [base, _as_hit(base, f"hit@{BASELINE_NAME}")]
         pg = postgres_env(env)
         if pg is not None:
             miss_pg = barista(
@@ -387,7 +417,27 @@ def write(samples: dict[str, list[Sample]]) -> None:
             ),
         ]
         goals += [f"| {goal} | {figure} | {_verdict(ok)} |" for goal, ok, figure in checks]
-    table = "\n".join(rows)
+    compared = []
+    for kind in ("miss", "hit"):
+        base = med.get(f"{kind}@{BASELINE_NAME}")
+        if base is not None:
+            now = med[kind]
+            compared.append(
+                f"| {kind} | {_ms(base['p50'])} → {_ms(now['p50'])} | "
+                f"{base['rps']:.0f} → {now['rps']:.0f} | "
+                f"{base['cpu_ms']:.1f} → {now['cpu_ms']:.1f} ms | "
+                f"{base['redis_commands']:.1f} → {now['redis_commands']:.1f} |"
+            )
+    if compared:
+        compared = [
+            "",
+            f"Against {BASELINE_NAME} (another commit's Barista, measured in the same rounds):",
+            "",
+            "| | p50, one client | req/s, 64 at once | CPU per request | Redis commands |",
+            "|---|---|---|---|---|",
+            *compared,
+        ]
+    table = "\n".join(rows + compared)
     goal_table = "\n".join(["| goal (issue 15) | measured, same run | |", "|---|---|---|", *goals])
     markdown = f"""## API overhead: Barista beside a direct call and a trivial Django view
 

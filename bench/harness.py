@@ -87,9 +87,11 @@ class Fleet:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, argv: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: list[str], cwd: Path = BASE_DIR, **extra_env: str
+    ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            argv, cwd=BASE_DIR, env={**self.env, **extra_env}, stdout=subprocess.DEVNULL
+            argv, cwd=cwd, env={**self.env, **extra_env}, stdout=subprocess.DEVNULL
         )
         self.processes.append(process)
         return process
