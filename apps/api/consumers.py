@@ -177,7 +177,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         assert completion is not None and key is not None
         document = completion.document(event)
         tokens = document["usage"]["total_tokens"]
-        if tokens:
+        if tokens and key.tokens_per_minute:  # counted only for a key with that limit
             await count_key_tokens(key.pk, tokens)
         if not self.stream:
             self.extra_headers.append((b"x-barista-cache", completion.cache_outcome.encode()))

@@ -105,33 +105,39 @@ def _admit(principal: Principal, model: str) -> None:
     reset = max(1, math.ceil((window + 1) * 60 - now))
     rate_key = RATE_KEY.format(user_id=principal.user_id, window=window)
     keys = queue_keys()
+    # Only the counters a limit needs: a key without a per-minute limit costs nothing here.
+    rpm = key.requests_per_minute if key is not None else None
+    tpm = key.tokens_per_minute if key is not None else None
     with connection().pipeline(transaction=False) as pipe:
         for queue_key in keys:
             pipe.llen(queue_key)
         pipe.incr(rate_key)
         pipe.expire(rate_key, 61)
-        if key is not None:
+        if key is not None and rpm:
             key_rate = KEY_RATE_KEY.format(key_id=key.id, window=window)
             pipe.incr(key_rate)
             pipe.expire(key_rate, 61)
+        if key is not None and tpm:
             pipe.get(KEY_TOKENS_KEY.format(key_id=key.id, window=window))
-        replies = pipe.execute()
-    queued, rate = sum(replies[: len(keys)]), replies[len(keys)]
-    if key is not None and key.requests_per_minute:
-        used = int(replies[len(keys) + 2])
-        limit = key.requests_per_minute
-        principal.quota = Quota(limit=limit, remaining=max(0, limit - used), reset=reset)
-        if used > limit:
+        replies = iter(pipe.execute())
+    queued = sum(next(replies) for _ in keys)
+    rate = next(replies)
+    next(replies)  # EXPIRE
+    if rpm:
+        used = int(next(replies))
+        next(replies)  # EXPIRE
+        principal.quota = Quota(limit=rpm, remaining=max(0, rpm - used), reset=reset)
+        if used > rpm:
             raise Rejection(
-                f"This key's limit is {limit} requests per minute.",
+                f"This key's limit is {rpm} requests per minute.",
                 "rate_limit_exceeded",
                 reset,
                 principal.quota,
             )
-    if key is not None and key.tokens_per_minute:
-        if int(replies[len(keys) + 4] or 0) >= key.tokens_per_minute:
+    if tpm:
+        if int(next(replies) or 0) >= tpm:
             raise Rejection(
-                f"This key's limit is {key.tokens_per_minute} tokens per minute.",
+                f"This key's limit is {tpm} tokens per minute.",
                 "rate_limit_exceeded",
                 reset,
             )

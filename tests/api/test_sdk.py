@@ -120,3 +120,22 @@ def test_errors_raise_the_sdks_matching_exceptions(api, alice):
         )
     assert failed.value.status_code == 502
     assert failed.value.body["type"] == "api_error"
+
+
+def test_a_key_past_its_tokens_per_minute_waits_for_the_next_minute(api, alice):
+    _, thrifty = api_key_create(owner=alice, name="thrifty", tokens_per_minute=20)
+    sdk = openai.OpenAI(base_url=api.url, api_key=thrifty, max_retries=0)
+    first = sdk.chat.completions.create(
+        model="sim-chat", messages=[{"role": "user", "content": "spend my tokens"}]
+    )
+    assert first.usage.total_tokens > 20  # the answer itself went over the minute's budget
+    with pytest.raises(openai.RateLimitError) as refused:
+        sdk.chat.completions.create(
+            model="sim-chat", messages=[{"role": "user", "content": "and some more"}]
+        )
+    assert "20 tokens per minute" in refused.value.body["message"]
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    # The main key, without that limit, is not held back by it.
+    client(api).chat.completions.create(
+        model="sim-chat", messages=[{"role": "user", "content": "and some more"}]
+    )
