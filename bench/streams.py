@@ -53,6 +53,7 @@ async def one_stream(ws_url: str, cookie: str, origin: str, index: int) -> dict[
                 break
         return {
             "ok": frame["type"] == "done",
+            "error": f"{frame['type']}: {frame.get('error') or frame.get('code') or ''}",
             "first": arrivals[0] - started if arrivals else None,
             "gaps": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)],
         }
