@@ -134,8 +134,13 @@ class Recorder:
                         _increment(pipe, key, field, amount)
                     pipe.expire(key, KEEP_SECONDS)
                 pipe.execute()
-        except Exception:  # metrics must never break the request path
-            logger.warning("could not write metrics; %d counts dropped", len(total))
+        except Exception as exc:  # metrics must never break the request path
+            logger.warning(
+                "could not write metrics (%s: %s); %d counts dropped",
+                type(exc).__name__,
+                exc,
+                len(total),
+            )
 
     def _start(self) -> None:
         with self._lock:
