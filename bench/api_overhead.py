@@ -250,22 +250,14 @@ def barista(
 
 
 def main() -> None:
-    from apps.gateway.localrun import free_port
+    from apps.gateway.localrun import free_port, web_argv
 
     env = setup_django()
     with fleet(env) as running:
         simulator = running.simulator(free_port(), "--ttft", "0", "--tps", "0", "--tokens", "20")
+        port = free_port()
         trivial = running.spawn(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port := free_port()),
-                "bench.trivial.asgi:application",
-            ],
+            web_argv(port, app="bench.trivial.asgi:application"),
             DJANGO_SETTINGS_MODULE="bench.trivial.settings",
         )
         simulator_pid = running.processes[0].pid

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -34,28 +35,30 @@ def test_the_code_as_it_is_keeps_every_layer():
     assert "0 broken" in checked.stdout
 
 
-def test_the_gateway_importing_chat_lazily_breaks_the_layers(tmp_path):
+@pytest.mark.parametrize(
+    ("module", "added", "broken"),
+    [
+        (  # the gateway reaching up into a door, lazily, inside a function
+            "apps/gateway/services.py",
+            "\n\ndef upward() -> None:\n    from apps.chat import models  # noqa\n",
+            "apps.gateway is not allowed to import apps.chat",
+        ),
+        (
+            "apps/backends/balancer.py",
+            "\nfrom apps.gateway import queues  # noqa\n",
+            "apps.backends is not allowed to import apps.gateway",
+        ),
+        (  # queues is imported by services: importing it back makes a cycle
+            "apps/gateway/queues.py",
+            "\nfrom apps.gateway import services  # noqa\n",
+            "No cycles are allowed in apps.gateway",
+        ),
+    ],
+)
+def test_an_upward_import_or_a_cycle_fails_the_check(tmp_path, module, added, broken):
     root = copy_of_the_code(tmp_path)
-    with (root / "apps/gateway/services.py").open("a") as module:
-        module.write("\n\ndef upward() -> None:\n    from apps.chat import models  # noqa\n")
+    with (root / module).open("a") as source:
+        source.write(added)
     checked = lint_imports(root)
     assert checked.returncode != 0
-    assert "apps.gateway is not allowed to import apps.chat" in checked.stdout
-
-
-def test_backends_importing_the_gateway_breaks_the_layers(tmp_path):
-    root = copy_of_the_code(tmp_path)
-    with (root / "apps/backends/balancer.py").open("a") as module:
-        module.write("\nfrom apps.gateway import queues  # noqa\n")
-    checked = lint_imports(root)
-    assert checked.returncode != 0
-    assert "apps.backends is not allowed to import apps.gateway" in checked.stdout
-
-
-def test_a_cycle_inside_an_app_breaks_the_check(tmp_path):
-    root = copy_of_the_code(tmp_path)
-    with (root / "apps/gateway/queues.py").open("a") as module:
-        module.write("\nfrom apps.gateway import services  # noqa\n")
-    checked = lint_imports(root)
-    assert checked.returncode != 0
-    assert "No cycles are allowed in apps.gateway" in checked.stdout
+    assert broken in checked.stdout

@@ -118,7 +118,7 @@ class EmbeddedRedis:
         self.process = None
 
 
-def web_argv(port: int) -> list[str]:
+def web_argv(port: int, app: str = "project.asgi:application") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -128,7 +128,7 @@ def web_argv(port: int) -> list[str]:
         "-p",
         str(port),
         "--proxy-headers",
-        "project.asgi:application",
+        app,
     ]
 
 
