@@ -44,6 +44,13 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
         if conversation and conversation.model
         else (up[0] if up else (str(models[0]["alias"]) if models else ""))
     )
+    # The health dot's label as the page's script would set it, so it is right before
+    # the script runs too (and never a bare "Model status" beside the model picker).
+    health = next((m for m in models if m["alias"] == selected), None)
+    if health is None:
+        health_label = "No model"
+    else:
+        health_label = f"{selected} is answering" if health["up"] else str(health["reason"])
     search = request.GET.get("q", "")[:200]
     return render(
         request,
@@ -56,6 +63,7 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
             "pending": pending,
             "models": models,
             "selected_model": selected,
+            "health_label": health_label,
             "params": conversation.params if conversation else {},
             "max_tokens_limit": settings.BARISTA_API_MAX_TOKENS,
         },
