@@ -3,7 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from redis.exceptions import RedisError
 
+from apps.backends import live
 from apps.backends.models import Backend
 
 
@@ -41,10 +43,6 @@ def backend_names_active() -> list[tuple[int, str]]:
 def alias_health(connection: Any) -> list[dict[str, object]]:
     """Each public alias with whether any of its enabled backends can answer now, and
     if none can, why — for the chat page's model picker. Redis unreachable: all unknown."""
-    from redis.exceptions import RedisError
-
-    from apps.backends import live
-
     backends = list(backend_list_enabled().only("pk", "alias", "simulated", "name"))
     try:
         states = live.snapshot_sync(connection, [b.pk for b in backends])

@@ -27,6 +27,8 @@ from django.conf import settings
 from django.core.cache import cache
 from redis import Redis
 
+from apps.gateway.queues import connection
+
 # Parameters that do not change the answer: left out of the key.
 IGNORED_PARAMS = frozenset(
     {"stream", "stream_options", "user", "metadata", "store", "service_tier"}
@@ -138,8 +140,6 @@ def count(connection: Redis, outcome: str, saved: CachedAnswer | None = None) ->
 
 def add_saved(saved: CachedAnswer, times: int) -> None:
     """``times`` followers were answered without a backend call of their own."""
-    from apps.gateway.queues import connection
-
     tokens = (saved.prompt_tokens or 0) + (saved.completion_tokens or 0)
     with connection().pipeline(transaction=False) as pipe:
         pipe.hincrby(COUNTERS_KEY, "tokens_saved", tokens * times)

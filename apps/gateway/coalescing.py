@@ -24,6 +24,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.core.scripts import LuaScript
+from apps.gateway.cache import redis_key
 
 INFLIGHT = "barista:inflight:"
 FOLLOWERS = "barista:followers:"
@@ -83,8 +84,6 @@ def _text(value: Any) -> str:
 def join(connection: Any, *, cache_key: str, request_id: str) -> str | None:
     """Follow the request in flight for this key (returns its id); or ``CACHED`` when its
     answer was stored meanwhile; or lead (None)."""
-    from apps.gateway.cache import redis_key
-
     leader = _JOIN(
         connection,
         [INFLIGHT + cache_key, redis_key(cache_key)],
@@ -118,8 +117,6 @@ async def close(
 ) -> list[str]:
     """Store the answer (if given), then let no one join; returns the followers to answer
     with the leader."""
-    from apps.gateway.cache import redis_key
-
     reply = await _CLOSE.run(
         connection,
         [INFLIGHT + cache_key, FOLLOWERS + leader_id, redis_key(cache_key)],

@@ -28,6 +28,9 @@ from rq import Queue
 from rq.job import Job
 from rq.worker_registration import REDIS_WORKER_KEYS
 
+from apps.backends import live
+from apps.gateway.queues import connection
+
 logger = logging.getLogger(__name__)
 
 TOTAL_KEY = "barista:metrics:total"
@@ -122,8 +125,6 @@ class Recorder:
             seconds, self._seconds = self._seconds, {}
         if not total:
             return
-        from apps.gateway.queues import connection
-
         try:
             with connection().pipeline(transaction=False) as pipe:
                 for field, amount in total.items():
@@ -171,8 +172,6 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
     flight per backend, workers alive — into the second's hash. One process of the fleet
     does it per second (the gauges are the same whoever reads them): see
     ``apps.gateway.chores``. Four round trips."""
-    from apps.backends import live
-
     names = settings.BARISTA_QUEUES
     with connection.pipeline(transaction=False) as pipe:
         for name in names:

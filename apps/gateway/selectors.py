@@ -6,9 +6,10 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db.models import Count, Q, Sum
 
-from apps.gateway.admission import Principal
+from apps.gateway.admission import Principal, queue_keys
 from apps.gateway.cache import CachedAnswer, cache_key, lookup
 from apps.gateway.models import PromptRequest
+from apps.gateway.queues import connection
 
 
 def is_request_id(value: object) -> bool:
@@ -34,9 +35,6 @@ def request_get_owned(*, user: User, request_id: str | uuid.UUID) -> PromptReque
 def queue_position(*, request_id: str) -> int | None:
     """1-based place in line across all queues in priority order, or None when the prompt
     is no longer waiting. Costs two Redis commands per queue, in one round trip."""
-    from apps.gateway.admission import queue_keys
-    from apps.gateway.queues import connection
-
     keys = queue_keys()
     with connection().pipeline(transaction=False) as pipe:
         for key in keys:
