@@ -211,11 +211,19 @@ def start_web(processes: Processes) -> Callable[..., str]:
     return start
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    describe: Callable[[], object] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it is true; on timeout, fail with ``describe()`` (the state
+    that explains why) in the message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    state = f": {describe()}" if describe else ""
+    raise AssertionError(f"condition not met within {timeout} s{state}")

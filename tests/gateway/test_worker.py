@@ -53,6 +53,19 @@ def statuses():
     }
 
 
+def state(sim=None):
+    """What a stuck recovery looks like: ledger statuses, RQ's registries, the backend."""
+    found = {
+        "ledger": statuses(),
+        "queued": queue().count,
+        "started": StartedJobRegistry(queue=queue()).count,
+        "failed": FailedJobRegistry(queue=queue()).count,
+    }
+    if sim is not None:
+        found["simulator"] = sim.stats()
+    return found
+
+
 def all_done(count):
     return lambda: PromptRequest.objects.filter(status="done").count() == count
 
@@ -81,14 +94,14 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(
     sim.register(alias="sim-chat")
     ids = submit(alice, 200, word="kiwi")
     doomed = start_worker(**FAST_RECOVERY)
-    wait_for(lambda: sim.stats()["in_flight"] == 200, timeout=30)
+    wait_for(lambda: sim.stats()["in_flight"] == 200, timeout=30, describe=lambda: state(sim))
     time.sleep(1.0)  # past the first token: all 200 are mid-stream
     assert sim.stats()["completed_total"] == 0
     start_worker(**FAST_RECOVERY)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
 
-    wait_for(all_done(200), timeout=90, interval=0.2)
+    wait_for(all_done(200), timeout=90, interval=0.2, describe=lambda: state(sim))
     assert statuses()["done"] == 200
     for request in PromptRequest.objects.all():
         index = request.messages[-1]["content"]
