@@ -158,8 +158,10 @@ class Recorder:
 
 
 def _increment(pipe: object, key: str, field: str, amount: float) -> None:
-    if float(amount).is_integer():
-        pipe.hincrby(key, field, int(amount))  # type: ignore[attr-defined]
+    # By type, not by value: a sum of seconds that happens to be 0.0 this time must not
+    # go through HINCRBY, which Redis refuses once the field holds "0.25".
+    if isinstance(amount, int):
+        pipe.hincrby(key, field, amount)  # type: ignore[attr-defined]
     else:
         pipe.hincrbyfloat(key, field, amount)  # type: ignore[attr-defined]
 

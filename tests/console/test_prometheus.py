@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
-from apps.gateway.metrics import recorder
+from apps.gateway.metrics import TOTAL_KEY, connection, recorder
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
 
@@ -80,3 +80,16 @@ def test_counts_from_every_process_in_prometheus_format(
     assert counted("barista_workers") == 1
     assert counted("barista_queue_depth", queue="interactive") == 0
     assert counted("barista_inflight", backend="sim-one") == 0
+
+
+def test_a_sum_of_seconds_that_is_zero_this_time_is_still_added(caplog):
+    # A cache hit adds 0.0 s to the latency sum: the integer HINCRBY Redis refuses once
+    # the field holds "0.25" — and the whole flush used to be reported as dropped.
+    recorder.request(outcome="done", model="m", latency=0.25)
+    recorder.flush()
+    recorder.request(outcome="hit", model="m", latency=0.0)
+    recorder.flush()
+    assert "could not write metrics" not in caplog.text
+    total = connection().hgetall(TOTAL_KEY)
+    assert float(total[b"lat_sum"]) == pytest.approx(0.25)
+    assert int(total[b"req|hit|m"]) == 1
