@@ -149,27 +149,25 @@ CACHES = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: a frame is one PUBLISH, and each web process reads every frame
+        # for its sockets from one subscribed connection. The list-based layer cost about
+        # nine Redis commands per frame (a sorted set per channel, a Lua send, a blocking
+        # pop and its clean-up) and half of all Redis commands per prompt (docs/perf/).
+        # Both are at-most-once; Barista never relies on a frame arriving (DESIGN.md, 2).
+        "BACKEND": "apps.core.channel_layer.PubSubChannelLayer",
         "CONFIG": {
-            # channels-redis with redis-py 8 caps its pool at 100 connections by default and
-            # the 101st concurrent socket then fails; a channel's default capacity of 100
-            # messages drops the rest silently. Both are sized on purpose (DESIGN.md, 8).
             "hosts": [
                 {
                     "address": REDIS_URL,
                     "max_connections": envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1),
-                    # redis-py 8 reads with a 5 s socket timeout by default, and
-                    # channels-redis blocks 5 s in BZPOPMIN waiting for a message: every
-                    # idle consumer was torn down after about 5 s (channels_redis#422).
-                    # Longer than the block, so a dead Redis is still noticed.
+                    # Longer than the reader's 0.1 s poll, so a dead Redis is still noticed.
                     "socket_timeout": 15,
-                    # A connection broken by a Redis restart fails once, then reconnects.
+                    # A connection broken by a Redis restart fails once, then reconnects
+                    # (and the subscriber subscribes again to what it listened to).
                     "retry": AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
                     "retry_on_error": [RedisConnectionError, RedisTimeoutError],
                 }
             ],
-            "capacity": envint("BARISTA_CHANNEL_CAPACITY", 1000, minimum=1),
-            "expiry": 60,
             "prefix": "barista:asgi",
         },
     }

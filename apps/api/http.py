@@ -110,6 +110,19 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
                 await self.error(REDIS_UNAVAILABLE)
             except Exception:  # the client is gone too: nothing left to tell
                 logger.info("API request: the client left as well")
+        finally:
+            if self._channel_open.is_set():
+                await self._close_channel()
+
+    async def _close_channel(self) -> None:
+        """The channel's subscription ends with the request (see apps.core.channel_layer)."""
+        delete = getattr(self.channel_layer, "delete_channel", None)
+        if delete is None:  # a layer whose channels need no closing
+            return
+        try:
+            await delete(self.channel_name)
+        except RedisError:
+            pass  # Redis away: the subscription went with the connection
 
     async def open_channel(self) -> str:
         """This request's channel on the channel layer, opened on first use."""
