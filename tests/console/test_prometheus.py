@@ -9,8 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
-from apps.gateway.metrics import TOTAL_KEY, connection, recorder
+from apps.gateway.metrics import TOTAL_KEY, recorder
 from apps.gateway.models import PromptRequest
+from apps.gateway.queues import connection
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
