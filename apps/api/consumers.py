@@ -31,7 +31,7 @@ from apps.api.http import JsonHttpConsumer
 from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
-from apps.backends.selectors import alias_list
+from apps.backends.enabled import enabled_backends
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
 from apps.gateway.cache import CachedAnswer
 from apps.gateway.models import PromptRequest
@@ -112,7 +112,7 @@ class OpenAIConsumer(JsonHttpConsumer):
             # missed), then submit.
             await self.subscription.join(request_id)
             row = await database_sync_to_async(_submit)(
-                principal, authorized.request, request_id, bypass
+                principal, authorized.request, request_id, bypass, None
             )
             quota = principal.quota
         self.extra_headers += [
@@ -194,13 +194,10 @@ def _model_object(alias: str) -> dict[str, Any]:
 
 
 def _aliases(key: ApiKey | None) -> list[str]:
-    """Aliases with an enabled backend (that this key may use)."""
+    """Aliases with an enabled backend (that this key may use), from the per-process
+    list the workers use too: no query per request."""
     limits = key.limits() if key is not None else None
-    return [
-        str(entry["alias"])
-        for entry in alias_list()
-        if limits is None or limits.allows(str(entry["alias"]))
-    ]
+    return [alias for alias in enabled_backends.aliases() if limits is None or limits.allows(alias)]
 
 
 def _chat_request(raw: bytes) -> ChatRequest:
@@ -260,8 +257,9 @@ def _submit(
     request: ChatRequest,
     request_id: uuid.UUID,
     bypass: bool,
-    cached: CachedAnswer | None = None,
+    cached: CachedAnswer | None,
 ) -> PromptRequest:
+    """Submit, after ``_authorize`` looked the answer up (``cached``: what it found)."""
     model, messages, params, _, _ = request
     try:
         return request_submit(
@@ -274,6 +272,7 @@ def _submit(
             queue=settings.BARISTA_API_QUEUE,
             bypass_cache=bypass,
             cached=cached,
+            looked_up=True,
         )
     except Rejection as exc:
         raise from_rejection(exc) from None

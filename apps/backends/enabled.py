@@ -3,7 +3,9 @@ Backend table that expires after ``ttl`` seconds.
 
 Reading the Backend table for every prompt cost a database round trip per prompt; rows
 change rarely. Each process keeps them for ``ttl`` seconds, so an edit (disable, weight)
-reaches every worker within about a second, without restarts.
+reaches every worker and web process within about a second, without restarts — and the
+process that saved it at once (``apps.backends.apps``). Workers pick backends from it;
+the API checks a request's model against it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ class EnabledBackends:
         if self.stale:
             await database_sync_to_async(self.load)()
         return self._by_alias.get(alias, [])
+
+    def aliases(self) -> list[str]:
+        """The aliases that have an enabled backend, sorted (call from a thread that may
+        reach the database: it reloads when stale)."""
+        if self.stale:
+            self.load()
+        return sorted(self._by_alias)
+
+    def expire(self) -> None:
+        """Reload on next use: a backend changed in this process (other processes see
+        the change within ``ttl``)."""
+        self._loaded_at = float("-inf")
 
 
 enabled_backends = EnabledBackends()

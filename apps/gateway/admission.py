@@ -87,16 +87,17 @@ def queue_keys() -> list[str]:
     return [q.key for q in queues()]
 
 
-def admit(principal: Principal, *, model: str) -> None:
-    """Raise ``Rejection`` if this prompt may not be queued now."""
+def admit(principal: Principal, *, model: str, queues: bool = True) -> None:
+    """Raise ``Rejection`` if this prompt may not be queued now. ``queues`` False: it
+    will not wait in a queue (a stored answer), so the global bound does not apply."""
     try:
-        _admit(principal, model)
+        _admit(principal, model, queues)
     except Rejection:
         recorder.request(outcome="rejected", model=model)
         raise
 
 
-def _admit(principal: Principal, model: str) -> None:
+def _admit(principal: Principal, model: str, queues: bool = True) -> None:
     key = principal.key
     if key is not None and not key.allows(model):
         raise Rejection(f"This API key may not use the model {model!r}.", "model_not_allowed", 0)
@@ -104,7 +105,7 @@ def _admit(principal: Principal, model: str) -> None:
     window = int(now // 60)
     reset = max(1, math.ceil((window + 1) * 60 - now))
     rate_key = RATE_KEY.format(user_id=principal.user_id, window=window)
-    keys = queue_keys()
+    keys = queue_keys() if queues else []
     # Only the counters a limit needs: a key without a per-minute limit costs nothing here.
     rpm = key.requests_per_minute if key is not None else None
     tpm = key.tokens_per_minute if key is not None else None

@@ -33,6 +33,7 @@ def request_submit(
     queue: str | None = None,
     bypass_cache: bool = False,
     cached: cache.CachedAnswer | None = None,
+    looked_up: bool = False,
 ) -> PromptRequest:
     """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
 
@@ -45,9 +46,10 @@ def request_submit(
     Enqueueing after commit means a worker never sees a job whose row it cannot load,
     and a rolled-back submission leaves no job behind. ``cached`` is the answer the caller
     already found for this very request (``selectors.cached_answer``), so a hit is not
-    looked up twice — nor turned into a miss by an answer expiring in between.
+    looked up twice — nor turned into a miss by an answer expiring in between; with
+    ``looked_up`` and no ``cached``, the caller found none (an answer stored since is
+    still found: joining the in-flight set checks for it).
     """
-    admit(principal, model=model)
     params = params or {}
     key = cache.cache_key(
         alias=model,
@@ -56,7 +58,9 @@ def request_submit(
         owner_id=principal.user_id,
         bypass=bypass_cache,
     )
-    hit = cached or (cache.lookup(key) if key else None)
+    hit = cached if cached is not None or looked_up or not key else cache.lookup(key)
+    # A hit queues nothing: only the limits on the person and the key apply to it.
+    admit(principal, model=model, queues=hit is None)
     fields: dict[str, Any] = {
         "id": request_id or uuid.uuid4(),
         "owner_id": principal.user_id,

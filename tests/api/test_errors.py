@@ -164,8 +164,11 @@ def test_backend_trouble_is_502_and_unavailable_is_503(api):
     from apps.backends.models import Backend
 
     Backend.objects.update(state="draining")  # nothing takes new prompts…
-    error = error_of(post(api, {**HELLO, "messages": [{"role": "user", "content": "b"}]}), 404)
-    assert error["code"] == "model_not_found"  # …so the alias is not served at all
+    # …so, once the web process has reloaded its list (within a second), the alias is
+    # not served at all.
+    question = {**HELLO, "messages": [{"role": "user", "content": "b"}]}
+    refused = wait_for(lambda: (r := post(api, question)).status_code == 404 and r, timeout=5)
+    assert error_of(refused, 404)["code"] == "model_not_found"
 
 
 def test_the_cache_header_and_no_cache(api):
