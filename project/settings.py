@@ -243,20 +243,23 @@ BARISTA_WORKER_HEARTBEAT_TTL = envint("BARISTA_WORKER_HEARTBEAT_TTL", 20, minimu
 BARISTA_WORKER_MAINTENANCE_INTERVAL = envint("BARISTA_WORKER_MAINTENANCE_INTERVAL", 10, minimum=1)
 BARISTA_WORKER_GRACE = envfloat("BARISTA_WORKER_GRACE", 30.0, minimum=0.0)
 # Admission: past these a prompt is refused with a retry time (chat: "busy, try again in
-# N s"; API: 429 + Retry-After). See apps/gateway/admission.py.
+# N s"; API: 429 + Retry-After). See apps/gateway/admission.py. A burst is queued, not
+# refused: people take turns in the queue (apps/gateway/fairness.py), so the limits on one
+# person are off (0) unless staff set them.
 BARISTA_MAX_QUEUED = envint("BARISTA_MAX_QUEUED", 10_000, minimum=1)
-BARISTA_USER_RATE_PER_MINUTE = envint("BARISTA_USER_RATE_PER_MINUTE", 60, minimum=1)
-BARISTA_USER_MAX_PENDING = envint("BARISTA_USER_MAX_PENDING", 20, minimum=1)
+BARISTA_USER_RATE_PER_MINUTE = envint("BARISTA_USER_RATE_PER_MINUTE", 0, minimum=0)
+BARISTA_USER_MAX_PENDING = envint("BARISTA_USER_MAX_PENDING", 0, minimum=0)
 # Seconds without a frame for an answer in flight before a chat socket checks the ledger and,
 # if the answer has ended, sends its final frame from there (frames lost on the way).
 BARISTA_DELIVERY_STALL = envfloat("BARISTA_DELIVERY_STALL", 5.0, minimum=0.5)
 # How often a waiting person's place in line is refreshed (seconds).
 BARISTA_QUEUE_POSITION_INTERVAL = envfloat("BARISTA_QUEUE_POSITION_INTERVAL", 1.0, minimum=0.1)
-# Times a prompt is re-run after its worker died mid-answer.
+# Times a prompt is re-run after its worker died mid-answer: it is started at most 1 +
+# this many times, counted in the ledger (PromptRequest.attempts).
 BARISTA_JOB_RETRIES = envint("BARISTA_JOB_RETRIES", 3, minimum=0)
 # The reconciler (apps/gateway/reconciler.py): every INTERVAL s one worker re-queues
-# prompts waiting longer than AFTER s whose job Redis lost, and fails running ones lost
-# past their timeout.
+# prompts waiting or running for more than AFTER s that Redis lost track of or no worker
+# is answering.
 BARISTA_RECONCILE_INTERVAL = envint("BARISTA_RECONCILE_INTERVAL", 10, minimum=1)
 BARISTA_RECONCILE_AFTER = envint("BARISTA_RECONCILE_AFTER", 30, minimum=1)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
@@ -281,6 +284,9 @@ BARISTA_CIRCUIT_MIN_CALLS = envint("BARISTA_CIRCUIT_MIN_CALLS", 10, minimum=1)
 BARISTA_CIRCUIT_FAILURE_RATE = envfloat("BARISTA_CIRCUIT_FAILURE_RATE", 0.5, minimum=0.0)
 BARISTA_CIRCUIT_COOLDOWN = envfloat("BARISTA_CIRCUIT_COOLDOWN", 5.0, minimum=0.1)
 BARISTA_CIRCUIT_COOLDOWN_MAX = envfloat("BARISTA_CIRCUIT_COOLDOWN_MAX", 120.0, minimum=0.1)
+# Seconds a prompt waits for a backend of its model to come back when all are down (their
+# circuits open, or unreachable) before it fails; they are probed every second meanwhile.
+BARISTA_BACKEND_RETURN_WAIT = envfloat("BARISTA_BACKEND_RETURN_WAIT", 60.0, minimum=0.0)
 # Retries before the first token, on another backend: at most this many attempts in all.
 BARISTA_BACKEND_ATTEMPTS = envint("BARISTA_BACKEND_ATTEMPTS", 3, minimum=1)
 # Retries under way at once per worker: a fifth of the prompts in flight, at least this.

@@ -20,6 +20,8 @@ from django.db import connection
 from django.test import Client
 
 from apps.backends.models import Backend
+from apps.gateway import fairness
+from apps.gateway import queues as rq_queues
 from apps.gateway.localrun import (
     free_port,
     simulator_argv,
@@ -61,6 +63,11 @@ def bob(db: None) -> User:
 
 
 @pytest.fixture
+def carol(db: None) -> User:
+    return make_user("carol")
+
+
+@pytest.fixture
 def staff(db: None) -> User:
     return make_user("sam", staff=True)
 
@@ -78,10 +85,15 @@ def chat_backend(db: None) -> Backend:
     )
 
 
+def queued_jobs() -> int:
+    """Jobs waiting in every queue, both lanes (apps.gateway.fairness)."""
+    return sum(fairness.depths(rq_queues.connection(), rq_queues.queues()))
+
+
 @pytest.fixture
 def lifted_limits(settings: Any) -> None:
-    """For tests that send hundreds of prompts as one person: admission's per-person cap
-    and rate (tested in tests/gateway/test_admission.py) would refuse them."""
+    """For tests that send hundreds of prompts as one person, whatever limits on a person
+    the environment sets (off by default; tested in tests/gateway/test_admission.py)."""
     settings.BARISTA_USER_MAX_PENDING = 10_000
     settings.BARISTA_USER_RATE_PER_MINUTE = 10_000
 

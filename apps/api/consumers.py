@@ -136,6 +136,10 @@ class OpenAIConsumer(JsonHttpConsumer):
         if self.subscription is not None:
             await self.subscription.close()
 
+    def waits_through_redis_outages(self) -> bool:
+        # Accepted and waiting for its answer: the answer comes after the outage.
+        return self.subscription is not None and self.subscription.expecting
+
     # --- Events from the worker, as OpenAI's wire format --------------------------------
 
     async def request_event(self, event: dict[str, Any]) -> None:

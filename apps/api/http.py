@@ -95,7 +95,8 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
 
         Redis going away while a request waits for its answer (the channel layer's
         receive fails) ends that request with a clear 503 — or, mid-stream, an error event
-        — instead of a dropped connection. The ledger still holds the prompt."""
+        — instead of a dropped connection, unless the door keeps it waiting
+        (``waits_through_redis_outages``)."""
         self.scope = scope
         self.channel_layer = get_channel_layer()
         self.base_send = send
@@ -133,8 +134,21 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
 
     async def _channel_receive(self) -> dict[str, Any]:
         await self._channel_open.wait()
-        message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
-        return message
+        while True:
+            try:
+                message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+                return message
+            except RedisError:
+                if not self.waits_through_redis_outages():
+                    raise
+            # An accepted request outlives a Redis outage: the ledger still holds it, the
+            # worker runs it again once Redis is back, and the answer is caught up from
+            # the ledger if its frames were lost (``apps.gateway.subscription``).
+            await asyncio.sleep(0.5)
+
+    def waits_through_redis_outages(self) -> bool:
+        """Whether this request keeps waiting when Redis stops answering (else: 503)."""
+        return False
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.scope.get("headers", []):

@@ -12,7 +12,10 @@ slower than a busy one, ``peak_ewma`` waits for the busy one, but never longer t
 slower one would lose.
 
 When every backend is at its cap (or asked to be left alone with Retry-After) the prompt
-waits for a slot; when every backend's circuit is open it fails fast with a clear error.
+waits for a slot, taking turns with other people's prompts. When every backend is down
+(its circuit open) the prompt waits for one to come back, and they are probed at once
+(``apps.backends.recovery``); past ``BARISTA_BACKEND_RETURN_WAIT`` it fails with a clear
+error.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Awaitable, Callable, Hashable
 
 from django.conf import settings
 
-from apps.backends import live
+from apps.backends import live, recovery
 from apps.backends.models import Backend
+from apps.core.fairlock import FairLock
 from apps.core.loop import PerLoop
 
 STRATEGIES = ("peak_ewma", "round_robin", "weighted", "least_inflight")
@@ -40,6 +45,10 @@ _round_robin = itertools.count()
 
 class NoBackendAvailable(Exception):
     pass
+
+
+class AllBackendsDown(NoBackendAvailable):
+    """Every backend's circuit is open, within its cool-down."""
 
 
 def strategy_for(alias: str) -> str:
@@ -151,18 +160,20 @@ def worth_waiting(
 
 
 # Locks belong to a loop: one set of lines per event loop.
-_lines: PerLoop[dict[str, asyncio.Lock]] = PerLoop(dict)
+_lines: PerLoop[dict[str, FairLock]] = PerLoop(dict)
 
 
-def _line(alias: str) -> asyncio.Lock:
-    """The waiting line for an alias in this process. asyncio's Lock is first come, first
-    served, so the prompt that has waited longest takes the next free slot; without it a
-    newcomer could take a slot just given back and old prompts would starve (measured: it
-    was the tail of the fleet benchmark under overload)."""
+def _line(alias: str) -> FairLock:
+    """The waiting line for an alias in this process. Within a person's prompts it is
+    first come, first served, so the prompt that has waited longest takes the next free
+    slot (without it a newcomer could take a slot just given back and old prompts would
+    starve: measured, it was the tail of the fleet benchmark under overload). Between
+    people it goes round robin (``FairLock``): one person's burst cannot make another's
+    single prompt wait behind all of it."""
     lines = _lines()
     line = lines.get(alias)
     if line is None:
-        line = lines[alias] = asyncio.Lock()
+        line = lines[alias] = FairLock()
     return line
 
 
@@ -171,10 +182,7 @@ async def _attempt(
 ) -> tuple[Backend, str] | None:
     states = await live.snapshot([b.pk for b in candidates])
     if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in candidates):
-        # Nothing healthy: fail fast rather than hold the prompt for a cool-down.
-        raise NoBackendAvailable(
-            f"Every backend for {alias!r} is failing right now; try again shortly."
-        )
+        raise AllBackendsDown(alias)  # the caller waits for one to come back
     for backend in rank(candidates, states, strategy):
         if strategy == "peak_ewma" and worth_waiting(backend, candidates, states, waited):
             return None
@@ -185,31 +193,79 @@ async def _attempt(
 
 
 async def backend_acquire(
-    candidates: list[Backend], *, alias: str, lease_ttl: float, wait_up_to: float
+    candidates: list[Backend],
+    *,
+    alias: str,
+    lease_ttl: float,
+    wait_up_to: float,
+    party: Hashable = None,
+    on_wait: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[Backend, str]:
-    """Pick a backend and take a lease on it. Waits in line while every backend is at its
-    cap (up to ``wait_up_to`` seconds); raises ``NoBackendAvailable`` if there is none."""
+    """Pick a backend and take a lease on it. Waits in line — taking turns with other
+    ``party``s (people) — while every backend is at its cap (up to ``wait_up_to``
+    seconds), and while every backend is down (up to ``BARISTA_BACKEND_RETURN_WAIT``
+    seconds of that, probing them: ``apps.backends.recovery``); raises
+    ``NoBackendAvailable`` if there is none. ``on_wait`` hears once why the prompt waits:
+    ``"busy"`` or ``"down"``."""
     if not candidates:
         raise NoBackendAvailable(f"No backend serves the model {alias!r} right now.")
     strategy = strategy_for(alias)
     line = _line(alias)
     if not line.locked():  # no one waiting: no need to queue
-        found = await _attempt(candidates, alias, strategy, lease_ttl, 0.0)
+        try:
+            found = await _attempt(candidates, alias, strategy, lease_ttl, 0.0)
+        except AllBackendsDown:
+            found = None
         if found is not None:
             return found
     loop = asyncio.get_running_loop()
     started = loop.time()
     ids = [b.pk for b in candidates]
-    async with line:
+    told: set[str] = set()
+
+    async def tell(reason: str) -> None:
+        if on_wait is not None and reason not in told:
+            told.add(reason)
+            await on_wait(reason)
+
+    async with line.hold(party):
         delay = 0.02
         while True:
             waited = loop.time() - started
-            found = await _attempt(candidates, alias, strategy, lease_ttl, waited)
+            try:
+                found = await _attempt(candidates, alias, strategy, lease_ttl, waited)
+            except AllBackendsDown:
+                if not recovery.enabled():
+                    raise NoBackendAvailable(
+                        f"Every backend for {alias!r} is failing right now; try again shortly."
+                    ) from None
+                await tell("down")
+                until = started + min(wait_up_to, settings.BARISTA_BACKEND_RETURN_WAIT)
+                if await recovery.wait_for_return(candidates, until=until):
+                    continue
+                raise NoBackendAvailable(
+                    f"Every backend for {alias!r} is failing right now; try again shortly."
+                ) from None
             if found is not None:
                 return found
             if waited >= wait_up_to:
                 raise NoBackendAvailable(f"Every backend for {alias!r} stayed busy; try again.")
+            await tell("busy")
             # A slot given back in this process wakes us at once; others' are found by
             # polling.
             await live.wait_for_slot(ids, delay)
             delay = min(delay * 2, 0.2)
+
+
+async def backend_wait_for_return(
+    backends: list[Backend], *, alias: str, on_wait: Callable[[str], Awaitable[None]] | None
+) -> None:
+    """A prompt's backends are all unreachable: wait (probing them) for one to come
+    back, up to ``BARISTA_BACKEND_RETURN_WAIT`` seconds; ``NoBackendAvailable`` after."""
+    if on_wait is not None:
+        await on_wait("down")
+    until = asyncio.get_running_loop().time() + settings.BARISTA_BACKEND_RETURN_WAIT
+    if not await recovery.wait_for_return(backends, until=until):
+        raise NoBackendAvailable(
+            f"Every backend for {alias!r} is failing right now; try again shortly."
+        )

@@ -6,8 +6,9 @@ calls (``apps.backends.live``):
 
 * a backend that does not answer, or answers an error, counts one failure toward its
   circuit breaker, so a dead backend is taken out before anyone's prompt finds it dead;
-* a backend whose circuit is open and whose cool-down is over, answering well, closes
-  its circuit (the check was the probe);
+* a backend whose circuit is open, answering well, closes its circuit at once, whatever
+  is left of its cool-down (the check was the probe): a backend that is back is used
+  again within one check interval;
 * when the backend publishes vLLM-style metrics on ``/metrics``
   (``vllm:num_requests_waiting``, ``vllm:gpu_cache_usage_perc``) they are kept beside the
   result and the balancer counts the backend's own queue in its score.
@@ -137,7 +138,9 @@ async def check_all(client: httpx.AsyncClient, backends: list[Backend]) -> list[
         if not result.up:
             logger.warning("health check: %s", result.message)
             await live.record(backend.pk, ok=False)
-        elif state.circuit == "open" and state.probe_in <= 0:
+        elif state.circuit == "open":
+            # The check was the probe: a backend that answers is used again now, whatever
+            # is left of its cool-down (which doubles with each opening, up to minutes).
             logger.info("health check: %s is back; closing its circuit", backend.name)
             await live.record(backend.pk, ok=True)
     return results

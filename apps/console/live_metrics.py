@@ -16,7 +16,7 @@ from apps.backends import live
 from apps.backends.selectors import backend_names_active
 from apps.core import clients
 from apps.core.loop import PerLoop
-from apps.gateway import cache, metrics
+from apps.gateway import cache, fairness, metrics
 from apps.gateway.queues import queues
 
 HISTORY_SECONDS = 15 * 60
@@ -96,10 +96,12 @@ async def gauges() -> dict[str, Any]:
     async with redis.pipeline(transaction=False) as pipe:
         for rq_queue in queues():
             pipe.llen(rq_queue.key)
+            pipe.zcard(fairness.lane(rq_queue.name))
         pipe.scard(REDIS_WORKER_KEYS)
         pipe.hgetall(cache.COUNTERS_KEY)
-        *depths, workers, counters = await pipe.execute()
+        *lanes, workers, counters = await pipe.execute()
     counted = cache.counters_from(counters)
+    depths = [lanes[i] + lanes[i + 1] for i in range(0, len(lanes), 2)]
     return {
         "queues": dict(zip(settings.BARISTA_QUEUES, depths, strict=True)),
         "inflight": {name: states[pk].in_flight for pk, name in backends},

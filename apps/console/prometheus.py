@@ -20,7 +20,7 @@ from rq import Worker
 
 from apps.backends import live
 from apps.backends.models import Backend
-from apps.gateway import metrics
+from apps.gateway import fairness, metrics
 from apps.gateway.queues import connection, queue
 
 
@@ -85,8 +85,9 @@ class BaristaCollector:
             "ttft",
         )
         depth = GaugeMetricFamily("barista_queue_depth", "Prompts waiting.", labels=["queue"])
-        for name in settings.BARISTA_QUEUES:
-            depth.add_metric([name], queue(name).count)
+        lines = [queue(name) for name in settings.BARISTA_QUEUES]
+        for line, waiting in zip(lines, fairness.depths(redis, lines), strict=True):
+            depth.add_metric([line.name], waiting)
         yield depth
         backends = list(Backend.objects.exclude(state=Backend.State.DISABLED))
         states = live.snapshot_sync(redis, [b.pk for b in backends])

@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from apps.backends import live
 from apps.backends.models import Backend
-from apps.gateway import cache, metrics
+from apps.gateway import cache, fairness, metrics
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection, paused_queues, queue
 from apps.gateway.selectors import is_request_id
@@ -130,13 +130,13 @@ def queue_rows(redis: Redis) -> list[QueueRow]:
     rows = []
     for name in settings.BARISTA_QUEUES:
         rq_queue = queue(name)
-        head = rq_queue.get_job_ids(0, 1)
-        stamp = redis.hget(Job.key_for(head[0]), "enqueued_at") if head else None
+        head = fairness.head(redis, rq_queue)
+        stamp = redis.hget(Job.key_for(head), "enqueued_at") if head else None
         oldest = metrics.seconds_since(stamp, time.time()) if stamp else None
         rows.append(
             QueueRow(
                 name=name,
-                depth=rq_queue.count,
+                depth=fairness.depths(redis, [rq_queue])[0],
                 oldest_wait=oldest,
                 running=StartedJobRegistry(name, connection=redis).count,
                 failed=FailedJobRegistry(name, connection=redis).count,
@@ -169,7 +169,7 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
         if kind == "failed":
             ids = FailedJobRegistry(name, connection=redis).get_job_ids(0, limit - 1, desc=True)
         else:
-            ids = queue(name).get_job_ids(0, limit)
+            ids = fairness.waiting_ids(redis, queue(name), limit)
         found += [(name, job_id) for job_id in ids]
     found = found[:limit]
     jobs = Job.fetch_many([job_id for _, job_id in found], connection=redis)

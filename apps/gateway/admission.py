@@ -1,20 +1,23 @@
 """Admission: the one port every prompt passes before it is recorded and queued.
 
-``admit(principal, model=...)`` is called by ``request_submit`` for both doors. Its
-limits, all settings or staff's choices:
+``admit(principal, model=..., cache_key=...)`` is called by ``request_submit`` for both
+doors. A burst is queued, not refused: fairness is the queue's job — people take turns in
+it (``apps.gateway.fairness``) — so one person's 1,000 prompts wait behind nobody's
+single one. What refuses, all settings or staff's choices:
 
 * a global bound on queued prompts (``BARISTA_MAX_QUEUED``) — past it Barista is busy;
-* a per-person rate (``BARISTA_USER_RATE_PER_MINUTE``), a fixed one-minute window;
-* a per-person cap on prompts waiting or running (``BARISTA_USER_MAX_PENDING``). This is
-  the fairness rule: one person's 1,000 prompts cannot fill the line in front of someone
-  else's one, because at most this many of them are in it at a time. The rest are refused
-  with a retry time, so nothing accepted is ever dropped. Counted from the ledger;
+* limits staff set on every person (off by default): a rate
+  (``BARISTA_USER_RATE_PER_MINUTE``, a fixed one-minute window) and a cap on prompts
+  waiting or running (``BARISTA_USER_MAX_PENDING``);
 * when a program asks with an API key, the key's own limits staff or its owner set: the
   models it may use, requests and tokens per minute, requests at once.
 
-The Redis counters cost one pipelined round trip. A refused prompt leaves no ledger row,
-no job and no backend call. Sizes are checked before this, where the bytes arrive (the
-socket frame, the HTTP body) and by the request validator (``apps.gateway.validation``).
+Caps on prompts at once count *slots*, from the ledger: requests merged with an identical
+one in flight (coalesced) share its slot, and a stored answer takes none. So 50 identical
+requests use one. A refused prompt leaves no ledger row, no job and no backend call. The
+Redis counters cost one pipelined round trip. Sizes are checked before this, where the
+bytes arrive (the socket frame, the HTTP body) and by the request validator
+(``apps.gateway.validation``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from apps.core import clients
+from apps.gateway import fairness
 from apps.gateway.metrics import recorder
-from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection, queues
+from apps.gateway.models import PromptRequest, PromptRequestQuerySet
+from apps.gateway.queues import connection
+from apps.gateway.queues import queues as all_queues
 
 RATE_KEY = "barista:rate:{user_id}:{window}"
 KEY_RATE_KEY = "barista:api:{key_id}:rpm:{window}"
@@ -83,37 +88,38 @@ class Rejection(Exception):
     quota: Quota | None = None
 
 
-def queue_keys() -> list[str]:
-    return [q.key for q in queues()]
-
-
-def admit(principal: Principal, *, model: str, queues: bool = True) -> None:
+def admit(principal: Principal, *, model: str, queues: bool = True, cache_key: str = "") -> None:
     """Raise ``Rejection`` if this prompt may not be queued now. ``queues`` False: it
-    will not wait in a queue (a stored answer), so the global bound does not apply."""
+    will not wait in a queue (a stored answer), so neither the global bound nor the caps
+    on prompts at once apply. ``cache_key``: identical requests in flight share a slot."""
     try:
-        _admit(principal, model, queues)
+        _admit(principal, model, queues, cache_key)
     except Rejection:
         recorder.request(outcome="rejected", model=model)
         raise
 
 
-def _admit(principal: Principal, model: str, queues: bool = True) -> None:
+def _admit(principal: Principal, model: str, queues: bool, cache_key: str) -> None:
     key = principal.key
     if key is not None and not key.allows(model):
         raise Rejection(f"This API key may not use the model {model!r}.", "model_not_allowed", 0)
     now = time.time()
     window = int(now // 60)
     reset = max(1, math.ceil((window + 1) * 60 - now))
+    user_rpm = settings.BARISTA_USER_RATE_PER_MINUTE
     rate_key = RATE_KEY.format(user_id=principal.user_id, window=window)
-    keys = queue_keys() if queues else []
+    lines = all_queues() if queues else []
     # Only the counters a limit needs: a key without a per-minute limit costs nothing here.
     rpm = key.requests_per_minute if key is not None else None
     tpm = key.tokens_per_minute if key is not None else None
-    with connection().pipeline(transaction=False) as pipe:
-        for queue_key in keys:
-            pipe.llen(queue_key)
-        pipe.incr(rate_key)
-        pipe.expire(rate_key, 61)
+    redis = connection()
+    with redis.pipeline(transaction=False) as pipe:
+        for queue in lines:
+            pipe.llen(queue.key)
+            pipe.zcard(fairness.lane(queue.name))
+        if user_rpm:
+            pipe.incr(rate_key)
+            pipe.expire(rate_key, 61)
         if key is not None and rpm:
             key_rate = KEY_RATE_KEY.format(key_id=key.id, window=window)
             pipe.incr(key_rate)
@@ -121,9 +127,11 @@ def _admit(principal: Principal, model: str, queues: bool = True) -> None:
         if key is not None and tpm:
             pipe.get(KEY_TOKENS_KEY.format(key_id=key.id, window=window))
         replies = iter(pipe.execute())
-    queued = sum(next(replies) for _ in keys)
-    rate = next(replies)
-    next(replies)  # EXPIRE
+    queued = sum(next(replies) for _ in range(2 * len(lines)))
+    rate = 0
+    if user_rpm:
+        rate = next(replies)
+        next(replies)  # EXPIRE
     if rpm:
         used = int(next(replies))
         next(replies)  # EXPIRE
@@ -147,31 +155,48 @@ def _admit(principal: Principal, model: str, queues: bool = True) -> None:
         raise Rejection(
             f"Barista is busy ({queued:,} prompts waiting). Try again in {wait} s.", "busy", wait
         )
-    if rate > settings.BARISTA_USER_RATE_PER_MINUTE:
+    if user_rpm and rate > user_rpm:
         raise Rejection(
-            f"You have sent {settings.BARISTA_USER_RATE_PER_MINUTE} prompts this minute, the "
-            f"most allowed. Try again in {reset} s.",
+            f"You have sent {user_rpm} prompts this minute, the most allowed. "
+            f"Try again in {reset} s.",
             "rate_limited",
             reset,
         )
+    if not queues:
+        return
     # The ledger knows exactly what is waiting or running: no counter to drift or leak.
     if key is not None and key.max_concurrent:
-        running = PromptRequest.objects.filter(api_key_id=key.id).pending().count()
-        if running >= key.max_concurrent:
+        slots = _slots(PromptRequest.objects.filter(api_key_id=key.id), cache_key)
+        if slots is not None and slots >= key.max_concurrent:
             raise Rejection(
                 f"This key may have {key.max_concurrent} requests running at once.",
                 "rate_limit_exceeded",
                 1,
             )
-    pending = PromptRequest.objects.filter(owner_id=principal.user_id).pending().count()
-    if pending >= settings.BARISTA_USER_MAX_PENDING:
-        wait = estimate_wait(pending)
-        raise Rejection(
-            f"You already have {pending} prompts waiting or being answered, the most allowed. "
-            f"Try again in {wait} s.",
-            "too_many_pending",
-            wait,
-        )
+    user_cap = settings.BARISTA_USER_MAX_PENDING
+    if user_cap:
+        slots = _slots(PromptRequest.objects.filter(owner_id=principal.user_id), cache_key)
+        if slots is not None and slots >= user_cap:
+            wait = estimate_wait(slots)
+            raise Rejection(
+                f"You already have {slots} prompts waiting or being answered, the most "
+                f"allowed. Try again in {wait} s.",
+                "too_many_pending",
+                wait,
+            )
+
+
+def _slots(rows: PromptRequestQuerySet, cache_key: str) -> int | None:
+    """Slots these rows' prompts in flight hold: one per distinct request (identical ones
+    share their leader's). None when one of them is identical to this request, which
+    will share its slot and so needs none."""
+    in_flight = (
+        rows.pending().filter(coalesced_with__isnull=True).values_list("cache_key", flat=True)
+    )
+    keys = list(in_flight)
+    if cache_key and cache_key in keys:
+        return None
+    return len(keys)
 
 
 async def count_key_tokens(key_id: int, tokens: int) -> None:

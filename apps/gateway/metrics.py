@@ -29,6 +29,7 @@ from rq.job import Job
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from apps.backends import live
+from apps.gateway import fairness
 from apps.gateway.queues import connection
 
 logger = logging.getLogger(__name__)
@@ -175,14 +176,20 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
     does it per second (the gauges are the same whoever reads them): see
     ``apps.gateway.chores``. Four round trips."""
     names = settings.BARISTA_QUEUES
+    lines = [Queue(name, connection=connection) for name in names]
     with connection.pipeline(transaction=False) as pipe:
-        for name in names:
-            key = Queue(name, connection=connection).key
-            pipe.llen(key)
-            pipe.lindex(key, 0)
+        for queue in lines:
+            pipe.llen(queue.key)
+            pipe.lindex(queue.key, 0)
+            pipe.zcard(fairness.lane(queue.name))
+            pipe.zrange(fairness.lane(queue.name), 0, 0)
         pipe.scard(REDIS_WORKER_KEYS)
         replies = pipe.execute()
-    heads = [replies[2 * i + 1] for i in range(len(names))]
+    depths, heads = [], []
+    for index in range(len(names)):
+        front, front_head, fair, fair_head = replies[4 * index : 4 * index + 4]
+        depths.append(int(front) + int(fair))
+        heads.append(front_head or (fair_head[0] if fair_head else None))
     with connection.pipeline(transaction=False) as pipe:
         for head in heads:
             pipe.hget(Job.key_for(head.decode()), "enqueued_at") if head else pipe.echo("")
@@ -191,7 +198,7 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
     fields: dict[str, float] = {"workers": int(replies[-1])}
     wall = time.time()
     for index, name in enumerate(names):
-        fields[f"depth|{name}"] = int(replies[2 * index])
+        fields[f"depth|{name}"] = depths[index]
         fields[f"oldest|{name}"] = round(seconds_since(enqueued[index], wall), 3)
     for pk, name in backends:
         fields[f"inflight|{name}"] = states[pk].in_flight

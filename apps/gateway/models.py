@@ -64,6 +64,10 @@ class PromptRequest(models.Model):
     cache_key = models.CharField(max_length=200, blank=True, default="")
     # The identical request in flight this one follows (apps.gateway.coalescing).
     coalesced_with = models.UUIDField(null=True, blank=True, db_index=True)
+    # How many times a worker started it. A worker that dies mid-answer leaves the count
+    # up; one that gives the prompt back (shutting down, Redis away) takes its start back.
+    # The reconciler stops re-running a prompt after 1 + BARISTA_JOB_RETRIES starts.
+    attempts = models.PositiveSmallIntegerField(default=0)
     answer = models.TextField(blank=True)
     error = models.TextField(blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -20,7 +20,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.suspension import is_suspended, resume, suspend
 
-from apps.gateway import coalescing, delivery, queues
+from apps.gateway import coalescing, delivery, fairness, queues
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 from apps.gateway.services import queue_for, request_enqueue, request_hand_over, request_key
@@ -62,6 +62,7 @@ def request_cancel(*, owner_id: int, request_id: uuid.UUID | str) -> PromptReque
             send_stop_job_command(connection, job.id)
         else:
             job.cancel()
+            fairness.remove(connection, queues.queue(job.origin), key)
             if request.cache_key:
                 request_hand_over(leader_id=key, cache_key=request.cache_key)
     except (NoSuchJobError, InvalidJobOperation):
@@ -79,8 +80,9 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
         row = PromptRequest.objects.select_for_update().filter(id=key).first()
         if row is None or row.status != Status.FAILED:
             return None
-        row.status, row.error, row.finished_at = Status.QUEUED, "", None
-        row.save(update_fields=["status", "error", "finished_at"])
+        # Staff give it a fresh set of retries.
+        row.status, row.error, row.finished_at, row.attempts = Status.QUEUED, "", None, 0
+        row.save(update_fields=["status", "error", "finished_at", "attempts"])
     connection = queues.connection()
     try:
         job = Job.fetch(key, connection=connection)
@@ -89,9 +91,11 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
             registry.requeue(job)
         elif job.get_status() != JobStatus.QUEUED:
             job.delete()
-            request_enqueue(request_id=key, queue_name=job.origin)
+            request_enqueue(request_id=key, owner_id=row.owner_id, queue_name=job.origin)
     except NoSuchJobError:
-        request_enqueue(request_id=key, queue_name=queue_for(source=row.source))
+        request_enqueue(
+            request_id=key, owner_id=row.owner_id, queue_name=queue_for(source=row.source)
+        )
     async_to_sync(delivery.push)(
         request_id=key,
         owner_id=row.owner_id,

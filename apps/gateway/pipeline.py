@@ -12,10 +12,12 @@ import httpx
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
+from redis.exceptions import RedisError
 
-from apps.backends import live
-from apps.backends.balancer import NoBackendAvailable, backend_acquire
+from apps.backends import live, recovery
+from apps.backends.balancer import NoBackendAvailable, backend_acquire, backend_wait_for_return
 from apps.backends.enabled import enabled_backends
+from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, Delta, Usage, stream_chat
 from apps.core import clients
 from apps.gateway import coalescing, services
@@ -28,6 +30,9 @@ from apps.gateway.models import PromptRequest
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP
 
 logger = logging.getLogger(__name__)
+
+# What the page is told while a prompt waits for a backend (apps.backends.balancer).
+WAITING = {"busy": "waiting_slot", "down": "waiting_backend"}
 
 
 async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
@@ -68,12 +73,18 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
             await _fail(request, "The answer took too long and was stopped.", code="timeout")
             await _hand_over(request, fanout)
         raise
+    except RedisError:
+        # Redis went away mid-answer (a restart, a failover). The prompt was accepted, so it
+        # is not failed: it waits again, and once Redis is back RQ (if its job survived)
+        # or the reconciler (if Redis lost it) runs it again. The job fails, with the trace.
+        await database_sync_to_async(services.request_requeue)(request_id=request_id)
+        raise
     except Exception:
-        # Anything else (Redis went away mid-answer, a bug): the row must not be left
+        # Anything else (the database went away, a bug): the row must not be left
         # running. The owner gets a clear error; the job still fails, with the trace.
         await _fail(
             request,
-            "Barista lost track of this answer (its queue or database was unavailable). "
+            "Barista lost track of this answer (its database was unavailable). "
             "Please send it again.",
             code="unavailable",
         )
@@ -178,21 +189,42 @@ async def _answer_once(
     usage = Usage(None, None, None)
     first_token_at: datetime.datetime | None = None
     tried: set[int] = set()
+    down: dict[int, Backend] = {}  # tried, and could not be reached at all
+    came_back: set[int] = set()  # waited for, and a probe found it back
     last_error = ""
+
+    async def waiting(reason: str) -> None:
+        await push(
+            request_id=request_id,
+            owner_id=owner_id,
+            event={"event": "status", "status": WAITING[reason]},
+        )
+
     while True:
         candidates = [
             b for b in await enabled_backends.for_alias(request.model) if b.pk not in tried
         ]
         try:
+            if not candidates and down and first_token_at is None:
+                # Every backend it may use is unreachable: wait for one to come back.
+                await backend_wait_for_return(
+                    list(down.values()), alias=request.model, on_wait=waiting
+                )
+                tried.difference_update(down)
+                came_back.update(down)
+                down.clear()
+                continue
             backend, lease = await backend_acquire(
                 candidates,
                 alias=request.model,
                 lease_ttl=settings.BARISTA_LEASE_TTL,
                 wait_up_to=settings.BARISTA_JOB_TIMEOUT,
+                party=owner_id,
+                on_wait=waiting,
             )
         except NoBackendAvailable as exc:
             # After a failure with no other backend to try, the person hears what failed.
-            if tried:
+            if tried and not down:
                 await _fail(request, f"The model backend failed: {last_error}.")
             else:
                 await _fail(request, str(exc), code="unavailable")
@@ -234,6 +266,15 @@ async def _answer_once(
                 )
             logger.warning("request %s: %s", request_id, exc.message)
             last_error = exc.message
+            if (
+                exc.unreachable
+                and first_token_at is None
+                and backend.pk not in came_back  # back for its probe, not for us: a failure
+                and recovery.enabled()
+            ):
+                down[backend.pk] = backend
+                tried.add(backend.pk)
+                continue  # another backend, or wait for this one to come back
             if overloaded and first_token_at is None:
                 # Full, not failing: it sits out its Retry-After, the prompt waits for a
                 # slot (here or elsewhere), and no attempt is used up.

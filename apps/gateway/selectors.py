@@ -6,10 +6,11 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db.models import Count, Q, Sum
 
-from apps.gateway.admission import Principal, queue_keys
+from apps.gateway import fairness
+from apps.gateway.admission import Principal
 from apps.gateway.cache import CachedAnswer, cache_key, lookup
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection
+from apps.gateway.queues import connection, queues
 
 
 def is_request_id(value: object) -> bool:
@@ -33,21 +34,10 @@ def request_get_owned(*, user: User, request_id: str | uuid.UUID) -> PromptReque
 
 
 def queue_position(*, request_id: str) -> int | None:
-    """1-based place in line across all queues in priority order, or None when the prompt
-    is no longer waiting. Costs two Redis commands per queue, in one round trip."""
-    keys = queue_keys()
-    with connection().pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.llen(key)
-            pipe.lpos(key, str(request_id))
-        replies = pipe.execute()
-    ahead = 0
-    for index in range(len(keys)):
-        length, position = replies[2 * index], replies[2 * index + 1]
-        if position is not None:
-            return ahead + int(position) + 1
-        ahead += int(length)
-    return None
+    """1-based place in line across all queues in priority order — counting exactly what
+    will be taken before it (``apps.gateway.fairness``) — or None when the prompt is no
+    longer waiting. One round trip."""
+    return fairness.position(connection(), queues(), str(request_id))
 
 
 def usage_summary(*, user: User) -> dict[str, int]:

@@ -10,10 +10,14 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from rq import Retry
+from rq.job import JobStatus
+from rq.utils import now
 
-from apps.gateway import cache, coalescing, delivery, queues
+from apps.gateway import cache, coalescing, delivery, fairness, queues
 from apps.gateway.admission import Principal, admit
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
@@ -60,7 +64,7 @@ def request_submit(
     )
     hit = cached if cached is not None or looked_up or not key else cache.lookup(key)
     # A hit queues nothing: only the limits on the person and the key apply to it.
-    admit(principal, model=model, queues=hit is None)
+    admit(principal, model=model, queues=hit is None, cache_key=key or "")
     fields: dict[str, Any] = {
         "id": request_id or uuid.uuid4(),
         "owner_id": principal.user_id,
@@ -111,7 +115,7 @@ def request_submit(
                 cache.count(connection, "coalesced")
                 return
         cache.count(connection, "miss")
-        request_enqueue(request_id=request.id, queue_name=queue_name)
+        request_enqueue(request_id=request.id, owner_id=principal.user_id, queue_name=queue_name)
 
     transaction.on_commit(follow_or_enqueue)
     return request
@@ -145,19 +149,38 @@ def _answer_from_cache(request: PromptRequest, key: str) -> bool:
     return True
 
 
-def request_enqueue(*, request_id: uuid.UUID | str, queue_name: str | None = None) -> None:
-    queues.queue(queue_name or settings.BARISTA_QUEUES[0]).enqueue(
+def request_enqueue(
+    *,
+    request_id: uuid.UUID | str,
+    owner_id: int,
+    queue_name: str | None = None,
+    attempts: int = 0,
+) -> None:
+    """Give the prompt a job, in its owner's next turn in the queue's fair lane
+    (``apps.gateway.fairness``). ``attempts``: how many times a worker already started it
+    (the ledger's count) — the job's retries are what is left of BARISTA_JOB_RETRIES."""
+    retries = max(0, settings.BARISTA_JOB_RETRIES - attempts)
+    queue = queues.queue(queue_name or settings.BARISTA_QUEUES[0])
+    job = queue.create_job(
         # By name: the job module imports the pipeline, which imports these services.
         PROCESS_REQUEST_JOB,
-        str(request_id),
+        args=(str(request_id),),
         job_id=str(request_id),
-        job_timeout=settings.BARISTA_JOB_TIMEOUT,
+        timeout=settings.BARISTA_JOB_TIMEOUT,
         result_ttl=60,
         failure_ttl=24 * 3600,
-        # Re-run only when a worker dies holding the job (RQ's abandoned-job cleanup);
-        # the job function records backend failures itself and never raises for them.
-        retry=Retry(max=settings.BARISTA_JOB_RETRIES) if settings.BARISTA_JOB_RETRIES else None,
+        # Re-run only when a worker dies holding the job (RQ's abandoned-job cleanup), at
+        # the front of the queue: it already waited its turn. The job function records
+        # backend failures itself and never raises for them.
+        retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
     )
+    # As RQ enqueues a job, but into the fair lane rather than the queue's list.
+    job.origin, job.enqueued_at = queue.name, now()
+    with queue.connection.pipeline() as pipe:
+        job.set_status(JobStatus.QUEUED, pipeline=pipe)
+        job.save(pipeline=pipe)
+        pipe.execute()
+    fairness.push(queue.connection, queue_name=queue.name, job_id=job.id, person=owner_id)
 
 
 def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | None:
@@ -175,7 +198,10 @@ def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | No
     )
     if rest:
         PromptRequest.objects.filter(id__in=rest).update(coalesced_with=new_leader)
-    request_enqueue(request_id=new_leader)
+    row = PromptRequest.objects.only("owner_id", "source").get(id=new_leader)
+    request_enqueue(
+        request_id=new_leader, owner_id=row.owner_id, queue_name=queue_for(source=row.source)
+    )
     return new_leader
 
 
@@ -203,17 +229,22 @@ def request_start_many(*, request_ids: list[str]) -> dict[str, tuple[PromptReque
             continue
         result[key] = (row, row.started_at is not None)
         row.status, row.started_at, row.first_token_at = Status.RUNNING, started_at, None
+        row.attempts += 1
     # Every row gets the same values: one UPDATE, not bulk_update's CASE per row.
     PromptRequest.objects.filter(id__in=list(rows)).update(
-        status=Status.RUNNING, started_at=started_at, first_token_at=None
+        status=Status.RUNNING,
+        started_at=started_at,
+        first_token_at=None,
+        attempts=F("attempts") + 1,
     )
     return result
 
 
 def request_requeue(*, request_id: uuid.UUID | str) -> None:
-    """A worker shutting down gave the prompt back to the queue: it waits again."""
+    """The worker gave the prompt back (it is shutting down, or Redis went away mid-answer):
+    it waits again, and this start does not count against its retries."""
     PromptRequest.objects.filter(id=request_id, status=Status.RUNNING).update(
-        status=Status.QUEUED, first_token_at=None
+        status=Status.QUEUED, first_token_at=None, attempts=Greatest(F("attempts") - 1, 0)
     )
 
 

@@ -26,12 +26,15 @@ class Api:
 @pytest.fixture
 def api(request, alice, start_simulator, start_worker, start_web, lifted_limits) -> Api:
     """Barista served by daphne on loopback, a real worker and a simulator process.
-    ``@pytest.mark.web_env(NAME="value")`` sets environment for the web process."""
+    ``@pytest.mark.web_env(NAME="value")`` sets environment for the web process,
+    ``@pytest.mark.worker_env(...)`` for the worker."""
     marker = request.node.get_closest_marker("web_env")
     web_env = dict(marker.kwargs) if marker else {}
+    marker = request.node.get_closest_marker("worker_env")
+    worker_env = dict(marker.kwargs) if marker else {}
     simulator = start_simulator("--ttft", "0.05", "--tps", "200", "--tokens", "30")
     simulator.register(alias="sim-chat")
-    start_worker()
+    start_worker(**worker_env)
     # A small body limit, so the over-the-limit tests fit in the sockets' buffers.
     url = start_web(BARISTA_API_MAX_BODY_BYTES=str(BODY_LIMIT), **web_env)
     row, key = api_key_create(owner=alice, name="tests")

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from apps.backends import live
 from apps.gateway.models import PromptRequest
 from tests.api.conftest import BODY_LIMIT, no_backend_call
 from tests.conftest import wait_for
@@ -198,7 +199,8 @@ def test_a_client_that_hangs_up_cancels_its_request(api):
     assert api.simulator.stats()["in_flight"] == 0
 
 
-def test_every_backend_failing_is_503_with_retry_after(api, redis_conn):
+def open_circuit(redis_conn) -> int:
+    """The backend's circuit as a run of failures leaves it: open, for a long cool-down."""
     from apps.backends.models import Backend
 
     backend = Backend.objects.get()
@@ -206,11 +208,27 @@ def test_every_backend_failing_is_503_with_retry_after(api, redis_conn):
         f"barista:backend:{backend.pk}:stats",
         mapping={"circuit": "open", "open_until": "99999999999"},
     )
+    return backend.pk
+
+
+@pytest.mark.worker_env(BARISTA_BACKEND_RETURN_WAIT="1")
+def test_every_backend_down_past_the_wait_is_503_with_retry_after(api, redis_conn):
+    api.simulator.process.kill()
+    api.simulator.process.wait()
+    open_circuit(redis_conn)
     response = post(api, {**HELLO, "messages": [{"role": "user", "content": "c"}]})
     error = error_of(response, 503)
     assert error["code"] == "unavailable" and "failing right now" in error["message"]
     assert int(response.headers["retry-after"]) >= 1
-    assert no_backend_call(api)
+    assert PromptRequest.objects.get().status == "failed"
+
+
+def test_an_open_circuit_on_a_backend_that_answers_is_probed_at_once(api, redis_conn):
+    backend = open_circuit(redis_conn)
+    response = post(api, {**HELLO, "messages": [{"role": "user", "content": "c"}]})
+    assert response.status_code == 200  # no cool-down sat out: a probe found it well
+    assert live.snapshot_sync(redis_conn, [backend])[backend].circuit == "closed"
+    assert api.simulator.stats()["requests_total"] == 1
 
 
 @pytest.mark.web_env(BARISTA_JOB_TIMEOUT="2")

@@ -1,6 +1,8 @@
 """Redis goes away mid-load and comes back empty, as a Redis without persistence does after
 a restart: new requests fail fast with a clear 503, Barista recovers by itself within
-seconds, and no ledger row is left waiting or running forever (the reconciler)."""
+seconds, and every prompt accepted before the outage is answered after it — those waiting
+in a queue and those being answered at the moment (re-run from the ledger by the
+reconciler), their clients still waiting for them."""
 
 from __future__ import annotations
 
@@ -30,8 +32,6 @@ ENV = {
     "BARISTA_RECONCILE_AFTER": "2",
     "BARISTA_RECONCILE_INTERVAL": "1",
     "BARISTA_JOB_TIMEOUT": "15",
-    "BARISTA_USER_MAX_PENDING": "100000",
-    "BARISTA_USER_RATE_PER_MINUTE": "100000",
 }
 
 
@@ -125,7 +125,11 @@ def test_redis_restarted_mid_load(alice, start_simulator, start_worker, start_we
         failed_reasons = Counter(
             PromptRequest.objects.filter(status="failed").values_list("error", flat=True)
         )
-        assert set(statuses) <= {"done", "failed", "cancelled"}
+        # Nothing accepted failed: answered, or cancelled by a client that hung up.
+        assert set(statuses) <= {"done", "cancelled"}, failed_reasons
+        # The clients waiting when Redis went away got their answers, not errors: the only
+        # errors are the refusals of requests sent while it was away.
+        assert set(outcomes) <= {"200", "503"}, outcomes
         record(
             "redis restart",
             requests_sent=sum(outcomes.values()) + len(refusals) + 1,

@@ -1,6 +1,6 @@
-"""Workers die at random during 1,000 prompts: each prompt still ends — answered, or
-failed with an explicit error — within its timeout plus the recovery interval; none is
-lost, none is recorded twice."""
+"""Workers die at random during 1,000 prompts: every prompt is still answered, soon after
+its worker's heartbeat expires (RQ re-runs it at the front of its queue; the reconciler
+re-runs one RQ gave up on); none is lost, none is recorded twice."""
 
 from __future__ import annotations
 
@@ -31,13 +31,16 @@ RECOVERY = {
     "BARISTA_JOB_TIMEOUT": "60",
     "BARISTA_RECONCILE_AFTER": "5",
     "BARISTA_RECONCILE_INTERVAL": "1",
+    # A prompt may be caught in several kills; every process re-enqueueing it (the
+    # reconciler runs in the workers) must allow as many.
+    "BARISTA_JOB_RETRIES": "10",
 }
 
 
 @pytest.mark.timeout(420)
 def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start_worker, settings):
     settings.BARISTA_JOB_TIMEOUT = 60
-    settings.BARISTA_JOB_RETRIES = 10  # a prompt may be caught in several kills
+    settings.BARISTA_JOB_RETRIES = 10  # as RECOVERY: this process enqueues the first jobs
     rng = random.Random(7)
     # About 1.5 s per answer, streamed: most kills land mid-stream.
     sim = start_simulator("--ttft", "0.3", "--tps", "20", "--tokens", "24")
@@ -78,8 +81,7 @@ def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start
     statuses = [row.status for row in rows.values()]
     assert len(rows) == PROMPTS
     failed = [row for row in rows.values() if row.status == "failed"]
-    for row in failed:
-        assert row.error  # an explicit reason, never a silent loss
+    assert not failed, [row.error for row in failed[:3]]
     for row in rows.values():
         if row.status == "done":
             quoted = row.messages[-1]["content"]

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 
-import django_rq
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 
 from apps.chat.models import Conversation
 from apps.gateway import delivery
 from apps.gateway.models import PromptRequest
 from project.asgi import application
-from tests.conftest import ws_headers
+from tests.conftest import queued_jobs, ws_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,10 +24,6 @@ async def connect(user, origin="http://127.0.0.1"):
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, code = await communicator.connect()
     return communicator, connected, code
-
-
-def queued_jobs() -> int:
-    return sum(django_rq.get_queue(name).count for name in settings.BARISTA_QUEUES)
 
 
 async def test_anonymous_socket_is_refused():

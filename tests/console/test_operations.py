@@ -17,9 +17,9 @@ from apps.backends.models import Backend
 from apps.chat.services import chat_prompt_submit
 from apps.console import urls as console_urls
 from apps.console.models import AuditEntry
-from apps.gateway import metrics
+from apps.gateway import fairness, metrics
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import PAUSED_KEY
+from apps.gateway.queues import PAUSED_KEY, queue
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
@@ -156,7 +156,7 @@ def test_a_waiting_prompt_can_be_cancelled_from_the_jobs_page(staff, alice, redi
     client = signed_in(staff)
     client.post(f"/console/jobs/{waiting.id}/", {"action": "cancel", "kind": "waiting"})
     assert status(waiting.id) == "cancelled"
-    assert redis_conn.llen("rq:queue:interactive") == 0
+    assert fairness.depths(redis_conn, [queue("interactive")]) == [0]
     assert audited() == [("job.cancel", str(waiting.id))]
 
 

@@ -1,25 +1,20 @@
-"""Admission limits, the fairness rule, and the live place in line."""
+"""Admission limits, people taking turns in the queue, and the live place in line."""
 
 from __future__ import annotations
 
 import uuid
 
-import django_rq
 import pytest
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
 from apps.gateway.models import PromptRequest
 from apps.gateway.selectors import queue_position
+from tests.conftest import queued_jobs
 from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def queued_jobs() -> int:
-    return sum(django_rq.get_queue(name).count for name in settings.BARISTA_QUEUES)
 
 
 def submit(user, content=None):
@@ -72,24 +67,38 @@ async def test_a_person_over_their_rate_is_refused_and_others_are_not(
     await bobs.disconnect()
 
 
-def test_one_persons_thousand_prompts_cannot_push_anothers_one_down_the_line(
-    alice, bob, chat_backend, settings
+def test_one_persons_thousand_prompts_are_all_queued_and_anothers_one_goes_next(
+    alice, bob, carol, chat_backend
 ):
+    # With the defaults nobody is refused for sending many: the queue takes turns.
+    flood = [submit(alice, f"flood {index}") for index in range(1000)]
+    bobs = submit(bob, "just one")
+    # Bob waits behind one of Alice's prompts (the one at the head), not 1,000.
+    assert queue_position(request_id=str(bobs.id)) == 2
+    carols = submit(carol, "me too")
+    assert queue_position(request_id=str(carols.id)) == 3
+    # Alice's own order is kept, each of hers one turn after the last.
+    assert [queue_position(request_id=str(r.id)) for r in flood[:3]] == [1, 4, 5]
+    assert queue_position(request_id=str(flood[-1].id)) == 1002
+    assert queued_jobs() == 1002
+
+
+def test_a_cap_staff_set_on_each_person_still_refuses(alice, bob, chat_backend, settings):
     settings.BARISTA_USER_MAX_PENDING = 5
-    settings.BARISTA_USER_RATE_PER_MINUTE = 10_000
     accepted, refused = 0, 0
-    for index in range(1000):
+    for index in range(8):
         try:
             submit(alice, f"flood {index}")
             accepted += 1
         except Rejection as exc:
             assert exc.code == "too_many_pending"
+            assert "5 prompts waiting or being answered" in exc.message
             refused += 1
-    assert (accepted, refused) == (5, 995)
-    request = submit(bob, "just one")
-    # Bob waits behind at most BARISTA_USER_MAX_PENDING of Alice's prompts, not 1,000.
-    assert queue_position(request_id=str(request.id)) == 6
-    assert PromptRequest.objects.count() == 6
+    assert (accepted, refused) == (5, 3)
+    # The same request as one in flight shares its slot: it is merged, not queued.
+    submit(alice, "flood 0")
+    submit(bob, "someone else")
+    assert PromptRequest.objects.count() == 7
     assert queued_jobs() == 6
 
 
@@ -107,7 +116,7 @@ async def test_the_owner_sees_their_place_in_line_move_and_no_one_else_does(
     assert first == {
         "type": "queue",
         "request": accepted["request"],
-        "position": 4,
+        "position": 2,  # Bob's three take turns with Alice's one
         "eta": first["eta"],
     }
     assert first["eta"] >= 1
@@ -116,7 +125,7 @@ async def test_the_owner_sees_their_place_in_line_move_and_no_one_else_does(
     frames = await collect(alice_socket, timeout=20)
     positions = [first["position"]] + [f["position"] for f in frames if f["type"] == "queue"]
     assert positions == sorted(positions, reverse=True)
-    assert positions[-1] < 4
+    assert positions[-1] == 1
     assert frames[-1]["type"] == "done"
     assert "where am I" in frames[-1]["content"]
     # Bob's socket never hears about Alice's place in line.

@@ -7,11 +7,14 @@ import uuid
 
 import pytest
 from django.utils import timezone
+from rq.executions import Execution
+from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from apps.chat.services import chat_prompt_submit
-from apps.gateway import reconciler
+from apps.gateway import fairness, reconciler
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection
+from apps.gateway.queues import connection, queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,7 +25,7 @@ def aged(request_id, *, seconds: float, **fields) -> None:
 
 
 def queued_ids(redis) -> list[str]:
-    return [i.decode() for i in redis.lrange("rq:queue:interactive", 0, -1)]
+    return fairness.waiting_ids(redis, queue("interactive"), 1000)
 
 
 def test_waiting_rows_whose_jobs_are_gone_or_ended_are_queued_again(alice, settings):
@@ -52,26 +55,62 @@ def test_waiting_rows_whose_jobs_are_gone_or_ended_are_queued_again(alice, setti
     assert reconciler.reconcile(redis).requeued == 0  # and not twice
 
 
-def test_running_rows_lost_past_their_timeout_fail_with_a_reason(alice, settings):
+def age_suspects(redis, *, seconds: float) -> None:
+    """As if the reconciler's earlier pass had been ``seconds`` ago."""
+    for request_id, since in redis.hgetall(reconciler.SUSPECTS_KEY).items():
+        redis.hset(reconciler.SUSPECTS_KEY, request_id, float(since) - seconds)
+
+
+def test_running_rows_no_worker_answers_are_queued_again_until_their_retries_run_out(
+    alice, settings
+):
     redis = connection()
-    stale = timezone.now() - datetime.timedelta(
-        seconds=settings.BARISTA_JOB_TIMEOUT + settings.BARISTA_RECONCILE_AFTER + 5
-    )
+    settings.BARISTA_JOB_RETRIES = 3
+    a_while_ago = timezone.now() - datetime.timedelta(seconds=settings.BARISTA_RECONCILE_AFTER + 5)
     gone = chat_prompt_submit(user=alice, model="sim-chat", content="gone")
     ended = chat_prompt_submit(user=alice, model="sim-chat", content="ended")
+    worn_out = chat_prompt_submit(user=alice, model="sim-chat", content="worn out")
+    answering = chat_prompt_submit(user=alice, model="sim-chat", content="answering")
     recent = chat_prompt_submit(user=alice, model="sim-chat", content="recent")
-    redis.flushdb()
-    redis.hset(f"rq:job:{ended.id}", "status", "failed")
-    PromptRequest.objects.filter(id__in=[gone.id, ended.id]).update(
-        status="running", started_at=stale, queued_at=stale
+    redis.flushdb()  # Redis came back empty
+    redis.hset(f"rq:job:{ended.id}", mapping={"status": "failed", "origin": "interactive"})
+    PromptRequest.objects.filter(id__in=[gone.id, ended.id, answering.id]).update(
+        status="running", started_at=a_while_ago, queued_at=a_while_ago, attempts=1
     )
-    PromptRequest.objects.filter(id=recent.id).update(status="running", started_at=timezone.now())
+    PromptRequest.objects.filter(id=worn_out.id).update(
+        status="running", started_at=a_while_ago, queued_at=a_while_ago, attempts=4
+    )
+    PromptRequest.objects.filter(id=recent.id).update(
+        status="running", started_at=timezone.now(), attempts=1
+    )
+    # A live worker is still streaming this one: its heartbeat re-creates its execution.
+    with redis.pipeline() as pipe:
+        Execution("e1", str(answering.id), connection=redis).heartbeat(
+            StartedJobRegistry("interactive", connection=redis), ttl=20, pipeline=pipe
+        )
+        pipe.execute()
 
-    assert reconciler.reconcile(redis).failed == 2
+    # Abandoned-looking rows are only suspects at first: a worker alive through a
+    # Redis restart re-creates its executions at its next heartbeat.
+    first = reconciler.reconcile(redis)
+    assert (first.requeued, first.failed) == (0, 0)
+    age_suspects(redis, seconds=settings.BARISTA_WORKER_HEARTBEAT + 1)
+
+    second = reconciler.reconcile(redis)
+    assert (second.requeued, second.failed) == (2, 1)
     for request in (gone, ended):
         row = PromptRequest.objects.get(id=request.id)
-        assert row.status == "failed" and row.error == reconciler.LOST_WHILE_RUNNING
-    assert PromptRequest.objects.get(id=recent.id).status == "running"  # may still answer
+        assert row.status == "queued" and row.attempts == 1
+        job = Job.fetch(str(request.id), connection=redis)
+        assert job.get_status() == "queued" and job.retries_left == 2  # 4 starts in all
+    assert sorted(queued_ids(redis)) == sorted([str(gone.id), str(ended.id)])
+    row = PromptRequest.objects.get(id=worn_out.id)
+    assert row.status == "failed" and row.error == reconciler.stopped_too_often(4)
+    assert "4 times" in row.error
+    for request in (answering, recent):  # may still answer
+        assert PromptRequest.objects.get(id=request.id).status == "running"
+    assert redis.hlen(reconciler.SUSPECTS_KEY) == 0
+    assert reconciler.reconcile(redis).requeued == 0  # and not twice
 
 
 def test_a_follower_whose_leader_finished_gets_a_job_of_its_own(alice, bob, settings):

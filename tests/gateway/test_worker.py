@@ -20,6 +20,7 @@ from rq.suspension import resume, suspend
 
 from apps.chat.models import Message
 from apps.chat.services import chat_prompt_submit
+from apps.gateway import fairness
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
 from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
@@ -37,6 +38,11 @@ FAST_RECOVERY = {
 
 def queue():
     return django_rq.get_queue(settings.BARISTA_QUEUES[0])
+
+
+def waiting() -> list[str]:
+    """Job ids waiting in the first queue, both lanes (apps.gateway.fairness)."""
+    return fairness.waiting_ids(queue().connection, queue(), 10_000)
 
 
 def submit(user, count, word="canary"):
@@ -57,7 +63,7 @@ def state(sim=None):
     """What a stuck recovery looks like: ledger statuses, RQ's registries, the backend."""
     found = {
         "ledger": statuses(),
-        "queued": queue().count,
+        "queued": len(waiting()),
         "started": StartedJobRegistry(queue=queue()).count,
         "failed": FailedJobRegistry(queue=queue()).count,
     }
@@ -112,6 +118,8 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(
         Message.objects.filter(request__status="done").values_list("request_id", flat=True)
     ) == set(ids)
     assert sim.stats()["requests_total"] > 200
+    # The ledger counts the starts: the doomed worker's and the one that answered.
+    assert set(PromptRequest.objects.values_list("attempts", flat=True)) == {2}
 
 
 def test_a_job_that_runs_past_its_timeout_is_stopped_and_fails_clearly(
@@ -141,7 +149,7 @@ async def test_cancelling_a_queued_prompt_removes_its_job(alice, start_simulator
     while frame["type"] == "queue":  # a place-in-line update may come first
         frame = await socket.receive_json_from(timeout=5)
     assert frame == {"type": "cancelled", "request": accepted["request"]}
-    assert queue().count == 0
+    assert waiting() == []
     assert accepted["request"] in CanceledJobRegistry(queue=queue()).get_job_ids()
 
     start_worker()
@@ -212,8 +220,11 @@ def test_sigterm_past_the_grace_period_puts_prompts_back_in_the_queue(
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
     assert statuses()["queued"] == 10
-    assert sorted(queue().get_job_ids()) == sorted(str(i) for i in ids)
+    assert sorted(waiting()) == sorted(str(i) for i in ids)
+    assert sorted(queue().get_job_ids()) == sorted(waiting())  # first in line: the front lane
     assert StartedJobRegistry(queue=queue()).count == 0
+    # Given back untouched: the start does not count against their retries.
+    assert set(PromptRequest.objects.values_list("attempts", flat=True)) == {0}
 
     sim.control(ttft=0)
     start_worker()

@@ -24,12 +24,16 @@ class BackendError(Exception):
         status: int | None = None,
         retryable: bool = True,
         retry_after: float = 0.0,
+        unreachable: bool = False,
     ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        # No answer at all (refused, reset, timed out before a response): the backend is
+        # down or away, not failing this request.
+        self.unreachable = unreachable
 
 
 @dataclass(slots=True)
@@ -74,10 +78,12 @@ async def stream_chat(
     timeout = httpx.Timeout(backend.timeout, connect=min(backend.timeout, 10.0))
     finish_reason: str | None = None
     usage: dict[str, Any] = {}
+    answered = False  # a response (status and headers) arrived
     try:
         async with client.stream(
             "POST", url, json=body, headers=headers, timeout=timeout
         ) as response:
+            answered = True
             if response.status_code != 200:
                 await response.aread()
                 status = response.status_code
@@ -118,10 +124,14 @@ async def stream_chat(
                     raise BackendError(f"backend {backend.name} sent a malformed stream") from None
             if not finished and finish_reason is None:
                 raise BackendError(f"backend {backend.name} ended its answer early")
+    except httpx.ConnectTimeout:
+        raise BackendError(f"could not reach backend {backend.name}", unreachable=True) from None
     except httpx.TimeoutException:
         raise BackendError(f"backend {backend.name} timed out") from None
     except httpx.TransportError:
-        raise BackendError(f"could not reach backend {backend.name}") from None
+        raise BackendError(
+            f"could not reach backend {backend.name}", unreachable=not answered
+        ) from None
     yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)
 
 

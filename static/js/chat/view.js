@@ -6,7 +6,12 @@
 const list = document.getElementById("messages");
 const banner = document.getElementById("connection");
 
-export const STATUS_TEXT = { queued: "Queued…", running: "Thinking…" };
+export const STATUS_TEXT = {
+  queued: "Queued…",
+  running: "Thinking…",
+  waiting_slot: "Waiting for the model — it is busy…",
+  waiting_backend: "Waiting for the model to come back…",
+};
 
 export function atBottom() { return list.scrollHeight - list.scrollTop - list.clientHeight < 80; }
 export function keepScrolled(wasAtBottom) { if (wasAtBottom) list.scrollTop = list.scrollHeight; }

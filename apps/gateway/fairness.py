@@ -1,0 +1,189 @@
+"""Fair queueing: within each priority queue, people take turns.
+
+A prompt waits in one of two lanes of its queue:
+
+* the **fair lane** — a sorted set per queue, where a new prompt goes. Its score is a
+  *start tag* (start-time fair queueing, the virtual-clock form of deficit round robin
+  with one prompt as the quantum): ``max(virtual time, the person's last tag) + 1``,
+  where the virtual time is the tag of the last prompt a worker took. So each person's
+  prompts are spaced one turn apart, and a person who has sent nothing for a while starts
+  at the current turn — not ahead of everyone for having been quiet, not behind someone
+  else's thousand. Ties (one turn, several people) go in order of arrival.
+* the **front lane** — RQ's own list for the queue, for prompts that already waited
+  their turn: RQ's re-runs of a job whose worker died, a worker's give-back on shutdown,
+  and staff's retries. Workers take from it first.
+
+What a person sees: a prompt sent while someone else has 1,000 waiting is placed behind
+at most one prompt of each other person with prompts waiting (``position`` counts
+exactly what is ahead, so the figure shown is true under this ordering). Coalesced
+followers and cache hits never enter a queue.
+
+The worker takes prompts in queue priority order, front lane first (``take``, one
+script per queue); an idle worker blocks on the fair lanes (``wait_pop``). The keys: the
+lane ``barista:fair:{queue}``, the virtual time ``barista:fair:{queue}:clock``, each
+person's last tag ``barista:fair:{queue}:last:{person}`` (forgotten after an hour of
+silence), and an arrival counter for ties.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+
+from apps.core.scripts import LuaScript
+
+LANE = "barista:fair:{queue}"
+CLOCK = "barista:fair:{queue}:clock"
+LAST = "barista:fair:{queue}:last:{person}"
+ARRIVALS = "barista:fair:arrivals"
+LAST_TTL = 3600
+# Ties within a turn are ordered by arrival: the fraction of a score below 1.
+ARRIVAL_SLOTS = 1 << 20
+
+_PUSH = LuaScript("""
+local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local tag = math.max(clock, last) + 1
+redis.call('SET', KEYS[3], tag, 'EX', ARGV[2])
+local arrival = redis.call('INCR', KEYS[4]) % tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], tag + arrival / tonumber(ARGV[3]), ARGV[1])
+return tag
+""")
+
+# Front lane first, then the fair lane; the clock moves to the last tag taken.
+_TAKE = LuaScript("""
+local count = tonumber(ARGV[1])
+local ids = redis.call('LPOP', KEYS[1], count)
+if not ids then ids = {} end
+local left = count - #ids
+if left > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[2], left)
+  for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+  if #popped > 0 then
+    local tag = math.floor(tonumber(popped[#popped]))
+    if tag > tonumber(redis.call('GET', KEYS[3]) or '0') then
+      redis.call('SET', KEYS[3], tag)
+    end
+  end
+end
+return ids
+""")
+
+_ADVANCE = LuaScript("""
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+""")
+
+
+def lane(queue_name: str) -> str:
+    return LANE.format(queue=queue_name)
+
+
+def push(connection: Redis, *, queue_name: str, job_id: str, person: int | str) -> int:
+    """Put a job in its queue's fair lane, in the person's next turn. Returns the turn."""
+    return int(
+        _PUSH(
+            connection,
+            keys=[
+                lane(queue_name),
+                CLOCK.format(queue=queue_name),
+                LAST.format(queue=queue_name, person=person),
+                ARRIVALS,
+            ],
+            args=[job_id, LAST_TTL, ARRIVAL_SLOTS],
+        )
+    )
+
+
+def take(connection: Redis, queue: Queue, count: int) -> list[str]:
+    """Up to ``count`` job ids from the queue: its front lane first, then in turn."""
+    ids: Any = _TAKE(
+        connection,
+        keys=[queue.key, lane(queue.name), CLOCK.format(queue=queue.name)],
+        args=[count],
+    )
+    return [_text(job_id) for job_id in ids]
+
+
+def wait_pop(connection: Redis, queues: list[Queue], timeout: float) -> tuple[Queue, str] | None:
+    """Block until a job is in one of the queues' fair lanes (the first queue first),
+    up to ``timeout`` s, and take it."""
+    by_lane = {lane(queue.name): queue for queue in queues}
+    popped: Any = connection.bzpopmin(list(by_lane), timeout=timeout)
+    if not popped:
+        return None
+    key, job_id, score = _text(popped[0]), _text(popped[1]), float(popped[2])
+    queue = by_lane[key]
+    _ADVANCE(connection, keys=[CLOCK.format(queue=queue.name)], args=[int(score)])
+    return queue, job_id
+
+
+def put_back(connection: Redis, queue: Queue, job_id: str) -> None:
+    """A job taken but not started (the worker is stopping): first in line again."""
+    connection.lpush(queue.key, job_id)
+
+
+def depths(connection: Redis, queues: list[Queue]) -> list[int]:
+    """Prompts waiting in each queue, both lanes."""
+    with connection.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(queue.key)
+            pipe.zcard(lane(queue.name))
+        replies = pipe.execute()
+    return [int(replies[2 * i]) + int(replies[2 * i + 1]) for i in range(len(queues))]
+
+
+def position(connection: Redis, queues: list[Queue], job_id: str) -> int | None:
+    """1-based place in line across the queues in priority order (the front lanes go
+    first in each), or None when it is not waiting. One round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(queue.key)
+            pipe.lpos(queue.key, job_id)
+            pipe.zcard(lane(queue.name))
+            pipe.zrank(lane(queue.name), job_id)
+        replies = pipe.execute()
+    ahead = 0
+    for index in range(len(queues)):
+        front, in_front, fair, in_fair = replies[4 * index : 4 * index + 4]
+        if in_front is not None:
+            return ahead + int(in_front) + 1
+        if in_fair is not None:
+            return ahead + int(front) + int(in_fair) + 1
+        ahead += int(front) + int(fair)
+    return None
+
+
+def waiting_ids(connection: Redis, queue: Queue, limit: int) -> list[str]:
+    """The first ``limit`` job ids in line in the queue, in the order they will be taken."""
+    front = [_text(job_id) for job_id in connection.lrange(queue.key, 0, limit - 1)]
+    rest = limit - len(front)
+    fair: Any = connection.zrange(lane(queue.name), 0, rest - 1) if rest > 0 else []
+    return front + [_text(job_id) for job_id in fair]
+
+
+def head(connection: Redis, queue: Queue) -> str | None:
+    """The job id next in line in the queue."""
+    ids = waiting_ids(connection, queue, 1)
+    return ids[0] if ids else None
+
+
+def is_waiting(pipe: Any, queue: Queue, job_id: str) -> None:
+    """Queue, into ``pipe``, two replies: the job's place in each lane (None: not there)."""
+    pipe.lpos(queue.key, job_id)
+    pipe.zscore(lane(queue.name), job_id)
+
+
+def remove(connection: Redis, queue: Queue, job_id: str) -> None:
+    """Take a job out of line (it was cancelled)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lrem(queue.key, 0, job_id)
+        pipe.zrem(lane(queue.name), job_id)
+        pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
