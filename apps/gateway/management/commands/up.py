@@ -1,4 +1,12 @@
-"""`make up`: run all of Barista on one machine, and stop all of it on Ctrl-C."""
+"""`make up`: run all of Barista on one machine, keep it running, stop all of it on Ctrl-C.
+
+It supervises what it starts: a worker, simulator, web process or the embedded Redis that
+exits is started again, after a backoff that doubles from 1 s to 30 s while it keeps
+dying (and starts over once it has run for 30 s). Nothing accepted is lost meanwhile:
+a dead worker's prompts are run again by the rest of the fleet (apps.gateway.worker),
+and pages reconnect to a restarted web process and catch up from the ledger. Only
+Ctrl-C or SIGTERM stops everything.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -44,6 +53,23 @@ def _refuse_a_version_zero_database() -> None:
         )
 
 
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+STEADY_AFTER = 30.0  # seconds up after which a child's backoff starts over
+
+
+@dataclass(eq=False)
+class Child:
+    """A process `up` keeps running."""
+
+    label: str
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+    started: float  # monotonic
+    backoff: float = BACKOFF_FIRST
+    restart_at: float | None = None  # set while it waits to be started again
+
+
 class Command(BaseCommand):
     help = "Start Redis (embedded unless REDIS_URL is set), simulators, workers and daphne."
 
@@ -57,8 +83,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-simulators", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.children: list[Child] = []
         self.redis: EmbeddedRedis | None = None
+        self.redis_restart_at: float | None = None
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -113,13 +140,16 @@ class Command(BaseCommand):
         )
 
     def _spawn(self, label: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        child = Child(label, argv, self._popen(argv), time.monotonic())
+        self.children.append(child)
+        return child.process
+
+    def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
-        process = subprocess.Popen(  # noqa: S603 - argv is built here, never from input
+        return subprocess.Popen(  # noqa: S603 - argv is built here, never from input
             argv, cwd=settings.BASE_DIR, env=env, start_new_session=True
         )
-        self.children.append((label, process))
-        return process
 
     def _wait_for(self, label: str, port: int, path: str, process: subprocess.Popen[bytes]) -> None:
         try:
@@ -129,23 +159,60 @@ class Command(BaseCommand):
                 f"The {label} did not start on port {port}: {exc}. Is the port taken?"
             ) from None
 
-    def _check_children(self) -> None:
-        for label, process in self.children:
-            code = process.poll()
-            if code is not None and not self.stopping:
-                raise CommandError(f"{label} exited unexpectedly (code {code}); stopping.")
-
     def _supervise(self) -> None:
+        self.stdout.write(
+            "  pids: " + ", ".join(f"{child.label} {child.process.pid}" for child in self.children)
+        )
         while True:
-            self._check_children()
+            self._check_redis()
+            for child in self.children:
+                self._check(child)
             time.sleep(0.5)
+
+    def _check(self, child: Child) -> None:
+        now = time.monotonic()
+        if child.restart_at is None:
+            code = child.process.poll()
+            if code is None or self.stopping:
+                return
+            if now - child.started >= STEADY_AFTER:
+                child.backoff = BACKOFF_FIRST
+            child.restart_at = now + child.backoff
+            self.stderr.write(
+                f"{child.label} exited unexpectedly (code {code}); "
+                f"restarting in {child.backoff:.0f} s"
+            )
+            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        elif now >= child.restart_at:
+            child.process = self._popen(child.argv)
+            child.started, child.restart_at = now, None
+            self.stdout.write(f"{child.label} restarted (pid {child.process.pid})")
+
+    def _check_redis(self) -> None:
+        """The embedded Redis is started again in place (its data is on disk: AOF)."""
+        process = self.redis.process if self.redis else None
+        if self.redis is None or self.stopping or (process and process.poll() is None):
+            return
+        now = time.monotonic()
+        if self.redis_restart_at is None:
+            self.stderr.write("the embedded Redis exited unexpectedly; restarting in 1 s")
+            self.redis_restart_at = now + BACKOFF_FIRST
+        elif now >= self.redis_restart_at:
+            try:
+                self.redis.start()
+            except RuntimeError as exc:
+                self.stderr.write(f"the embedded Redis did not start again ({exc}); retrying")
+                self.redis_restart_at = now + BACKOFF_MAX / 6
+                return
+            self.redis_restart_at = None
+            self.stdout.write("the embedded Redis restarted")
 
     def _stop_all(self) -> None:
         self.stopping = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.stdout.write("\nStopping Barista…")
         # Web first (no new prompts), then workers (finish what they hold), then the rest.
-        stop_processes([process for _label, process in reversed(self.children)])
+        stop_processes([child.process for child in reversed(self.children)])
         if self.redis:
             self.redis.stop()
         self.stdout.write("Stopped.")
