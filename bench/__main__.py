@@ -14,6 +14,7 @@ BENCHMARKS = [
     "fleet",
     "metrics_cost",
     "streams",
+    "fairness",
 ]
 
 

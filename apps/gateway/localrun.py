@@ -118,15 +118,20 @@ class EmbeddedRedis:
         self.process = None
 
 
+# Connections the kernel holds for daphne before it accepts them. Twisted's default is 50:
+# a burst of a few hundred clients connecting at once overflowed it, and the clients whose
+# handshake was dropped got their requests reset (seen as ReadError in bench/fairness.py;
+# the kernel's TcpExtListenOverflows counted them). The kernel caps it at somaxconn.
+WEB_BACKLOG = 4096
+
+
 def web_argv(port: int, app: str = "project.asgi:application") -> list[str]:
     return [
         sys.executable,
         "-m",
         "daphne",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
+        "-e",
+        f"tcp:port={port}:interface=127.0.0.1:backlog={WEB_BACKLOG}",
         "--proxy-headers",
         app,
     ]
