@@ -51,7 +51,7 @@ def client(url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=f"{url}/v1",
         timeout=300,
-        limits=httpx.Limits(max_connections=BURST + LIGHT + 10, max_keepalive_connections=50),
+        limits=httpx.Limits(max_connections=BURST + LIGHT + 10, max_keepalive_connections=0),
     )
 
 
@@ -99,17 +99,18 @@ def recovery_round(url: str, key: str, running, port: int, round_: int) -> tuple
         async with client(url) as http:
             fresh = await ask(http, key, f"after {round_}")
         await waiting
-        first = (
-            PromptRequest.objects.filter(messages__0__content__startswith=f"down {round_} ")
-            .exclude(first_token_at=None)
-            .order_by("first_token_at")
-            .values_list("first_token_at", flat=True)
-            .first()
-        )
-        assert first is not None
-        return first.timestamp() - back, fresh
+        return back, fresh
 
-    return asyncio.run(scenario())
+    back, fresh = asyncio.run(scenario())
+    first = (
+        PromptRequest.objects.filter(messages__0__content__startswith=f"down {round_} ")
+        .exclude(first_token_at=None)
+        .order_by("first_token_at")
+        .values_list("first_token_at", flat=True)
+        .first()
+    )
+    assert first is not None
+    return first.timestamp() - back, fresh
 
 
 def main() -> dict[str, float]:
