@@ -5,7 +5,9 @@ doors. A burst is queued, not refused: fairness is the queue's job — people ta
 it (``apps.gateway.fairness``) — so one person's 1,000 prompts wait behind nobody's
 single one. What refuses, all settings or staff's choices:
 
-* a global bound on queued prompts (``BARISTA_MAX_QUEUED``) — past it Barista is busy;
+* a global bound on queued prompts (``BARISTA_MAX_QUEUED``) — past it Barista is busy
+  for anyone who already has prompts waiting (a person with none still gets a turn, so
+  one backlog filling the bound locks no one else out);
 * limits staff set on every person (off by default): a rate
   (``BARISTA_USER_RATE_PER_MINUTE``, a fixed one-minute window) and a cap on prompts
   waiting or running (``BARISTA_USER_MAX_PENDING``);
@@ -150,7 +152,11 @@ def _admit(principal: Principal, model: str, queues: bool, cache_key: str) -> No
                 "rate_limit_exceeded",
                 reset,
             )
-    if queued >= settings.BARISTA_MAX_QUEUED:
+    if queued >= settings.BARISTA_MAX_QUEUED and fairness.waiting_for(
+        redis, lines, principal.user_id
+    ):
+        # The bound is for the crowd: one person's backlog filling it must not lock
+        # everyone else out, so a person with nothing waiting still gets their turn.
         wait = estimate_wait(queued)
         raise Rejection(
             f"Barista is busy ({queued:,} prompts waiting). Try again in {wait} s.", "busy", wait

@@ -17,7 +17,6 @@ from rq import Worker
 from rq.command import send_shutdown_command, send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
 from rq.suspension import is_suspended, resume, suspend
 
 from apps.gateway import coalescing, delivery, fairness, queues
@@ -86,11 +85,10 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
     connection = queues.connection()
     try:
         job = Job.fetch(key, connection=connection)
-        registry = FailedJobRegistry(job.origin, connection=connection)
-        if job in registry:
-            registry.requeue(job)
-        elif job.get_status() != JobStatus.QUEUED:
-            job.delete()
+        if job.get_status() != JobStatus.QUEUED:
+            job.delete()  # out of the failed registry too
+            # A fresh job in the owner's turn — as the reconciler would give it, so the
+            # two never put one prompt in line twice.
             request_enqueue(request_id=key, owner_id=row.owner_id, queue_name=job.origin)
     except NoSuchJobError:
         request_enqueue(

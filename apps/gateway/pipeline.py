@@ -38,7 +38,14 @@ WAITING = {"busy": "waiting_slot", "down": "waiting_backend"}
 async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient) -> None:
     """Answer one ledger row. Safe to run twice: a final row is never touched again, and
     only one run can record the answer (``request_complete_many``)."""
-    started = await group_commit().start(str(request_id))
+    try:
+        started = await group_commit().start(str(request_id))
+    except asyncio.CancelledError as exc:
+        if exc.args and exc.args[0] == CANCEL_REQUEUE:
+            # Given back while it was being started: the start, if it went through, is
+            # taken back with it, or it would count against the prompt's retries.
+            await database_sync_to_async(services.request_requeue)(request_id=request_id)
+        raise
     if started is None:
         logger.info("request %s is already final; nothing to do", request_id)
         # Cancelled before it ran, while others had started following it: one of them
@@ -75,8 +82,9 @@ async def request_process(request_id: uuid.UUID | str, client: httpx.AsyncClient
         raise
     except RedisError:
         # Redis went away mid-answer (a restart, a failover). The prompt was accepted, so it
-        # is not failed: it waits again, and once Redis is back RQ (if its job survived)
-        # or the reconciler (if Redis lost it) runs it again. The job fails, with the trace.
+        # is not failed: it waits again. Once Redis is back the worker puts its job first
+        # in line (apps.gateway.runs.finish), or, if Redis lost it, the reconciler gives
+        # it a new one.
         await database_sync_to_async(services.request_requeue)(request_id=request_id)
         raise
     except Exception:

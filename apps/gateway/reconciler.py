@@ -25,6 +25,7 @@ import datetime
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -64,122 +65,139 @@ class Reconciled:
 ENDED_JOB = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
-def _jobs_alive(
-    connection: Redis, ids: list[str], *, finished_is_alive: bool = True
-) -> dict[str, bool]:
-    """Whether each request's job can still answer it: it exists, has not ended (a job
-    whose retries ran out sits in the failed registry, its row unanswered), and is where
-    a worker will find it — in its queue, or in the started registry (where RQ re-runs
-    it if its worker died). A job a worker popped but died before starting is in
-    neither. A finished job has answered a queued row's earlier run — unless the row is
-    still running, when nothing will (``finished_is_alive=False``)."""
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """What the reconciler needs of a ledger row to give it a job again."""
+
+    owner_id: int
+    source: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A request's job as Redis has it."""
+
+    status: str | None  # None: no job
+    placed: bool  # where a worker will find it: a lane of its queue, or the started registry
+    answering: bool  # a worker's execution of it is alive (that worker's heartbeat keeps it)
+    executions: tuple[str, ...]  # ids of its executions RQ still lists
+
+    def can_answer(self, *, finished_is_alive: bool) -> bool:
+        """Whether the job can still answer its row: it exists, has not ended (a job whose
+        retries ran out sits in the failed registry, its row unanswered), and is placed —
+        waiting, or started (RQ re-runs a started job whose worker died). A job a worker
+        took but died before starting is neither. A finished job answered a queued row's
+        earlier run — unless the row is still running, when nothing will."""
+        if self.status is None or self.status in ENDED_JOB:
+            return False
+        if self.status in (JobStatus.QUEUED, JobStatus.STARTED):
+            return self.placed
+        if self.status == JobStatus.FINISHED:
+            return finished_is_alive
+        return True  # deferred, scheduled: RQ will run it
+
+
+def _inspect(connection: Redis, ids: list[str]) -> dict[str, _Seen]:
+    """Each request's job, its place and its executions, in two round trips."""
     with connection.pipeline(transaction=False) as pipe:
         for request_id in ids:
             pipe.hmget(Job.key_for(request_id), "status", "origin")
-        found = [
-            (status.decode() if status else None, (origin or b"").decode())
-            for status, origin in pipe.execute()
-        ]
+            pipe.zrange(ExecutionRegistry.key_template.format(request_id), 0, -1)
+        replies = pipe.execute()
+    found = []
+    for index, request_id in enumerate(ids):
+        status, origin = replies[2 * index]
+        executions = tuple(e.decode() for e in replies[2 * index + 1])
+        found.append(
+            (request_id, status.decode() if status else None, (origin or b"").decode(), executions)
+        )
     with connection.pipeline(transaction=False) as pipe:
-        for request_id, (status, origin) in zip(ids, found, strict=True):
+        for request_id, status, origin, executions in found:
             if status == JobStatus.QUEUED:
                 fairness.is_waiting(pipe, Queue(origin, connection=connection), request_id)
             elif status == JobStatus.STARTED:
-                pipe.zscore(StartedJobRegistry(origin, connection=connection).key, request_id)
-                pipe.echo("")  # two replies for each job
-            else:
-                pipe.echo("")
-                pipe.echo("")
-        replies = pipe.execute()
-    alive = {}
-    for index, (request_id, (status, _)) in enumerate(zip(ids, found, strict=True)):
-        placed = any(reply not in (None, b"") for reply in replies[2 * index : 2 * index + 2])
-        if status is None or status in ENDED_JOB:
-            alive[request_id] = False
-        elif status in (JobStatus.QUEUED, JobStatus.STARTED):
-            alive[request_id] = placed
-        elif status == JobStatus.FINISHED:
-            alive[request_id] = finished_is_alive
-        else:  # deferred, scheduled: RQ will run it
-            alive[request_id] = True
-    return alive
+                # RQ's started registry lists a run as "{job id}:{execution id}".
+                started = StartedJobRegistry(origin, connection=connection).key
+                for execution in executions:
+                    pipe.zscore(started, f"{request_id}:{execution}")
+            for execution in executions:
+                pipe.exists(Execution(execution, request_id, connection=connection).key)
+        answers = iter(pipe.execute())
+    seen = {}
+    for request_id, status, _, executions in found:
+        places = 0
+        if status == JobStatus.QUEUED:
+            places = 2
+        elif status == JobStatus.STARTED:
+            places = len(executions)
+        placed = [next(answers) for _ in range(places)]
+        alive = [next(answers) for _ in executions]
+        seen[request_id] = _Seen(
+            status=status,
+            placed=any(reply is not None for reply in placed),
+            answering=any(alive),
+            executions=executions,
+        )
+    return seen
 
 
-def _running_elsewhere(connection: Redis, ids: list[str]) -> dict[str, bool]:
-    """Whether a worker is answering each request now: one of its executions (RQ's record
-    of a run, expiring a heartbeat TTL after the last heartbeat) is still there."""
-    with connection.pipeline(transaction=False) as pipe:
-        for request_id in ids:
-            pipe.zrange(ExecutionRegistry.key_template.format(request_id), 0, -1)
-        executions = pipe.execute()
-    with connection.pipeline(transaction=False) as pipe:
-        for request_id, execution_ids in zip(ids, executions, strict=True):
-            keys = [
-                Execution(e.decode(), request_id, connection=connection).key for e in execution_ids
-            ]
-            if keys:
-                pipe.exists(*keys)
-            else:
-                pipe.echo("")  # keeps the replies in step
-        found = pipe.execute()
-    return {request_id: bool(n) for request_id, n in zip(ids, found, strict=True)}
-
-
-def _dead_on_two_passes(connection: Redis, dead: list[str], alive: list[str]) -> list[str]:
+def _dead_on_two_passes(connection: Redis, dead: list[str]) -> list[str]:
     """Of the running rows that look abandoned now, those that also did a heartbeat ago
     (after Redis lost its data, a live worker's next heartbeat re-creates its executions;
-    until then its prompts only look abandoned)."""
+    until then its prompts only look abandoned). The suspects kept are exactly this
+    pass's: a row that came back to life is forgotten."""
     now = time.time()
-    with connection.pipeline(transaction=False) as pipe:
-        if alive:
-            pipe.hdel(SUSPECTS_KEY, *alive)
-        for request_id in dead:
-            pipe.hsetnx(SUSPECTS_KEY, request_id, now)
-        if dead:
-            pipe.hmget(SUSPECTS_KEY, dead)
-        pipe.expire(SUSPECTS_KEY, 3600)
-        replies = pipe.execute()
-    if not dead:
-        return []
-    seen = replies[-2]
+    earlier = connection.hmget(SUSPECTS_KEY, dead) if dead else []
+    since: dict[Any, float] = {
+        request_id: float(seen) if seen is not None else now
+        for request_id, seen in zip(dead, earlier, strict=True)
+    }
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.delete(SUSPECTS_KEY)
+        if since:
+            pipe.hset(SUSPECTS_KEY, mapping=since)
+            pipe.expire(SUSPECTS_KEY, 3600)
+        pipe.execute()
     settle = settings.BARISTA_WORKER_HEARTBEAT + 1
-    return [
-        request_id
-        for request_id, since in zip(dead, seen, strict=True)
-        if since is not None and now - float(since) >= settle
-    ]
+    return [request_id for request_id, first in since.items() if now - first >= settle]
 
 
-def _enqueue_again(
-    connection: Redis, request_id: str, *, owner_id: int, source: str, attempts: int
-) -> None:
-    """A fresh job for the row (an ended job of the same id goes), in its owner's turn."""
-    connection.delete(Job.key_for(request_id))
+def _enqueue_again(connection: Redis, request_id: str, row: _Row, job: _Seen) -> None:
+    """A fresh job for the row, in its owner's turn. The old job goes, with what RQ kept
+    of its runs, so RQ's own clean-up cannot bring an old run back."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.delete(Job.key_for(request_id), ExecutionRegistry.key_template.format(request_id))
+        if job.executions:
+            for name in settings.BARISTA_QUEUES:
+                pipe.zrem(
+                    StartedJobRegistry(name, connection=connection).key,
+                    *[f"{request_id}:{execution}" for execution in job.executions],
+                )
+        pipe.execute()
     services.request_enqueue(
         request_id=request_id,
-        owner_id=owner_id,
-        queue_name=services.queue_for(source=source),
-        attempts=attempts,
+        owner_id=row.owner_id,
+        queue_name=services.queue_for(source=row.source),
+        attempts=row.attempts,
     )
 
 
 def _requeue_running(
-    connection: Redis, rows: dict[str, tuple[int, str, int]], done: Reconciled
+    connection: Redis, rows: dict[str, _Row], seen: dict[str, _Seen], done: Reconciled
 ) -> None:
     """Abandoned running rows: queued again while they have starts left, else failed."""
-    for key, (attempts, source, owner_id) in rows.items():
-        if attempts > settings.BARISTA_JOB_RETRIES:
-            if services.request_fail(request_id=key, error=stopped_too_often(attempts)):
+    for key, row in rows.items():
+        if row.attempts > settings.BARISTA_JOB_RETRIES:
+            if services.request_fail(request_id=key, error=stopped_too_often(row.attempts)):
                 done.failed += 1
             continue
         updated = PromptRequest.objects.filter(id=key, status=Status.RUNNING).update(
             status=Status.QUEUED, first_token_at=None, coalesced_with=None
         )
         if updated:
-            _enqueue_again(connection, key, owner_id=owner_id, source=source, attempts=attempts)
+            _enqueue_again(connection, key, row, seen[key])
             done.requeued += 1
-    if rows:
-        connection.hdel(SUSPECTS_KEY, *rows)
 
 
 def reconcile(connection: Redis) -> Reconciled:
@@ -193,7 +211,7 @@ def reconcile(connection: Redis) -> Reconciled:
     )
     if queued:
         ids = [str(row[0]) for row in queued]
-        alive = _jobs_alive(connection, ids)
+        seen = _inspect(connection, ids)
         leaders = {str(row[1]) for row in queued if row[1] is not None}
         finished_leaders = {
             str(leader_id)
@@ -202,20 +220,21 @@ def reconcile(connection: Redis) -> Reconciled:
             ).values_list("id", flat=True)
         }
         for row_id, leader, source, attempts, owner_id in queued:
+            row = _Row(owner_id, source, attempts)
             key = str(row_id)
             if leader is not None:
                 if str(leader) not in finished_leaders:
                     continue  # its leader is still answering; the answer will reach it
-            elif alive[key]:
+            elif seen[key].can_answer(finished_is_alive=True):
                 continue  # its job is waiting in a queue (or running)
             updated = PromptRequest.objects.filter(id=row_id, status=Status.QUEUED).update(
                 coalesced_with=None, cache_outcome=PromptRequest.CacheOutcome.MISS
             )
             if updated:
-                _enqueue_again(connection, key, owner_id=owner_id, source=source, attempts=attempts)
+                _enqueue_again(connection, key, row, seen[key])
                 done.requeued += 1
     running = {
-        str(row_id): (attempts, source, owner_id)
+        str(row_id): _Row(owner_id, source, attempts)
         for row_id, attempts, source, owner_id in PromptRequest.objects.filter(
             status=Status.RUNNING, started_at__lt=waited
         )
@@ -223,13 +242,16 @@ def reconcile(connection: Redis) -> Reconciled:
         .values_list("id", "attempts", "source", "owner_id")[:BATCH]
     }
     if running:
-        ids = list(running)
-        answering = _running_elsewhere(connection, ids)
-        job_alive = _jobs_alive(connection, ids, finished_is_alive=False)
-        dead = [key for key in ids if not answering[key] and not job_alive[key]]
-        living = [key for key in ids if answering[key] or job_alive[key]]
-        confirmed = _dead_on_two_passes(connection, dead, living)
-        _requeue_running(connection, {key: running[key] for key in confirmed}, done)
+        seen = _inspect(connection, list(running))
+        dead = [
+            key
+            for key, job in seen.items()
+            if not job.answering and not job.can_answer(finished_is_alive=False)
+        ]
+        confirmed = _dead_on_two_passes(connection, dead)
+        _requeue_running(connection, {key: running[key] for key in confirmed}, seen, done)
+    else:
+        _dead_on_two_passes(connection, [])
     if done.requeued or done.failed:
         logger.warning(
             "reconciler: %d prompts had lost their jobs or workers and were queued again; "

@@ -12,7 +12,8 @@ the public pieces those methods are made of, each into the pipeline it is given:
 * **finish** — the execution deleted, then the job ``finished`` with its result in the
   finished registry, or ``failed`` / ``stopped`` with the reason in the failed registry
   (as RQ's ``handle_job_failure`` records a stopped job) — or, for a job cancelled by a
-  shutdown, nothing more: the worker puts it back in its queue untouched.
+  shutdown or one that Redis failed mid-answer, nothing more: the worker puts it back at
+  the front of its queue untouched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -110,7 +112,9 @@ def finish(
             job.finished_job_registry.add(job, result_ttl, pipeline=pipe)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         return True
-    if running.cancel_reason == CANCEL_REQUEUE:
+    if running.cancel_reason == CANCEL_REQUEUE or isinstance(error, RedisError):
+        # Given back (shutting down), or Redis went away mid-answer and the pipeline gave
+        # the prompt back: first in line again, not a failure.
         return False
     if running.cancel_reason == CANCEL_STOP:
         status, text = JobStatus.STOPPED, "Stopped: the request was cancelled."

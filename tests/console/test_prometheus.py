@@ -55,7 +55,7 @@ def test_counts_from_every_process_in_prometheus_format(
     chat_prompt_submit(user=alice, model="sim-chat", content="count me")
     chat_prompt_submit(user=alice, model="sim-chat", content="count me")  # the same: merged
     wait_for(lambda: PromptRequest.objects.filter(status="done").count() == 2, timeout=20)
-    settings.BARISTA_MAX_QUEUED = 0  # nothing more may wait
+    settings.BARISTA_USER_RATE_PER_MINUTE = 1  # a limit staff set: she sent two already
     with pytest.raises(Rejection):
         chat_prompt_submit(user=alice, model="sim-chat", content="refused")
     recorder.flush()  # this process's counts (the refusal); the worker flushes every second

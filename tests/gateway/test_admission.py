@@ -10,6 +10,7 @@ from channels.db import database_sync_to_async
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
 from apps.gateway.models import PromptRequest
+from apps.gateway.operations import request_cancel
 from apps.gateway.selectors import queue_position
 from tests.conftest import queued_jobs
 from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
@@ -38,8 +39,8 @@ async def test_past_the_global_queue_bound_the_page_is_told_busy_and_nothing_is_
     settings.BARISTA_MAX_QUEUED = 3
     for _ in range(3):
         await database_sync_to_async(submit)(alice)
-    socket = await open_socket(bob)
-    reply = await prompt_reply(socket, "one more")
+    alices = await open_socket(alice)
+    reply = await prompt_reply(alices, "one more")
     assert reply["type"] == "error"
     assert reply["code"] == "busy"
     assert reply["retry_after"] >= 1
@@ -47,7 +48,14 @@ async def test_past_the_global_queue_bound_the_page_is_told_busy_and_nothing_is_
     assert reply["ref"] == "one more"
     assert await database_sync_to_async(PromptRequest.objects.count)() == 3
     assert queued_jobs() == 3
-    await socket.disconnect()
+    # Alice's backlog filling the bound does not lock Bob out: with nothing waiting he
+    # gets his turn — one, not a second.
+    bobs = await open_socket(bob)
+    assert (await prompt_reply(bobs, "mine"))["type"] == "accepted"
+    assert (await prompt_reply(bobs, "and mine"))["code"] == "busy"
+    assert queued_jobs() == 4
+    await alices.disconnect()
+    await bobs.disconnect()
 
 
 async def test_a_person_over_their_rate_is_refused_and_others_are_not(
@@ -81,6 +89,17 @@ def test_one_persons_thousand_prompts_are_all_queued_and_anothers_one_goes_next(
     assert [queue_position(request_id=str(r.id)) for r in flood[:3]] == [1, 4, 5]
     assert queue_position(request_id=str(flood[-1].id)) == 1002
     assert queued_jobs() == 1002
+
+
+def test_prompts_a_person_cancelled_do_not_push_their_next_one_back(alice, bob, chat_backend):
+    for request in [submit(alice, f"never mind {i}") for i in range(5)]:
+        request_cancel(owner_id=alice.pk, request_id=request.id)
+    for index in range(3):
+        submit(bob, f"bob {index}")
+    mine = submit(alice, "this one after all")
+    # Nothing of Alice's waits: she starts at the current turn, right after Bob's first.
+    assert queue_position(request_id=str(mine.id)) == 2
+    assert queued_jobs() == 4
 
 
 def test_a_cap_staff_set_on_each_person_still_refuses(alice, bob, chat_backend, settings):

@@ -8,11 +8,11 @@ import uuid
 import pytest
 from django.utils import timezone
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from apps.chat.services import chat_prompt_submit
-from apps.gateway import fairness, reconciler
+from apps.gateway import fairness, reconciler, services
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection, queue
 
@@ -35,14 +35,23 @@ def test_waiting_rows_whose_jobs_are_gone_or_ended_are_queued_again(alice, setti
     fine = chat_prompt_submit(user=alice, model="sim-chat", content="fine")
     young = chat_prompt_submit(user=alice, model="sim-chat", content="young")
     popped = chat_prompt_submit(user=alice, model="sim-chat", content="popped")
+    starting = chat_prompt_submit(user=alice, model="sim-chat", content="starting")
     redis.flushdb()  # Redis came back empty
-    # Three whose jobs did come back: one ended, one waiting in its queue, and one a
-    # worker popped from the queue and died holding before it started it.
+    # Four whose jobs did come back: one ended, one waiting in its queue, one a worker
+    # popped from the queue and died holding before it started it, and one a worker has
+    # just started (its row not marked running yet).
     for request in (ended, fine, popped):
         redis.hset(f"rq:job:{request.id}", mapping={"status": "queued", "origin": "interactive"})
     redis.hset(f"rq:job:{ended.id}", "status", "failed")
     redis.rpush("rq:queue:interactive", str(fine.id))
-    for request in (lost, ended, fine, popped):
+    job = queue("interactive").create_job(services.PROCESS_REQUEST_JOB, job_id=str(starting.id))
+    job.origin = "interactive"
+    with redis.pipeline() as pipe:  # as apps.gateway.runs.start records a run
+        Execution.create(job, 20, pipeline=pipe, worker_name="w")
+        job.set_status(JobStatus.STARTED, pipeline=pipe)
+        job.save(pipeline=pipe)
+        pipe.execute()
+    for request in (lost, ended, fine, popped, starting):
         aged(request.id, seconds=settings.BARISTA_RECONCILE_AFTER + 5)
 
     done = reconciler.reconcile(redis)
@@ -109,8 +118,8 @@ def test_running_rows_no_worker_answers_are_queued_again_until_their_retries_run
     assert "4 times" in row.error
     for request in (answering, recent):  # may still answer
         assert PromptRequest.objects.get(id=request.id).status == "running"
-    assert redis.hlen(reconciler.SUSPECTS_KEY) == 0
     assert reconciler.reconcile(redis).requeued == 0  # and not twice
+    assert redis.hlen(reconciler.SUSPECTS_KEY) == 0  # none left to suspect
 
 
 def test_a_follower_whose_leader_finished_gets_a_job_of_its_own(alice, bob, settings):

@@ -178,9 +178,11 @@ class Command(BaseCommand):
             if now - child.started >= STEADY_AFTER:
                 child.backoff = BACKOFF_FIRST
             child.restart_at = now + child.backoff
+            # Code 0: it was asked to stop (e.g. staff shut a worker down in the console);
+            # `up` keeps the set it started running all the same.
+            how = "stopped" if code == 0 else "exited unexpectedly"
             self.stderr.write(
-                f"{child.label} exited unexpectedly (code {code}); "
-                f"restarting in {child.backoff:.0f} s"
+                f"{child.label} {how} (code {code}); restarting in {child.backoff:.0f} s"
             )
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
         elif now >= child.restart_at:
@@ -209,10 +211,16 @@ class Command(BaseCommand):
 
     def _stop_all(self) -> None:
         self.stopping = True
+        # A second Ctrl-C or SIGTERM must not cut the shutdown short and orphan children.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.stdout.write("\nStopping Barista…")
-        # Web first (no new prompts), then workers (finish what they hold), then the rest.
-        stop_processes([child.process for child in reversed(self.children)])
+        # Web first (no new prompts), then workers (finish what they hold, or give it back
+        # to the queue: they get their grace period before anything is killed).
+        stop_processes(
+            [child.process for child in reversed(self.children)],
+            timeout=settings.BARISTA_WORKER_GRACE + 10,
+        )
         if self.redis:
             self.redis.stop()
         self.stdout.write("Stopped.")
