@@ -22,6 +22,7 @@ from django.conf import settings
 from apps.api.completions import Completion
 from apps.api.errors import (
     ApiError,
+    backends_down,
     from_failed_event,
     from_rejection,
     model_not_found,
@@ -32,10 +33,12 @@ from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
+from apps.backends.recovery import all_down
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
 from apps.gateway.cache import CachedAnswer
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
+from apps.gateway.queues import connection
 from apps.gateway.selectors import cached_answer
 from apps.gateway.services import request_submit
 from apps.gateway.subscription import Subscription
@@ -92,10 +95,14 @@ class OpenAIConsumer(JsonHttpConsumer):
         except ApiError as exc:
             request = exc
         bypass = "no-cache" in (self.header(b"cache-control") or "").lower()
+        # "X-Barista-Wait: 0": do not hold the request while the model's backends are down.
+        no_wait = (self.header(b"x-barista-wait") or "").strip() == "0"
         request_id = uuid.uuid4()
         # One trip to the database thread: the key (401 first), the body (400), the model
         # (404), and a stored answer, which is recorded and returned there and then.
-        authorized = await database_sync_to_async(_authorize)(token, request, request_id, bypass)
+        authorized = await database_sync_to_async(_authorize)(
+            token, request, request_id, bypass, no_wait
+        )
         self.key, row, quota = authorized.key, authorized.hit, authorized.quota
         model, _, _, self.stream, include_usage = authorized.request
         self.completion = Completion(str(request_id), model, int(time.time()), include_usage)
@@ -235,10 +242,15 @@ class Authorized:
 
 
 def _authorize(
-    token: str, request: ChatRequest | ApiError, request_id: uuid.UUID, bypass: bool
+    token: str,
+    request: ChatRequest | ApiError,
+    request_id: uuid.UUID,
+    bypass: bool,
+    no_wait: bool = False,
 ) -> Authorized:
     """The key, then the body, then the model — each refused in that order; then, when the
-    answer is stored already, the request recorded as a hit (no channel, no job)."""
+    answer is stored already, the request recorded as a hit (no channel, no job). With
+    ``no_wait``, a model whose backends are all down is refused at once (503)."""
     key = _authenticate(token)
     if isinstance(request, ApiError):
         raise request
@@ -250,6 +262,10 @@ def _authorize(
         principal=principal, model=model, messages=messages, params=params, bypass_cache=bypass
     )
     if stored is None:
+        if no_wait:
+            down = all_down(connection(), enabled_backends.for_alias_sync(model))
+            if down is not None:
+                raise backends_down(model, retry_after=down)
         return Authorized(key, request)
     hit = _submit(principal, request, request_id, bypass, cached=stored)
     hit.backend  # noqa: B018 - loaded here, so the replay needs no second trip to this thread

@@ -4,6 +4,7 @@ each refusal of the gateway becomes on the API (DESIGN.md, decision 8)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from apps.gateway.admission import UNAVAILABLE, Quota, Rejection
@@ -54,6 +55,17 @@ def from_rejection(exc: Rejection) -> ApiError:
         "rate_limit_exceeded" if status == 429 else "server_overloaded",
         code=exc.code,
         headers=[(b"retry-after", str(exc.retry_after).encode()), *quota_headers(exc.quota)],
+    )
+
+
+def backends_down(model: str, *, retry_after: float) -> ApiError:
+    """Every backend of the model is down and the client asked not to wait for one."""
+    return ApiError(
+        503,
+        f"Every backend for {model!r} is failing right now; try again shortly.",
+        "server_error",
+        code="unavailable",
+        headers=[(b"retry-after", str(math.ceil(retry_after)).encode())],
     )
 
 

@@ -41,6 +41,12 @@ class EnabledBackends:
             await database_sync_to_async(self.load)()
         return self._by_alias.get(alias, [])
 
+    def for_alias_sync(self, alias: str) -> list[Backend]:
+        """``for_alias``, from a thread that may reach the database."""
+        if self.stale:
+            self.load()
+        return self._by_alias.get(alias, [])
+
     def aliases(self) -> list[str]:
         """The aliases that have an enabled backend, sorted (call from a thread that may
         reach the database: it reloads when stale)."""

@@ -20,6 +20,7 @@ import asyncio
 import time
 
 from django.conf import settings
+from redis import Redis
 
 from apps.backends import health, live
 from apps.backends.models import Backend
@@ -34,6 +35,18 @@ RETURNED_TTL = 300
 def enabled() -> bool:
     """Whether prompts wait for a backend to come back (health checks tell them when)."""
     return settings.BARISTA_HEALTH_INTERVAL > 0 and settings.BARISTA_BACKEND_RETURN_WAIT > 0
+
+
+def all_down(connection: Redis, backends: list[Backend]) -> float | None:
+    """When every one of these backends is down (its circuit open, within its cool-down):
+    seconds until the first may be probed again (at least 1). None when one can take a
+    prompt. For a client that asked not to wait for a model to come back."""
+    if not backends:
+        return None
+    states = live.snapshot_sync(connection, [b.pk for b in backends])
+    if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in backends):
+        return max(1.0, min(states[b.pk].probe_in for b in backends))
+    return None
 
 
 async def probe(backend: Backend) -> bool | None:

@@ -223,6 +223,19 @@ def test_every_backend_down_past_the_wait_is_503_with_retry_after(api, redis_con
     assert PromptRequest.objects.get().status == "failed"
 
 
+def test_a_client_that_asks_not_to_wait_is_refused_at_once_while_every_backend_is_down(
+    api, redis_conn
+):
+    open_circuit(redis_conn)
+    body = {**HELLO, "messages": [{"role": "user", "content": "now or never"}]}
+    response = post(api, body, **{"X-Barista-Wait": "0"})
+    error = error_of(response, 503)
+    assert error["code"] == "unavailable" and "failing right now" in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    assert not PromptRequest.objects.exists()  # nothing recorded, nothing queued
+    assert no_backend_call(api)
+
+
 def test_an_open_circuit_on_a_backend_that_answers_is_probed_at_once(api, redis_conn):
     backend = open_circuit(redis_conn)
     response = post(api, {**HELLO, "messages": [{"role": "user", "content": "c"}]})
