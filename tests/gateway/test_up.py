@@ -137,8 +137,8 @@ def test_a_worker_killed_under_up_is_restarted_and_every_prompt_in_flight_answer
     output = Output(process)
     try:
         wait_for(lambda: ready(web), timeout=90, interval=0.5, describe=lambda: output.text)
-        pids = output.search(r"worker 1 (\d+)")
-        assert pids, output.text
+        # `up` prints its children's pids once everything answers (after /readyz does).
+        pids = wait_for(lambda: output.search(r"worker 1 (\d+)"), describe=lambda: output.text)
         doomed = int(pids.group(1))
         key = subprocess.run(
             [sys.executable, "manage.py", "create_api_key", "--user", "admin", "--name", "load"],
