@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+from apps.backends import recovery
 from apps.gateway.admission import UNAVAILABLE, Quota, Rejection
 
 
@@ -62,7 +63,7 @@ def backends_down(model: str, *, retry_after: float) -> ApiError:
     """Every backend of the model is down and the client asked not to wait for one."""
     return ApiError(
         503,
-        f"Every backend for {model!r} is failing right now; try again shortly.",
+        recovery.failing(model),
         "server_error",
         code="unavailable",
         headers=[(b"retry-after", str(math.ceil(retry_after)).encode())],

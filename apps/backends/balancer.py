@@ -181,7 +181,7 @@ async def _attempt(
     candidates: list[Backend], alias: str, strategy: str, lease_ttl: float, waited: float
 ) -> tuple[Backend, str] | None:
     states = await live.snapshot([b.pk for b in candidates])
-    if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in candidates):
+    if recovery.all_open(candidates, states):
         raise AllBackendsDown(alias)  # the caller waits for one to come back
     for backend in rank(candidates, states, strategy):
         if strategy == "peak_ewma" and worth_waiting(backend, candidates, states, waited):
@@ -236,16 +236,12 @@ async def backend_acquire(
                 found = await _attempt(candidates, alias, strategy, lease_ttl, waited)
             except AllBackendsDown:
                 if not recovery.enabled():
-                    raise NoBackendAvailable(
-                        f"Every backend for {alias!r} is failing right now; try again shortly."
-                    ) from None
+                    raise NoBackendAvailable(recovery.failing(alias)) from None
                 await tell("down")
                 until = started + min(wait_up_to, settings.BARISTA_BACKEND_RETURN_WAIT)
                 if await recovery.wait_for_return(candidates, until=until):
                     continue
-                raise NoBackendAvailable(
-                    f"Every backend for {alias!r} is failing right now; try again shortly."
-                ) from None
+                raise NoBackendAvailable(recovery.failing(alias)) from None
             if found is not None:
                 return found
             if waited >= wait_up_to:
@@ -266,6 +262,4 @@ async def backend_wait_for_return(
         await on_wait("down")
     until = asyncio.get_running_loop().time() + settings.BARISTA_BACKEND_RETURN_WAIT
     if not await recovery.wait_for_return(backends, until=until):
-        raise NoBackendAvailable(
-            f"Every backend for {alias!r} is failing right now; try again shortly."
-        )
+        raise NoBackendAvailable(recovery.failing(alias))

@@ -37,14 +37,24 @@ def enabled() -> bool:
     return settings.BARISTA_HEALTH_INTERVAL > 0 and settings.BARISTA_BACKEND_RETURN_WAIT > 0
 
 
+def failing(alias: str) -> str:
+    """What a person is told when every backend of their model is down."""
+    return f"Every backend for {alias!r} is failing right now; try again shortly."
+
+
+def all_open(backends: list[Backend], states: dict[int, live.BackendLive]) -> bool:
+    """Every one of these backends is down: its circuit open, within its cool-down."""
+    return all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in backends)
+
+
 def all_down(connection: Redis, backends: list[Backend]) -> float | None:
-    """When every one of these backends is down (its circuit open, within its cool-down):
-    seconds until the first may be probed again (at least 1). None when one can take a
-    prompt. For a client that asked not to wait for a model to come back."""
+    """When every one of these backends is down (``all_open``): seconds until the first
+    may be probed again (at least 1). None when one can take a prompt. For a client that
+    asked not to wait for a model to come back."""
     if not backends:
         return None
     states = live.snapshot_sync(connection, [b.pk for b in backends])
-    if all(states[b.pk].circuit == "open" and states[b.pk].probe_in > 0 for b in backends):
+    if all_open(backends, states):
         return max(1.0, min(states[b.pk].probe_in for b in backends))
     return None
 

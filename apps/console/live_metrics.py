@@ -95,13 +95,12 @@ async def gauges() -> dict[str, Any]:
     states = await live.snapshot([pk for pk, _ in backends])
     async with redis.pipeline(transaction=False) as pipe:
         for rq_queue in queues():
-            pipe.llen(rq_queue.key)
-            pipe.zcard(fairness.lane(rq_queue.name))
+            fairness.count_waiting(pipe, rq_queue)
         pipe.scard(REDIS_WORKER_KEYS)
         pipe.hgetall(cache.COUNTERS_KEY)
         *lanes, workers, counters = await pipe.execute()
     counted = cache.counters_from(counters)
-    depths = [lanes[i] + lanes[i + 1] for i in range(0, len(lanes), 2)]
+    depths = fairness.waiting_counts(lanes)
     return {
         "queues": dict(zip(settings.BARISTA_QUEUES, depths, strict=True)),
         "inflight": {name: states[pk].in_flight for pk, name in backends},

@@ -117,8 +117,7 @@ def _admit(principal: Principal, model: str, queues: bool, cache_key: str) -> No
     redis = connection()
     with redis.pipeline(transaction=False) as pipe:
         for queue in lines:
-            pipe.llen(queue.key)
-            pipe.zcard(fairness.lane(queue.name))
+            fairness.count_waiting(pipe, queue)
         if user_rpm:
             pipe.incr(rate_key)
             pipe.expire(rate_key, 61)
@@ -128,8 +127,9 @@ def _admit(principal: Principal, model: str, queues: bool, cache_key: str) -> No
             pipe.expire(key_rate, 61)
         if key is not None and tpm:
             pipe.get(KEY_TOKENS_KEY.format(key_id=key.id, window=window))
-        replies = iter(pipe.execute())
-    queued = sum(next(replies) for _ in range(2 * len(lines)))
+        answered = pipe.execute()
+    queued = sum(fairness.waiting_counts(answered[: 2 * len(lines)]))
+    replies = iter(answered[2 * len(lines) :])
     rate = 0
     if user_rpm:
         rate = next(replies)

@@ -30,6 +30,7 @@ and an arrival counter for ties.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
@@ -195,14 +196,35 @@ def waiting_for(connection: Redis, queues: list[Queue], person: int | str) -> in
         return sum(int(n or 0) for n in pipe.execute())
 
 
+def count_waiting(pipe: Any, queue: Queue) -> None:
+    """Queue, into ``pipe``, the two replies ``waiting_counts`` adds up for the queue."""
+    pipe.llen(queue.key)
+    pipe.zcard(lane(queue.name))
+
+
+def waiting_counts(replies: Sequence[Any]) -> list[int]:
+    """Prompts waiting in each queue, both lanes, from the replies of ``count_waiting``."""
+    return [int(replies[i]) + int(replies[i + 1]) for i in range(0, len(replies), 2)]
+
+
 def depths(connection: Redis, queues: list[Queue]) -> list[int]:
     """Prompts waiting in each queue, both lanes."""
     with connection.pipeline(transaction=False) as pipe:
         for queue in queues:
-            pipe.llen(queue.key)
-            pipe.zcard(lane(queue.name))
-        replies = pipe.execute()
-    return [int(replies[2 * i]) + int(replies[2 * i + 1]) for i in range(len(queues))]
+            count_waiting(pipe, queue)
+        return waiting_counts(pipe.execute())
+
+
+def read_head(pipe: Any, queue: Queue) -> None:
+    """Queue, into ``pipe``, the two replies ``head_from`` reads for the queue."""
+    pipe.lindex(queue.key, 0)
+    pipe.zrange(lane(queue.name), 0, 0)
+
+
+def head_from(front: Any, fair: Any) -> str | None:
+    """The job id next in line, from the replies of ``read_head``: the front lane's first."""
+    first = front or (fair[0] if fair else None)
+    return _text(first) if first else None
 
 
 def position(connection: Redis, queues: list[Queue], job_id: str) -> int | None:
@@ -236,8 +258,9 @@ def waiting_ids(connection: Redis, queue: Queue, limit: int) -> list[str]:
 
 def head(connection: Redis, queue: Queue) -> str | None:
     """The job id next in line in the queue."""
-    ids = waiting_ids(connection, queue, 1)
-    return ids[0] if ids else None
+    with connection.pipeline(transaction=False) as pipe:
+        read_head(pipe, queue)
+        return head_from(*pipe.execute())
 
 
 def is_waiting(pipe: Any, queue: Queue, job_id: str) -> None:

@@ -179,20 +179,19 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
     lines = [Queue(name, connection=connection) for name in names]
     with connection.pipeline(transaction=False) as pipe:
         for queue in lines:
-            pipe.llen(queue.key)
-            pipe.lindex(queue.key, 0)
-            pipe.zcard(fairness.lane(queue.name))
-            pipe.zrange(fairness.lane(queue.name), 0, 0)
+            fairness.count_waiting(pipe, queue)
+        for queue in lines:
+            fairness.read_head(pipe, queue)
         pipe.scard(REDIS_WORKER_KEYS)
         replies = pipe.execute()
-    depths, heads = [], []
-    for index in range(len(names)):
-        front, front_head, fair, fair_head = replies[4 * index : 4 * index + 4]
-        depths.append(int(front) + int(fair))
-        heads.append(front_head or (fair_head[0] if fair_head else None))
+    count = 2 * len(lines)
+    depths = fairness.waiting_counts(replies[:count])
+    heads = [
+        fairness.head_from(*replies[count + 2 * i : count + 2 * i + 2]) for i in range(len(lines))
+    ]
     with connection.pipeline(transaction=False) as pipe:
         for head in heads:
-            pipe.hget(Job.key_for(head.decode()), "enqueued_at") if head else pipe.echo("")
+            pipe.hget(Job.key_for(head), "enqueued_at") if head else pipe.echo("")
         enqueued = pipe.execute()
     states = live.snapshot_sync(connection, [pk for pk, _ in backends])
     fields: dict[str, float] = {"workers": int(replies[-1])}
