@@ -199,12 +199,14 @@ async def backend_acquire(
     lease_ttl: float,
     wait_up_to: float,
     party: Hashable = None,
+    source: Hashable = None,
     on_wait: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[Backend, str]:
     """Pick a backend and take a lease on it. Waits in line — taking turns with other
-    ``party``s (people) — while every backend is at its cap (up to ``wait_up_to``
-    seconds), and while every backend is down (up to ``BARISTA_BACKEND_RETURN_WAIT``
-    seconds of that, probing them: ``apps.backends.recovery``); raises
+    ``party``s (people), and within a party by ``source`` (their API keys) — while every
+    backend is at its cap (up to ``wait_up_to`` seconds), and while every backend is down
+    (up to ``BARISTA_BACKEND_RETURN_WAIT`` seconds of that, probing them:
+    ``apps.backends.recovery``); raises
     ``NoBackendAvailable`` if there is none. ``on_wait`` hears once why the prompt waits:
     ``"busy"`` or ``"down"``."""
     if not candidates:
@@ -228,7 +230,7 @@ async def backend_acquire(
             told.add(reason)
             await on_wait(reason)
 
-    async with line.hold(party):
+    async with line.hold(party, source):
         delay = 0.02
         while True:
             waited = loop.time() - started

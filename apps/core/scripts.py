@@ -34,6 +34,11 @@ class LuaScript:
         script: Script = self._on(client)
         return script(keys=keys, args=args)
 
+    def into(self, pipe: Any, client: Redis, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
+        """Queue a run into ``pipe``, a pipeline of the synchronous ``client``."""
+        script: Script = self._on(client)
+        script(keys=keys, args=args, client=pipe)
+
     async def run(
         self, client: aioredis.Redis, keys: Sequence[Any], args: Sequence[Any] = ()
     ) -> Any:

@@ -9,6 +9,12 @@ A prompt waits in one of two lanes of its queue:
   prompts are spaced one turn apart, and a person who has sent nothing for a while starts
   at the current turn — not ahead of everyone for having been quiet, not behind someone
   else's thousand. Ties (one turn, several people) go in order of arrival.
+
+  Within a person, their *sources* — each API key, and the chat page — take turns the
+  same way: a person's turns are theirs, and which of their prompts runs in each is the
+  first by their sources' tags (one script swaps the two when it is another of theirs).
+  So a program's 1,000 prompts on one key do not hold up its owner's prompt from the chat
+  page or another key, and a person cannot win more turns by making more keys.
 * the **front lane** — RQ's own list for the queue, for prompts that already waited
   their turn: RQ's re-runs of a job whose worker died, and a worker's give-back (on
   shutdown, or when Redis failed mid-answer). Workers take from it first. (Staff's
@@ -16,16 +22,19 @@ A prompt waits in one of two lanes of its queue:
 
 What a person sees: a prompt sent while someone else has 1,000 waiting is placed behind
 at most one prompt of each other person with prompts waiting (``position`` counts
-exactly what is ahead, so the figure shown is true under this ordering). Coalesced
-followers and cache hits never enter a queue.
+exactly what is ahead — the turn the prompt will run in, not the one it holds — so the
+figure shown is true under this ordering). Coalesced followers and cache hits never
+enter a queue.
 
 The worker takes prompts in queue priority order, front lane first (``take``, one
 script per queue); an idle worker blocks on the fair lanes (``wait_pop``). The keys: the
 lane ``barista:fair:{queue}``, the virtual time ``barista:fair:{queue}:clock``, each
 person's last tag ``barista:fair:{queue}:last:{person}`` and how many of their prompts
-wait (``...:waiting``, with each waiting job's person in ``...:owners``) — a person with
-nothing waiting has no last tag, so what they sent or cancelled before does not count —
-and an arrival counter for ties.
+wait (``...:waiting``, with each waiting job's person in ``...:owners``), and while
+something of theirs waits: their jobs by their sources' tags (``...:order:{person}``), by
+their turns (``...:mine:{person}``), and their sources' last tags (``...:sources:{person}``)
+— a person with nothing waiting has none of these, so what they sent or cancelled before
+does not count — and an arrival counter for ties.
 """
 
 from __future__ import annotations
@@ -38,90 +47,180 @@ from rq import Queue
 
 from apps.core.scripts import LuaScript
 
-LANE = "barista:fair:{queue}"
+LANE = "barista:fair:{queue}"  # the prefix of the queue's other keys (see above)
 CLOCK = "barista:fair:{queue}:clock"
-LAST = "barista:fair:{queue}:last:"  # + person: the person's last tag
-OWNERS = "barista:fair:{queue}:owners"  # job id -> person, while it waits
 WAITING = "barista:fair:{queue}:waiting"  # person -> prompts waiting in the lane
 ARRIVALS = "barista:fair:arrivals"
-LAST_TTL = 86400  # only a safety net: a person's last tag goes when nothing of theirs waits
+LAST_TTL = 86400  # only a safety net: a person's keys go when nothing of theirs waits
 # Ties within a turn are ordered by arrival: the fraction of a score below 1.
 ARRIVAL_SLOTS = 1 << 20
 
-# A job leaves the lane (taken or cancelled): its person has one fewer waiting, and with
-# none left their last tag goes — a person with nothing waiting starts at the current
-# turn, whatever they sent or cancelled before. (The last-tag key is built here from its
-# prefix: these scripts run on one Redis, never a cluster, as RQ's queues do.)
-_FORGET = """
-local function forget(owners, waiting, last_prefix, id)
+# The per-person keys are built in the scripts from their prefixes: these scripts run on
+# one Redis, never a cluster, as RQ's queues do. ARGV[1] of every script is the queue's
+# key prefix "barista:fair:{queue}".
+_COMMON = """
+local prefix = ARGV[1]
+local lane, owners, waiting = prefix, prefix .. ':owners', prefix .. ':waiting'
+local function keys_of(person)
+  return prefix .. ':last:' .. person, prefix .. ':order:' .. person,
+         prefix .. ':mine:' .. person, prefix .. ':sources:' .. person
+end
+
+-- A job leaves the lane (taken or cancelled): its person has one fewer waiting, and with
+-- none left their keys go — a person with nothing waiting starts at the current turn,
+-- whatever they sent or cancelled before.
+local function forget(id)
   local person = redis.call('HGET', owners, id)
   if not person then return end
   redis.call('HDEL', owners, id)
+  local last, order, mine, sources = keys_of(person)
+  redis.call('ZREM', order, id)
+  redis.call('ZREM', mine, id)
   if redis.call('HINCRBY', waiting, person, -1) <= 0 then
     redis.call('HDEL', waiting, person)
-    redis.call('DEL', last_prefix .. person)
+    redis.call('DEL', last, order, mine, sources)
   end
+end
+
+-- The job that runs in the turn ``id`` holds (score ``score``, already out of the lane):
+-- its person's first by their sources' turns. When that is another job of theirs, the
+-- two swap turns: ``id`` goes back into the lane in the other's later turn.
+local function runs_in_turn_of(id, score)
+  local person = redis.call('HGET', owners, id)
+  if not person then return id end
+  local last, order, mine, sources = keys_of(person)
+  local first = redis.call('ZRANGE', order, 0, 0, 'WITHSCORES')
+  if #first == 0 then return id end
+  local chosen = first[1]
+  redis.call('HSET', sources, 'clock', math.floor(tonumber(first[2])))
+  if chosen ~= id then
+    local later = redis.call('ZSCORE', lane, chosen)
+    if later then
+      redis.call('ZREM', lane, chosen)
+      redis.call('ZADD', lane, later, id)
+      redis.call('ZADD', mine, later, id)
+    else
+      chosen = id
+    end
+  end
+  forget(chosen)
+  return chosen
+end
+
+local function advance_clock(score)
+  local tag = math.floor(tonumber(score))
+  if tag > tonumber(redis.call('GET', lane .. ':clock') or '0') then
+    redis.call('SET', lane .. ':clock', tag)
+  end
+end
+
+-- The job that runs in the turn held by the lane's member ``id`` (still in the lane).
+local function effective(id)
+  local person = redis.call('HGET', owners, id)
+  if not person then return id end
+  local last, order, mine = keys_of(person)
+  local rank = redis.call('ZRANK', mine, id)
+  if not rank then return id end
+  local at = redis.call('ZRANGE', order, rank, rank)
+  return at[1] or id
 end
 """
 
-_PUSH = LuaScript("""
-local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-local tag = math.max(clock, last) + 1
-local slots = tonumber(ARGV[3])
-local arrival = redis.call('INCR', KEYS[4]) % slots
-if redis.call('ZADD', KEYS[1], 'NX', tag + arrival / slots, ARGV[1]) == 0 then
+# ARGV: prefix, job id, person, source, ttl, arrival slots. KEYS: the clock and the
+# arrival counter (declared; the rest are built from the prefix).
+_PUSH = LuaScript(
+    _COMMON
+    + """
+local id, person, source, ttl = ARGV[2], ARGV[3], 's:' .. ARGV[4], ARGV[5]
+local last, order, mine, sources = keys_of(person)
+local clock = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tag = math.max(clock, tonumber(redis.call('GET', last) or '0')) + 1
+local slots = tonumber(ARGV[6])
+local arrival = (redis.call('INCR', KEYS[2]) % slots) / slots
+if redis.call('ZADD', lane, 'NX', tag + arrival, id) == 0 then
   return 0  -- already waiting in this lane
 end
-redis.call('SET', KEYS[3], tag, 'EX', ARGV[2])
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
-redis.call('HINCRBY', KEYS[6], ARGV[4], 1)
+redis.call('SET', last, tag, 'EX', ttl)
+redis.call('HSET', owners, id, person)
+redis.call('HINCRBY', waiting, person, 1)
+redis.call('ZADD', mine, tag + arrival, id)
+-- Within the person, their sources (API keys, the chat page) take turns the same way.
+local own_clock = tonumber(redis.call('HGET', sources, 'clock') or '0')
+local own_tag = math.max(own_clock, tonumber(redis.call('HGET', sources, source) or '0')) + 1
+redis.call('HSET', sources, source, own_tag)
+redis.call('ZADD', order, own_tag + arrival, id)
+redis.call('EXPIRE', order, ttl)
+redis.call('EXPIRE', mine, ttl)
+redis.call('EXPIRE', sources, ttl)
 return tag
-""")
+"""
+)
 
-# Front lane first, then the fair lane; the clock moves to the last tag taken.
+# Front lane first (KEYS[1], RQ's list), then the fair lane in turn; the clock moves to
+# the last turn taken. ARGV: prefix, count.
 _TAKE = LuaScript(
-    _FORGET
+    _COMMON
     + """
-local count = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
 local ids = redis.call('LPOP', KEYS[1], count)
 if not ids then ids = {} end
-local left = count - #ids
-if left > 0 then
-  local popped = redis.call('ZPOPMIN', KEYS[2], left)
-  for i = 1, #popped, 2 do
-    ids[#ids + 1] = popped[i]
-    forget(KEYS[4], KEYS[5], ARGV[2], popped[i])
-  end
-  if #popped > 0 then
-    local tag = math.floor(tonumber(popped[#popped]))
-    if tag > tonumber(redis.call('GET', KEYS[3]) or '0') then
-      redis.call('SET', KEYS[3], tag)
-    end
-  end
+while #ids < count do
+  local popped = redis.call('ZPOPMIN', lane)
+  if #popped == 0 then break end
+  advance_clock(popped[2])
+  ids[#ids + 1] = runs_in_turn_of(popped[1], popped[2])
 end
 return ids
 """
 )
 
-# After a blocking pop took ARGV[2] with score ARGV[1].
+# After a blocking pop took ARGV[2] with score ARGV[3]: returns the job that runs.
 _ADVANCE = LuaScript(
-    _FORGET
+    _COMMON
     + """
-if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-forget(KEYS[2], KEYS[3], ARGV[3], ARGV[2])
+advance_clock(ARGV[3])
+return runs_in_turn_of(ARGV[2], ARGV[3])
 """
 )
 
 _REMOVE = LuaScript(
-    _FORGET
+    _COMMON
     + """
-redis.call('LREM', KEYS[1], 0, ARGV[1])
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
-  forget(KEYS[3], KEYS[4], ARGV[2], ARGV[1])
+redis.call('LREM', KEYS[1], 0, ARGV[2])
+if redis.call('ZREM', lane, ARGV[2]) == 1 then
+  forget(ARGV[2])
 end
+"""
+)
+
+# {front lane length, place in it or false, fair lane length, place in it or false}: a
+# job's place in the fair lane is that of the turn it will run in — its person's turns in
+# order, taken by their jobs in their sources' order.
+_PLACE = LuaScript(
+    _COMMON
+    + """
+local id = ARGV[2]
+local front, fair = redis.call('LLEN', KEYS[1]), redis.call('ZCARD', lane)
+local in_front = redis.call('LPOS', KEYS[1], id)
+if in_front then return {front, in_front, fair, false} end
+local person = redis.call('HGET', owners, id)
+if not person then return {front, false, fair, false} end
+local last, order, mine = keys_of(person)
+local rank = redis.call('ZRANK', order, id)
+if not rank then return {front, false, fair, false} end
+local turn = redis.call('ZRANGE', mine, rank, rank, 'WITHSCORES')
+if #turn == 0 then return {front, false, fair, false} end
+return {front, false, fair, redis.call('ZCOUNT', lane, '-inf', '(' .. turn[2])}
+"""
+)
+
+# The first ARGV[2] jobs of the fair lane, in the order they will run.
+_FIRST = LuaScript(
+    _COMMON
+    + """
+local ids = redis.call('ZRANGE', lane, 0, tonumber(ARGV[2]) - 1)
+for i = 1, #ids do ids[i] = effective(ids[i]) end
+return ids
 """
 )
 
@@ -130,57 +229,37 @@ def lane(queue_name: str) -> str:
     return LANE.format(queue=queue_name)
 
 
-def push(connection: Redis, *, queue_name: str, job_id: str, person: int | str) -> int:
-    """Put a job in its queue's fair lane, in the person's next turn. Returns the turn
-    (0 if it was already waiting there)."""
+def push(
+    connection: Redis, *, queue_name: str, job_id: str, person: int | str, source: int | str = ""
+) -> int:
+    """Put a job in its queue's fair lane, in the person's next turn; within the person,
+    ``source`` (an API key's id; "" for the chat page) takes turns with their other
+    sources. Returns the turn (0 if it was already waiting there)."""
     return int(
         _PUSH(
             connection,
-            keys=[
-                lane(queue_name),
-                CLOCK.format(queue=queue_name),
-                LAST.format(queue=queue_name) + str(person),
-                ARRIVALS,
-                OWNERS.format(queue=queue_name),
-                WAITING.format(queue=queue_name),
-            ],
-            args=[job_id, LAST_TTL, ARRIVAL_SLOTS, person],
+            keys=[CLOCK.format(queue=queue_name), ARRIVALS],
+            args=[lane(queue_name), job_id, person, source, LAST_TTL, ARRIVAL_SLOTS],
         )
     )
 
 
 def take(connection: Redis, queue: Queue, count: int) -> list[str]:
     """Up to ``count`` job ids from the queue: its front lane first, then in turn."""
-    name = queue.name
-    ids: Any = _TAKE(
-        connection,
-        keys=[
-            queue.key,
-            lane(name),
-            CLOCK.format(queue=name),
-            OWNERS.format(queue=name),
-            WAITING.format(queue=name),
-        ],
-        args=[count, LAST.format(queue=name)],
-    )
+    ids: Any = _TAKE(connection, keys=[queue.key], args=[lane(queue.name), count])
     return [_text(job_id) for job_id in ids]
 
 
 def wait_pop(connection: Redis, queues: list[Queue], timeout: float) -> tuple[Queue, str] | None:
     """Block until a job is in one of the queues' fair lanes (the first queue first),
-    up to ``timeout`` s, and take it."""
+    up to ``timeout`` s, and take the one that runs in that turn."""
     by_lane = {lane(queue.name): queue for queue in queues}
     popped: Any = connection.bzpopmin(list(by_lane), timeout=timeout)
     if not popped:
         return None
     key, job_id, score = _text(popped[0]), _text(popped[1]), float(popped[2])
-    name = by_lane[key].name
-    _ADVANCE(
-        connection,
-        keys=[CLOCK.format(queue=name), OWNERS.format(queue=name), WAITING.format(queue=name)],
-        args=[int(score), job_id, LAST.format(queue=name)],
-    )
-    return by_lane[key], job_id
+    chosen: Any = _ADVANCE(connection, keys=[], args=[key, job_id, score])
+    return by_lane[key], _text(chosen)
 
 
 def put_back(connection: Redis, queue: Queue, job_id: str) -> None:
@@ -215,10 +294,10 @@ def depths(connection: Redis, queues: list[Queue]) -> list[int]:
         return waiting_counts(pipe.execute())
 
 
-def read_head(pipe: Any, queue: Queue) -> None:
+def read_head(pipe: Any, connection: Redis, queue: Queue) -> None:
     """Queue, into ``pipe``, the two replies ``head_from`` reads for the queue."""
     pipe.lindex(queue.key, 0)
-    pipe.zrange(lane(queue.name), 0, 0)
+    _FIRST.into(pipe, connection, keys=[], args=[lane(queue.name), 1])
 
 
 def head_from(front: Any, fair: Any) -> str | None:
@@ -232,14 +311,10 @@ def position(connection: Redis, queues: list[Queue], job_id: str) -> int | None:
     first in each), or None when it is not waiting. One round trip."""
     with connection.pipeline(transaction=False) as pipe:
         for queue in queues:
-            pipe.llen(queue.key)
-            pipe.lpos(queue.key, job_id)
-            pipe.zcard(lane(queue.name))
-            pipe.zrank(lane(queue.name), job_id)
+            _PLACE.into(pipe, connection, keys=[queue.key], args=[lane(queue.name), job_id])
         replies = pipe.execute()
     ahead = 0
-    for index in range(len(queues)):
-        front, in_front, fair, in_fair = replies[4 * index : 4 * index + 4]
+    for front, in_front, fair, in_fair in replies:
         if in_front is not None:
             return ahead + int(in_front) + 1
         if in_fair is not None:
@@ -252,14 +327,14 @@ def waiting_ids(connection: Redis, queue: Queue, limit: int) -> list[str]:
     """The first ``limit`` job ids in line in the queue, in the order they will be taken."""
     front = [_text(job_id) for job_id in connection.lrange(queue.key, 0, limit - 1)]
     rest = limit - len(front)
-    fair: Any = connection.zrange(lane(queue.name), 0, rest - 1) if rest > 0 else []
+    fair: Any = _FIRST(connection, keys=[], args=[lane(queue.name), rest]) if rest > 0 else []
     return front + [_text(job_id) for job_id in fair]
 
 
 def head(connection: Redis, queue: Queue) -> str | None:
     """The job id next in line in the queue."""
     with connection.pipeline(transaction=False) as pipe:
-        read_head(pipe, queue)
+        read_head(pipe, connection, queue)
         return head_from(*pipe.execute())
 
 
@@ -271,12 +346,7 @@ def is_waiting(pipe: Any, queue: Queue, job_id: str) -> None:
 
 def remove(connection: Redis, queue: Queue, job_id: str) -> None:
     """Take a job out of line (it was cancelled)."""
-    name = queue.name
-    _REMOVE(
-        connection,
-        keys=[queue.key, lane(name), OWNERS.format(queue=name), WAITING.format(queue=name)],
-        args=[job_id, LAST.format(queue=name)],
-    )
+    _REMOVE(connection, keys=[queue.key], args=[lane(queue.name), job_id])
 
 
 def _text(value: bytes | str) -> str:

@@ -181,7 +181,7 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
         for queue in lines:
             fairness.count_waiting(pipe, queue)
         for queue in lines:
-            fairness.read_head(pipe, queue)
+            fairness.read_head(pipe, connection, queue)
         pipe.scard(REDIS_WORKER_KEYS)
         replies = pipe.execute()
     count = 2 * len(lines)

@@ -89,10 +89,18 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
             job.delete()  # out of the failed registry too
             # A fresh job in the owner's turn — as the reconciler would give it, so the
             # two never put one prompt in line twice.
-            request_enqueue(request_id=key, owner_id=row.owner_id, queue_name=job.origin)
+            request_enqueue(
+                request_id=key,
+                owner_id=row.owner_id,
+                api_key_id=row.api_key_id,
+                queue_name=job.origin,
+            )
     except NoSuchJobError:
         request_enqueue(
-            request_id=key, owner_id=row.owner_id, queue_name=queue_for(source=row.source)
+            request_id=key,
+            owner_id=row.owner_id,
+            api_key_id=row.api_key_id,
+            queue_name=queue_for(source=row.source),
         )
     async_to_sync(delivery.push)(
         request_id=key,

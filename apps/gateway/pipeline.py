@@ -228,6 +228,7 @@ async def _answer_once(
                 lease_ttl=settings.BARISTA_LEASE_TTL,
                 wait_up_to=settings.BARISTA_JOB_TIMEOUT,
                 party=owner_id,
+                source=request.api_key_id,
                 on_wait=waiting,
             )
         except NoBackendAvailable as exc:

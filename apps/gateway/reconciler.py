@@ -70,6 +70,7 @@ class _Row:
     """What the reconciler needs of a ledger row to give it a job again."""
 
     owner_id: int
+    api_key_id: int | None
     source: str
     attempts: int
 
@@ -178,6 +179,7 @@ def _enqueue_again(connection: Redis, request_id: str, row: _Row, job: _Seen) ->
     services.request_enqueue(
         request_id=request_id,
         owner_id=row.owner_id,
+        api_key_id=row.api_key_id,
         queue_name=services.queue_for(source=row.source),
         attempts=row.attempts,
     )
@@ -207,7 +209,7 @@ def reconcile(connection: Redis) -> Reconciled:
     queued = list(
         PromptRequest.objects.filter(status=Status.QUEUED, queued_at__lt=waited)
         .order_by("queued_at")
-        .values_list("id", "coalesced_with", "source", "attempts", "owner_id")[:BATCH]
+        .values_list("id", "coalesced_with", "source", "attempts", "owner_id", "api_key_id")[:BATCH]
     )
     if queued:
         ids = [str(row[0]) for row in queued]
@@ -219,8 +221,8 @@ def reconcile(connection: Redis) -> Reconciled:
                 id__in=leaders, status__in=PromptRequest.FINAL_STATUSES
             ).values_list("id", flat=True)
         }
-        for row_id, leader, source, attempts, owner_id in queued:
-            row = _Row(owner_id, source, attempts)
+        for row_id, leader, source, attempts, owner_id, api_key_id in queued:
+            row = _Row(owner_id, api_key_id, source, attempts)
             key = str(row_id)
             if leader is not None:
                 if str(leader) not in finished_leaders:
@@ -234,12 +236,12 @@ def reconcile(connection: Redis) -> Reconciled:
                 _enqueue_again(connection, key, row, seen[key])
                 done.requeued += 1
     running = {
-        str(row_id): _Row(owner_id, source, attempts)
-        for row_id, attempts, source, owner_id in PromptRequest.objects.filter(
+        str(row_id): _Row(owner_id, api_key_id, source, attempts)
+        for row_id, attempts, source, owner_id, api_key_id in PromptRequest.objects.filter(
             status=Status.RUNNING, started_at__lt=waited
         )
         .order_by("started_at")
-        .values_list("id", "attempts", "source", "owner_id")[:BATCH]
+        .values_list("id", "attempts", "source", "owner_id", "api_key_id")[:BATCH]
     }
     if running:
         seen = _inspect(connection, list(running))

@@ -115,7 +115,12 @@ def request_submit(
                 cache.count(connection, "coalesced")
                 return
         cache.count(connection, "miss")
-        request_enqueue(request_id=request.id, owner_id=principal.user_id, queue_name=queue_name)
+        request_enqueue(
+            request_id=request.id,
+            owner_id=principal.user_id,
+            api_key_id=request.api_key_id,
+            queue_name=queue_name,
+        )
 
     transaction.on_commit(follow_or_enqueue)
     return request
@@ -153,11 +158,13 @@ def request_enqueue(
     *,
     request_id: uuid.UUID | str,
     owner_id: int,
+    api_key_id: int | None = None,
     queue_name: str | None = None,
     attempts: int = 0,
 ) -> None:
     """Give the prompt a job, in its owner's next turn in the queue's fair lane
-    (``apps.gateway.fairness``). ``attempts``: how many times a worker already started it
+    (``apps.gateway.fairness``) — and within the owner's, in its API key's (or the chat
+    page's) turn among their sources. ``attempts``: how many times a worker already started it
     (the ledger's count) — the job's retries are what is left of BARISTA_JOB_RETRIES."""
     retries = max(0, settings.BARISTA_JOB_RETRIES - attempts)
     queue = queues.queue(queue_name or settings.BARISTA_QUEUES[0])
@@ -180,7 +187,13 @@ def request_enqueue(
         job.set_status(JobStatus.QUEUED, pipeline=pipe)
         job.save(pipeline=pipe)
         pipe.execute()
-    fairness.push(queue.connection, queue_name=queue.name, job_id=job.id, person=owner_id)
+    fairness.push(
+        queue.connection,
+        queue_name=queue.name,
+        job_id=job.id,
+        person=owner_id,
+        source=api_key_id or "",
+    )
 
 
 def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | None:
@@ -198,9 +211,12 @@ def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | No
     )
     if rest:
         PromptRequest.objects.filter(id__in=rest).update(coalesced_with=new_leader)
-    row = PromptRequest.objects.only("owner_id", "source").get(id=new_leader)
+    row = PromptRequest.objects.only("owner_id", "api_key_id", "source").get(id=new_leader)
     request_enqueue(
-        request_id=new_leader, owner_id=row.owner_id, queue_name=queue_for(source=row.source)
+        request_id=new_leader,
+        owner_id=row.owner_id,
+        api_key_id=row.api_key_id,
+        queue_name=queue_for(source=row.source),
     )
     return new_leader
 

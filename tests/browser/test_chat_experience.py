@@ -1,11 +1,14 @@
 """The chat page as people use it, in a real headless Chromium against real daphne, worker
 and simulator processes: Markdown answers, regenerate and edit, rename and delete, cached
-answers marked, a dropped connection, hostile text, a model that is down — and screenshots
-at desktop and phone widths, light and dark."""
+answers marked, a dropped connection, a web process killed under `manage.py up`, hostile
+text, a model that is down — and screenshots at desktop and phone widths, light and dark."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sqlite3
 
 import pytest
 from playwright.sync_api import expect
@@ -14,6 +17,7 @@ from apps.chat.models import Conversation
 from apps.gateway.models import PromptRequest
 from tests.browser.conftest import fill_sign_in
 from tests.conftest import OUTPUT_DIR, make_user, wait_for
+from tests.gateway.test_up import Output, consecutive_free_ports, ready, start_up, up_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -240,3 +244,48 @@ def test_the_settings_panel_sets_the_conversations_parameters(browser, barista):
     page.reload()  # the panel shows the conversation's own settings
     expect(page.get_by_label("Max tokens")).to_have_value("12")
     page.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_web_process_killed_under_up_restarts_and_the_page_catches_up(browser, tmp_path):
+    """`manage.py up` itself: daphne is SIGKILLed while an answer streams. The worker goes
+    on answering; up restarts daphne; the page reconnects and shows the whole answer, once."""
+    sims = consecutive_free_ports(5)
+    web = sims + 3
+    process = start_up(up_env(tmp_path, sims), workers=1)
+    output = Output(process)
+    try:
+        wait_for(lambda: ready(web), timeout=90, interval=0.5, describe=lambda: output.text)
+        pids = wait_for(
+            lambda: output.search(r"web \(daphne\) (\d+)"), describe=lambda: output.text
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(f"http://127.0.0.1:{web}/accounts/login/")
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill("up-test-password")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_label("Model").select_option("sim-deep")  # ~9 s per answer
+        page.get_by_label("Your prompt").fill("a long answer, please")
+        page.get_by_label("Your prompt").press("Enter")
+        answer = page.locator(".message.assistant .bubble").last
+        expect(answer).to_contain_text("You said", timeout=20_000)
+        os.kill(int(pids.group(1)), signal.SIGKILL)
+        expect(page.locator("#connection")).to_have_text("Connection lost — reconnecting…")
+        restarted = wait_for(
+            lambda: output.search(r"web \(daphne\) restarted \(pid (\d+)\)"),
+            describe=lambda: output.text,
+        )
+        expect(page.locator("#connection")).to_be_hidden(timeout=30_000)
+        expect(answer).to_have_class(NOT_TYPING, timeout=30_000)
+        with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+            rows = db.execute("SELECT status, answer FROM gateway_promptrequest").fetchall()
+        assert [status for status, _ in rows] == ["done"]
+        assert answer.inner_text().strip() == rows[0][1].strip()
+        assert answer.inner_text().count("You said") == 1
+        os.kill(int(restarted.group(1)), 0)  # the new daphne runs
+        assert process.poll() is None  # and the rest never stopped
+        page.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    assert process.returncode == 0, output.text
