@@ -151,6 +151,10 @@ class Simulator:
     def stats(self) -> dict[str, int]:
         return httpx.get(f"http://127.0.0.1:{self.port}/stats").json()
 
+    def last_request(self) -> dict[str, Any]:
+        """The body of the last /v1/ POST the simulator received."""
+        return httpx.get(f"http://127.0.0.1:{self.port}/last-request").json()
+
     def control(self, **changes: Any) -> None:
         httpx.post(f"http://127.0.0.1:{self.port}/control", json=changes).raise_for_status()
 

@@ -7,34 +7,48 @@ from dataclasses import dataclass
 from typing import Any
 
 from apps.api.http import SSE_DONE, sse
+from apps.gateway import extras
 
 
 @dataclass
 class Completion:
-    """What an answer's documents share, and how much text a stream has sent."""
+    """What an answer's documents share, and how much of it a stream has sent."""
 
     request_id: str
     model: str
     created: int
     include_usage: bool = False
     sent_chars: int = 0
+    sent_pieces: int = 0  # pieces (apps.gateway.extras) streamed as the backend sent them
     cache_outcome: str = "miss"
 
     @property
     def id(self) -> str:
         return f"chatcmpl-{self.request_id}"
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
         return sse(
             {
                 "id": self.id,
                 "object": "chat.completion.chunk",
                 "created": self.created,
                 "model": self.model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
+                "choices": choices,
+                **more,
             }
+        )
+
+    def chunk(
+        self, delta: dict[str, Any], finish: str | None = None, index: int = 0, logprobs: Any = None
+    ) -> bytes:
+        return self._chunk(
+            [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]
+        )
+
+    def piece_chunk(self, piece: dict[str, Any]) -> bytes:
+        """A piece as the backend sent it (its finish reason comes in the tail)."""
+        return self.chunk(
+            piece.get("delta") or {}, index=piece.get("index") or 0, logprobs=piece.get("logprobs")
         )
 
     def first_chunk(self) -> bytes:
@@ -46,24 +60,24 @@ class Completion:
         self.sent_chars += len(fresh)
         return fresh
 
+    def fresh_pieces(self, pieces: list[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
+        """The pieces of a batch not sent yet (``seq``: how many came before it)."""
+        fresh = pieces[max(0, self.sent_pieces - seq) :] if seq <= self.sent_pieces else []
+        self.sent_pieces += len(fresh)
+        return fresh
+
     def tail(self, done: dict[str, Any]) -> bytes:
-        """The stream's last chunks: the finish reason, the usage if asked for, [DONE]."""
-        tail = self.chunk({}, finish_reason(done))
+        """The stream's last chunks: each choice's finish reason, the usage if asked for,
+        [DONE]."""
+        reasons = extras.finish_reasons(done.get("extra"), done.get("finish_reason"))
+        tail = b"".join(self.chunk({}, reason, index) for index, reason in sorted(reasons.items()))
         if self.include_usage:
-            tail += sse(
-                {
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": usage(done),
-                }
-            )
+            tail += self._chunk([], usage=usage(done))
         return tail + SSE_DONE
 
     def document(self, done: dict[str, Any]) -> dict[str, Any]:
         """The whole answer as one ``chat.completion``."""
+        extra = done.get("extra") or {}
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -72,17 +86,18 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": done.get("content") or ""},
+                    "message": extras.message(done.get("content") or "", extra),
                     "finish_reason": finish_reason(done),
-                    "logprobs": None,
-                }
+                    "logprobs": extra.get("logprobs"),
+                },
+                *extras.other_choices(extra),
             ],
             "usage": usage(done),
         }
 
 
 def finish_reason(done: dict[str, Any]) -> str:
-    return str(done.get("finish_reason") or "stop")
+    return extras.finish_reason(done.get("extra"), done.get("finish_reason"))
 
 
 def usage(done: dict[str, Any]) -> dict[str, int]:

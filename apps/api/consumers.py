@@ -34,6 +34,7 @@ from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
 from apps.backends.recovery import all_down
+from apps.gateway import extras
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
 from apps.gateway.cache import CachedAnswer
 from apps.gateway.models import PromptRequest
@@ -163,7 +164,10 @@ class OpenAIConsumer(JsonHttpConsumer):
         if kind == "status" and event.get("cache") == "coalesced":
             completion.cache_outcome = "coalesced"
         elif kind == "tokens" and self.stream:
-            await self._stream_text(event["text"], int(event.get("offset", 0)))
+            if "pieces" in event:
+                await self._stream_pieces(event)
+            else:
+                await self._stream_text(event["text"], int(event.get("offset", 0)))
         elif kind == "done":
             completion.cache_outcome = event.get("cache") or completion.cache_outcome
             await self._done(event)
@@ -183,6 +187,16 @@ class OpenAIConsumer(JsonHttpConsumer):
             await self._start_stream()
             await self.send_body(self.completion.chunk({"content": fresh}), more_body=True)
 
+    async def _stream_pieces(self, event: dict[str, Any]) -> None:
+        """A batch with pieces (tool calls, logprobs, other choices): each as it came."""
+        assert self.completion is not None
+        fresh = self.completion.fresh_pieces(event["pieces"], int(event.get("seq", 0)))
+        self.completion.fresh_text(event["text"], int(event.get("offset", 0)))
+        if fresh:
+            await self._start_stream()
+            body = b"".join(self.completion.piece_chunk(piece) for piece in fresh)
+            await self.send_body(body, more_body=True)
+
     async def _done(self, event: dict[str, Any]) -> None:
         completion, key = self.completion, self.key
         assert completion is not None and key is not None
@@ -196,6 +210,13 @@ class OpenAIConsumer(JsonHttpConsumer):
             return
         await self._stream_text(event.get("content") or "", 0)
         await self._start_stream()
+        if not completion.sent_pieces:
+            # Replayed or followed: the tool calls, logprobs and other choices, whole.
+            pieces = extras.pieces_of(event.get("extra"))
+            if pieces:
+                await self.send_body(
+                    b"".join(completion.piece_chunk(piece) for piece in pieces), more_body=True
+                )
         await self.send_body(completion.tail(event))
         self.finished = True
 

@@ -18,11 +18,14 @@ from channels.db import database_sync_to_async
 from apps.backends.models import Backend
 from apps.backends.selectors import backend_list_enabled
 
+CHAT = Backend.Kind.CHAT
+
 
 class EnabledBackends:
     def __init__(self, ttl: float = 1.0) -> None:
         self.ttl = ttl
-        self._by_alias: dict[str, list[Backend]] = {}
+        # kind ("chat", "embeddings") -> alias -> its enabled backends
+        self._by_kind: dict[str, dict[str, list[Backend]]] = {}
         self._loaded_at = float("-inf")
 
     @property
@@ -30,29 +33,29 @@ class EnabledBackends:
         return time.monotonic() - self._loaded_at >= self.ttl
 
     def load(self) -> None:
-        by_alias: dict[str, list[Backend]] = defaultdict(list)
+        by_kind: dict[str, dict[str, list[Backend]]] = defaultdict(lambda: defaultdict(list))
         for backend in backend_list_enabled():
-            by_alias[backend.alias].append(backend)
-        self._by_alias = dict(by_alias)
+            by_kind[backend.kind][backend.alias].append(backend)
+        self._by_kind = {kind: dict(aliases) for kind, aliases in by_kind.items()}
         self._loaded_at = time.monotonic()
 
-    async def for_alias(self, alias: str) -> list[Backend]:
+    async def for_alias(self, alias: str, kind: str = CHAT) -> list[Backend]:
         if self.stale:
             await database_sync_to_async(self.load)()
-        return self._by_alias.get(alias, [])
+        return self._by_kind.get(kind, {}).get(alias, [])
 
-    def for_alias_sync(self, alias: str) -> list[Backend]:
+    def for_alias_sync(self, alias: str, kind: str = CHAT) -> list[Backend]:
         """``for_alias``, from a thread that may reach the database."""
         if self.stale:
             self.load()
-        return self._by_alias.get(alias, [])
+        return self._by_kind.get(kind, {}).get(alias, [])
 
-    def aliases(self) -> list[str]:
-        """The aliases that have an enabled backend, sorted (call from a thread that may
-        reach the database: it reloads when stale)."""
+    def aliases(self, kind: str = CHAT) -> list[str]:
+        """The aliases that have an enabled backend of this kind, sorted (call from a
+        thread that may reach the database: it reloads when stale)."""
         if self.stale:
             self.load()
-        return sorted(self._by_alias)
+        return sorted(self._by_kind.get(kind, {}))
 
     def expire(self) -> None:
         """Reload on next use: a backend changed in this process (other processes see

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
+from typing import Any
 
 from django.core.validators import MinValueValidator, RegexValidator, URLValidator
 from django.db import models
@@ -22,6 +23,10 @@ class Backend(models.Model):
         ENABLED = "enabled"
         DRAINING = "draining", "draining (finishes what it has, takes nothing new)"
         DISABLED = "disabled"
+
+    class Kind(models.TextChoices):
+        CHAT = "chat", "chat (chat completions; text completions where the server has them)"
+        EMBEDDINGS = "embeddings"
 
     class Tier(models.TextChoices):
         PRIMARY = "primary"
@@ -60,6 +65,27 @@ class Backend(models.Model):
     price_output_per_million = models.DecimalField(
         max_digits=10, decimal_places=4, default=Decimal(0), help_text="Per million output tokens."
     )
+    kind = models.CharField(
+        max_length=10,
+        choices=Kind.choices,
+        default=Kind.CHAT,
+        help_text="What it serves under its alias: chat, or embeddings (/v1/embeddings).",
+    )
+    drop_params = models.CharField(
+        "fields it refuses",
+        max_length=500,
+        blank=True,
+        default="",
+        validators=[
+            RegexValidator(
+                r"^\s*([A-Za-z_][A-Za-z0-9_]*\s*(,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*)?$",
+                "Field names, separated by commas.",
+            )
+        ],
+        help_text="Request fields to leave out of what is sent to this backend, separated "
+        "by commas (e.g. 'logprobs, service_tier') — for a server that refuses what "
+        "clients send.",
+    )
     simulated = models.BooleanField(
         default=False, help_text="Barista's own simulator; labelled 'simulated' in the UI."
     )
@@ -79,6 +105,11 @@ class Backend(models.Model):
 
     def set_api_key(self, plain: str) -> None:
         self.api_key_encrypted = secrets.encrypt(plain)
+
+    def without_dropped(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` less the fields this backend refuses (``drop_params``)."""
+        dropped = {name.strip() for name in self.drop_params.split(",") if name.strip()}
+        return {k: v for k, v in params.items() if k not in dropped} if dropped else params
 
     def api_key(self) -> str:
         """The key to send, read at call time: the stored one, else the named variable."""

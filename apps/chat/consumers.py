@@ -172,7 +172,9 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
         frame["type"] = event["event"]
         if frame["type"] == "done" and isinstance(frame.get("content"), str):
-            frame["html"] = markdown.render(frame["content"])  # sanitized on the server
+            # Sanitized on the server; a tool call the model made is shown too.
+            source = markdown.answer_source(frame["content"], frame.get("extra"))
+            frame["html"] = markdown.render(source)
         if frame["type"] == "status" and frame.get("status") == "queued":
             self._watch_position(str(event["request"]))  # put back in line by a worker
         else:

@@ -8,6 +8,9 @@ fetch from other hosts (the pages work offline, and an answer must not track its
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import nh3
 from markdown_it import MarkdownIt
 
@@ -39,3 +42,19 @@ def render(text: str) -> str:
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
     )
+
+
+def answer_source(content: str, extra: dict[str, Any] | None) -> str:
+    """An answer's Markdown: its text, then each tool call the model made, readably (the
+    function's name and its arguments as indented JSON)."""
+    blocks = [content] if content else []
+    for call in (extra or {}).get("tool_calls") or []:
+        function = call.get("function") or {}
+        arguments = str(function.get("arguments") or "")
+        try:
+            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass  # not JSON: shown as it came
+        name = function.get("name") or "?"
+        blocks.append(f"**Tool call:** `{name}`\n\n```json\n{arguments}\n```")
+    return "\n\n".join(blocks)

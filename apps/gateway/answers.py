@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -26,6 +27,7 @@ async def record_answer(
     request: PromptRequest,
     *,
     answer: str,
+    extra: dict[str, Any],
     backend: Backend,
     usage: Usage,
     first_token_at: datetime.datetime | None,
@@ -40,11 +42,12 @@ async def record_answer(
             first_token_at=first_token_at,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
+            extra=extra,
         )
     ]
     owners = {str(request_id): owner_id}
     if request.cache_key:
-        stored = _cached_answer(answer, backend, usage)
+        stored = _cached_answer(answer, extra, backend, usage)
         # One script stores the answer (only a complete one: not one cut short by
         # max_tokens) and closes the key; those who joined are answered with the leader.
         followers = await coalescing.close(
@@ -91,14 +94,18 @@ async def record_answer(
                         usage=usage,
                         backend=backend,
                         cache_outcome=completion.cache_outcome,
+                        extra=extra,
                     ),
                 },
             )
 
 
-def _cached_answer(answer: str, backend: Backend, usage: Usage) -> cache.CachedAnswer:
+def _cached_answer(
+    answer: str, extra: dict[str, Any], backend: Backend, usage: Usage
+) -> cache.CachedAnswer:
     return cache.CachedAnswer(
         answer=answer,
+        extra=extra,
         backend_id=backend.pk,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -82,6 +82,7 @@ class CachedAnswer:
     prompt_tokens: int | None
     completion_tokens: int | None
     cost: str = "0"  # what the backend charged for it, in the backends' currency
+    extra: dict[str, Any] = field(default_factory=dict)  # tool calls…: apps.gateway.extras
 
 
 def redis_key(key: str) -> str:

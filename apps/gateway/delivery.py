@@ -34,12 +34,20 @@ async def push(*, request_id: uuid.UUID | str, owner_id: int, event: dict[str, A
 
 
 def done_event(
-    *, answer: str, usage: Any, backend: Any, cache_outcome: str = "miss"
+    *,
+    answer: str,
+    usage: Any,
+    backend: Any,
+    cache_outcome: str = "miss",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The final frame of an answer, whether live, coalesced or replayed from the cache."""
+    """The final frame of an answer, whether live, coalesced or replayed from the cache.
+    ``extra``: what it holds beyond its text (``apps.gateway.extras``)."""
+    extra = extra or {}
     return {
         "event": "done",
         "content": answer,
+        "extra": extra,
         "usage": {
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
@@ -47,7 +55,9 @@ def done_event(
         "backend": backend.name if backend else None,
         "simulated": bool(backend.simulated) if backend else False,
         "cache": cache_outcome,
-        "finish_reason": getattr(usage, "finish_reason", None) or "stop",
+        "finish_reason": getattr(usage, "finish_reason", None)
+        or extra.get("finish_reason")
+        or "stop",
     }
 
 
@@ -60,6 +70,7 @@ def final_event(request: Any) -> dict[str, Any]:
             usage=request,
             backend=request.backend,
             cache_outcome=request.cache_outcome,
+            extra=request.extra,
         )
     if request.status == "cancelled":
         return {"event": "cancelled"}
@@ -82,6 +93,7 @@ def replay_events(request: Any) -> list[dict[str, Any]]:
             usage=request,
             backend=request.backend,
             cache_outcome=request.cache_outcome,
+            extra=request.extra,
         )
     )
     return [{**event, "owner": owner, "request": request_id} for event in events]
@@ -113,14 +125,24 @@ class TokenBatcher:
         self.interval = settings.BARISTA_FLUSH_INTERVAL
         self.max_tokens = settings.BARISTA_FLUSH_TOKENS
         self._pending: list[str] = []
+        # Once a piece came (apps.gateway.extras), every batch carries its pieces in order
+        # — choice 0's text among them — and the count sent before it ("seq").
+        self._pieces: list[dict[str, Any]] | None = None
+        self.sent_pieces = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timed_flush: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.sent_chars = 0
 
-    async def add(self, text: str) -> None:
-        self._pending.append(text)
-        if len(self._pending) >= self.max_tokens:
+    async def add(self, text: str, piece: dict[str, Any] | None = None) -> None:
+        if piece is not None and self._pieces is None:
+            self._pieces = [{"index": 0, "delta": {"content": t}} for t in self._pending]
+        if self._pieces is not None:
+            self._pieces.append(piece or {"index": 0, "delta": {"content": text}})
+        if text:
+            self._pending.append(text)
+        waiting = len(self._pieces) if self._pieces is not None else len(self._pending)
+        if waiting >= self.max_tokens:
             await self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._on_timer)
@@ -133,17 +155,18 @@ class TokenBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending:
+        if not self._pending and not self._pieces:
             return
         text = "".join(self._pending)
         self._pending.clear()
         offset, self.sent_chars = self.sent_chars, self.sent_chars + len(text)
+        event: dict[str, Any] = {"event": "tokens", "text": text, "offset": offset}
+        if self._pieces:
+            event["pieces"], event["seq"] = list(self._pieces), self.sent_pieces
+            self.sent_pieces += len(self._pieces)
+            self._pieces.clear()
         async with self._lock:
-            await push(
-                request_id=self.request_id,
-                owner_id=self.owner_id,
-                event={"event": "tokens", "text": text, "offset": offset},
-            )
+            await push(request_id=self.request_id, owner_id=self.owner_id, event=event)
             if self.after_flush is not None:
                 await self.after_flush()
 
@@ -153,10 +176,16 @@ class TokenBatcher:
             self._timer.cancel()
             self._timer = None
         self._pending.clear()
+        if self._pieces:
+            self._pieces.clear()
 
     async def close(self) -> None:
         """Stop the timer and wait for a push under way, so that the next frame the
-        caller sends (the final answer, which carries the whole text) comes after it."""
+        caller sends (the final answer, which carries the whole text) comes after it.
+        Pieces still waiting are sent first: the final answer carries them gathered, not
+        as the backend sent them."""
+        if self._pieces:
+            await self.flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -69,6 +69,9 @@ class PromptRequest(models.Model):
     # The reconciler stops re-running a prompt after 1 + BARISTA_JOB_RETRIES starts.
     attempts = models.PositiveSmallIntegerField(default=0)
     answer = models.TextField(blank=True)
+    # What the answer holds beyond its text: tool calls, logprobs, other choices, the
+    # finish reason (apps.gateway.extras). {} for a plain text answer.
+    extra = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -23,6 +23,7 @@ from apps.core import clients
 from apps.gateway import coalescing, services
 from apps.gateway.answers import record_answer
 from apps.gateway.delivery import TokenBatcher, push
+from apps.gateway.extras import Extras
 from apps.gateway.fanout import Fanout, owners_of
 from apps.gateway.group_commit import group_commit
 from apps.gateway.metrics import recorder
@@ -186,6 +187,7 @@ async def _answer_once(
         event={"event": "status", "status": "running", "restart": rerun},
     )
     parts: list[str] = []
+    extras = Extras()
 
     async def to_followers() -> None:
         if fanout is not None:
@@ -252,8 +254,11 @@ async def _answer_once(
                             first_token_at = timezone.now()
                             ttft_seconds = time.monotonic() - asked
                             await live.observe_ttft(backend.pk, ttft_seconds)
-                        parts.append(event.text)
-                        await batcher.add(event.text)
+                        if event.piece is not None:
+                            extras.add(event.piece)
+                        if event.text:
+                            parts.append(event.text)
+                        await batcher.add(event.text, event.piece)
                     else:
                         usage = event
         except asyncio.CancelledError:
@@ -323,6 +328,7 @@ async def _answer_once(
     await record_answer(
         request,
         answer="".join(parts),
+        extra=extras.document(usage.finish_reason),
         backend=backend,
         usage=usage,
         first_token_at=first_token_at,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -82,6 +82,7 @@ def request_submit(
             status=Status.DONE,
             cache_outcome=PromptRequest.CacheOutcome.HIT,
             answer=hit.answer,
+            extra=hit.extra,
             backend_id=hit.backend_id,
             prompt_tokens=hit.prompt_tokens,
             completion_tokens=hit.completion_tokens,
@@ -142,6 +143,7 @@ def _answer_from_cache(request: PromptRequest, key: str) -> bool:
                 prompt_tokens=hit.prompt_tokens,
                 completion_tokens=hit.completion_tokens,
                 cache_outcome=PromptRequest.CacheOutcome.HIT,
+                extra=hit.extra,
             )
         ]
     )
@@ -280,6 +282,7 @@ class Completion:
     prompt_tokens: int | None
     completion_tokens: int | None
     cache_outcome: str = PromptRequest.CacheOutcome.MISS
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @transaction.atomic
@@ -301,6 +304,7 @@ def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
             continue
         row.status = Status.DONE
         row.answer = completion.answer
+        row.extra = completion.extra
         row.backend_id = completion.backend_id
         row.first_token_at = completion.first_token_at
         row.prompt_tokens = completion.prompt_tokens
@@ -314,6 +318,7 @@ def request_complete_many(*, completions: list[Completion]) -> dict[str, bool]:
         [
             "status",
             "answer",
+            "extra",
             "backend_id",
             "first_token_at",
             "prompt_tokens",

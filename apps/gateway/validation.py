@@ -4,14 +4,21 @@ Each problem names the parameter (``param``) so SDKs can point at it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any
 
 from django.conf import settings
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-# Parameters passed on to the backend (and part of the cache key); anything else is refused.
-PASSED_ON = {
+# The parameter policy (README, "API"): the fields below are Barista's own or understood
+# and checked here; every other top-level field is passed on to the backend untouched
+# (vendor extras such as top_k, min_p, chat_template_kwargs), up to a count and a name
+# length. A backend that refuses some field can be told to drop it
+# (``Backend.drop_params``). What is passed on is part of the cache key, except what
+# cannot change the answer (``apps.gateway.cache.IGNORED_PARAMS``).
+OWN = {"model", "messages", "stream", "stream_options"}  # never passed on as sent
+CHECKED = {
     "temperature",
     "top_p",
     "max_tokens",
@@ -20,15 +27,19 @@ PASSED_ON = {
     "seed",
     "presence_penalty",
     "frequency_penalty",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "logit_bias",
+    "n",
     "logprobs",
     "top_logprobs",
+    "tools",
+    "tool_choice",
     "parallel_tool_calls",
+    "response_format",
+    "user",
+    "metadata",
 }
-ACCEPTED = PASSED_ON | {"model", "messages", "stream", "stream_options", "user", "n", "store"}
+MAX_EXTRA_FIELDS = 64
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class InvalidRequest(Exception):
@@ -77,7 +88,8 @@ def _check_numbers(body: dict[str, Any]) -> None:
     _integer(body, "max_tokens", 1, cap)
     _integer(body, "max_completion_tokens", 1, cap)
     _integer(body, "seed", -(2**63), 2**63 - 1)
-    _integer(body, "n", 1, 1)
+    _integer(body, "n", 1, settings.BARISTA_API_MAX_N)
+    _integer(body, "top_logprobs", 0, 20)
 
 
 def sampling_params(value: Any, *, allowed: Collection[str]) -> dict[str, Any]:
@@ -98,15 +110,115 @@ def sampling_params(value: Any, *, allowed: Collection[str]) -> dict[str, Any]:
 ChatRequest = tuple[str, list[dict[str, Any]], dict[str, Any], bool, bool]
 
 
+def _flag(body: dict[str, Any], name: str) -> None:
+    if body.get(name) is not None and not isinstance(body[name], bool):
+        raise InvalidRequest(f"'{name}' must be true or false.", name)
+
+
+def _check_tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or len(tools) > 128:
+            raise InvalidRequest("'tools' must be an array of at most 128 tools.", "tools")
+        for index, tool in enumerate(tools):
+            where = f"tools[{index}]"
+            if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+                raise InvalidRequest("Each tool must be an object with a 'type'.", where)
+            if tool["type"] == "function":
+                function = tool.get("function")
+                if not isinstance(function, dict) or not _FUNCTION_NAME.match(
+                    str(function.get("name", ""))
+                ):
+                    raise InvalidRequest(
+                        "A function tool needs 'function.name': 1 to 64 letters, digits, "
+                        "'_', '-' or '.'.",
+                        f"{where}.function.name",
+                    )
+                parameters = function.get("parameters")
+                if parameters is not None and not isinstance(parameters, dict):
+                    raise InvalidRequest(
+                        "'parameters' must be a JSON Schema object.", f"{where}.function.parameters"
+                    )
+    choice = body.get("tool_choice")
+    if choice is not None and not (
+        choice in ("none", "auto", "required")
+        or (isinstance(choice, dict) and isinstance(choice.get("type"), str))
+    ):
+        raise InvalidRequest(
+            "'tool_choice' must be 'none', 'auto', 'required' or an object naming a tool.",
+            "tool_choice",
+        )
+    _flag(body, "parallel_tool_calls")
+    _flag(body, "logprobs")
+    if body.get("top_logprobs") is not None and not body.get("logprobs"):
+        raise InvalidRequest("'top_logprobs' needs 'logprobs': true.", "top_logprobs")
+    response_format = body.get("response_format")
+    if response_format is not None and not (
+        isinstance(response_format, dict)
+        and response_format.get("type") in ("text", "json_object", "json_schema")
+    ):
+        raise InvalidRequest(
+            "'response_format' must be an object whose 'type' is text, json_object or json_schema.",
+            "response_format",
+        )
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise InvalidRequest("'user' must be a string of at most 256 characters.", "user")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("'metadata' must be an object.", "metadata")
+
+
+def _check_message(message: Any, where: str) -> None:
+    if not isinstance(message, dict):
+        raise InvalidRequest("Each message must be an object.", where)
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise InvalidRequest(f"'role' must be one of {', '.join(sorted(ROLES))}.", f"{where}.role")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list):
+            raise InvalidRequest(
+                "'tool_calls' belongs to an assistant message, as an array.", f"{where}.tool_calls"
+            )
+        for index, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise InvalidRequest(
+                    "Each tool call needs 'function' with a 'name'.",
+                    f"{where}.tool_calls[{index}]",
+                )
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise InvalidRequest(
+            "A tool message needs 'tool_call_id': the id of the call it answers.",
+            f"{where}.tool_call_id",
+        )
+    if "content" not in message and not calls:
+        raise InvalidRequest("A message needs 'content'.", f"{where}.content")
+    if message.get("content") is not None:
+        _content_text(message["content"], f"{where}.content")
+
+
 def chat_request(body: Any) -> ChatRequest:
     """Validate; returns (model, messages, backend parameters, stream, include usage)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - ACCEPTED)
-    if unknown:
+    extra = [name for name in body if name not in OWN and name not in CHECKED]
+    if len(extra) > MAX_EXTRA_FIELDS:
         raise InvalidRequest(
-            f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unknown_parameter"
+            f"Too many fields Barista does not know ({len(extra)}); the limit is "
+            f"{MAX_EXTRA_FIELDS}.",
+            extra[0],
+            "too_many_parameters",
         )
+    for name in extra:
+        if not _NAME.match(name):
+            raise InvalidRequest(
+                "A field name must be 1 to 64 letters, digits, '_', '-' or '.', starting "
+                "with a letter or '_'.",
+                name[:64],
+                "invalid_parameter",
+            )
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string.", "model")
@@ -120,19 +232,9 @@ def chat_request(body: Any) -> ChatRequest:
             "messages",
         )
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise InvalidRequest("Each message must be an object.", where)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"'role' must be one of {', '.join(sorted(ROLES))}.", f"{where}.role"
-            )
-        if "content" not in message and not message.get("tool_calls"):
-            raise InvalidRequest("A message needs 'content'.", f"{where}.content")
-        if message.get("content") is not None:
-            _content_text(message["content"], f"{where}.content")
+        _check_message(message, f"messages[{index}]")
     _check_numbers(body)
+    _check_tools(body)
     stop = body.get("stop")
     if stop is not None and not (
         isinstance(stop, str)
@@ -153,6 +255,6 @@ def chat_request(body: Any) -> ChatRequest:
         raise InvalidRequest(
             "'stream_options' is only allowed when 'stream' is true.", "stream_options"
         )
-    params = {k: v for k, v in body.items() if k in PASSED_ON and v is not None}
+    params = {k: v for k, v in body.items() if k not in OWN and v is not None}
     include_usage = bool((options or {}).get("include_usage"))
     return model, messages, params, bool(stream), include_usage

@@ -12,51 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import random
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from apps.simulator.answers import (
+    EMBEDDING_DIMENSIONS,
+    Choice,
+    count_prompt_tokens,
+    embedding,
+    embedding_inputs,
+    encode_vector,
+    plan_chat,
+    plan_text_completion,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_SENTENCES = [
-    "The barista steams the milk while the grinder hums.",
-    "Orders move along the counter in the order they arrived.",
-    "Every cup is made once and served warm to the person who asked for it.",
-    "When the same order comes twice, the second cup is poured from the first.",
-    "A long line is calmer when everyone can see their place in it.",
-    "Three espresso machines share the work, and the fastest takes the most.",
-    "If one machine sputters, the others carry on until it is fixed.",
-    "This reply comes from a simulator, so its content is only an example.",
-    "Good coffee, like a good answer, is worth a short wait.",
-    "Nothing ordered is forgotten, even when the shop is busy.",
-]
-# Answered (after the quote) when a prompt mentions Markdown.
-MARKDOWN_SAMPLE = """
-
-## Brewing notes
-
-- **Grind** fine for espresso
-- *Steam* the milk to 65 °C
-
-| drink | shots |
-|---|---|
-| cortado | 2 |
-
-```python
-def brew(shots: int) -> str:
-    return "espresso " * shots
-```
-
-"""
-_TOKEN_RE = re.compile(r"\S+\s*|\s+")
 MAX_BODY = 8 * 1024 * 1024
 
 
@@ -98,45 +76,7 @@ class SimulatorStats:
     running: int = 0
     waiting: int = 0
     model_lists_total: int = 0  # GET /v1/models: health checks
-
-
-def last_user_message(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content", "")
-            if isinstance(content, list):  # OpenAI content parts
-                return " ".join(
-                    str(part.get("text", "")) for part in content if isinstance(part, dict)
-                )
-            return str(content)
-    return ""
-
-
-def compose_answer(request: dict[str, Any], length: int) -> list[str]:
-    """The reply's tokens: deterministic for the request, quoting the last user message."""
-    digest = hashlib.sha256(
-        json.dumps(
-            {k: request.get(k) for k in ("model", "messages", "temperature", "seed")},
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).digest()
-    rng = random.Random(digest)
-    quoted = last_user_message(request.get("messages") or [])
-    opening = f'You said: "{quoted}". Here is a simulated answer. '
-    if "markdown" in quoted.lower():  # something for the chat page to render
-        opening += MARKDOWN_SAMPLE
-    tokens = _TOKEN_RE.findall(opening)
-    target = max(length, len(tokens) + 8)
-    while len(tokens) < target:
-        tokens += _TOKEN_RE.findall(rng.choice(_SENTENCES) + " ")
-    tokens = tokens[:target]
-    tokens[-1] = tokens[-1].rstrip()
-    return tokens
-
-
-def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    return sum(len(str(m.get("content", "")).split()) + 4 for m in messages if isinstance(m, dict))
+    embedding_inputs_total: int = 0  # texts embedded, over all /v1/embeddings requests
 
 
 class Simulator:
@@ -145,6 +85,7 @@ class Simulator:
         self.stats = SimulatorStats()
         self._rng = random.Random(config.seed)
         self._batch = asyncio.Condition()
+        self.last_request: dict[str, Any] = {}  # the last body a /v1/ POST sent (tests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -163,8 +104,10 @@ class Simulator:
             if headers.get(b"authorization", b"").decode() != f"Bearer {self.config.api_key}":
                 await _json(send, 401, _error("Invalid API key.", "invalid_api_key"))
                 return
-        if method == "POST" and path == "/v1/chat/completions":
-            await self._completions(receive, send)
+        if method == "POST" and path in ROUTES:
+            await self._completions(receive, send, ROUTES[path])
+        elif method == "GET" and path == "/last-request":
+            await _json(send, 200, self.last_request)
         elif method == "GET" and path == "/v1/models":
             self.stats.model_lists_total += 1
             data = [
@@ -202,17 +145,25 @@ class Simulator:
         else:
             await _json(send, 404, _error("Not found.", "not_found"))
 
-    async def _completions(self, receive: Receive, send: Send) -> None:
+    async def _completions(self, receive: Receive, send: Send, kind: str) -> None:
         stats, config = self.stats, self.config
         stats.requests_total += 1
         body = await _read_body(receive)
         try:
             request = json.loads(body)
-            if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+            if not isinstance(request, dict):
+                raise ValueError("the body must be an object")
+            if kind == "chat" and not isinstance(request.get("messages"), list):
                 raise ValueError("messages must be a list")
+            if kind == "text" and not isinstance(request.get("prompt"), (str, list)):
+                raise ValueError("prompt must be a string or a list")
+            if kind == "embeddings" and embedding_inputs(request.get("input")) is None:
+                raise ValueError("input must be a string or a list of strings")
         except ValueError as exc:
             await _json(send, 400, _error(f"Invalid request: {exc}", "invalid_request_error"))
             return
+        request["_kind"] = kind
+        self.last_request = {k: v for k, v in request.items() if k != "_kind"}
         if config.max_concurrency and stats.in_flight >= config.max_concurrency:
             stats.rejected_total += 1
             await _json(
@@ -276,29 +227,30 @@ class Simulator:
             stats.errors_total += 1
             await _garbage(send, bool(request.get("stream")))
             return
-        await self._answer(request, send)
+        kind = request.pop("_kind")
+        if kind == "embeddings":
+            await self._embed(request, send)
+        elif kind == "text":
+            await self._complete_text(request, send)
+        else:
+            await self._answer(request, send)
         stats.completed_total += 1
 
     async def _answer(self, request: dict[str, Any], send: Send) -> None:
         config = self.config
-        limit = request.get("max_tokens") or request.get("max_completion_tokens")
-        tokens = compose_answer(request, config.tokens)
-        finish_reason = "stop"
-        if isinstance(limit, int) and 0 < limit < len(tokens):
-            tokens, finish_reason = tokens[:limit], "length"
-        usage = {
-            "prompt_tokens": count_prompt_tokens(request["messages"]),
-            "completion_tokens": len(tokens),
-        }
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        choices = plan_chat(request, config.tokens)
+        usage = _usage(
+            count_prompt_tokens(request["messages"]), sum(c.completion_tokens for c in choices)
+        )
         model = str(request.get("model") or config.models[0])
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        steps = max(len(c.deltas) for c in choices)
         if config.ttft > 0:
             await asyncio.sleep(config.ttft)
         if not request.get("stream"):
-            if config.tps > 0 and len(tokens) > 1:
-                await asyncio.sleep((len(tokens) - 1) / config.tps)
+            if config.tps > 0 and steps > 1:
+                await asyncio.sleep((steps - 1) / config.tps)
             await _json(
                 send,
                 200,
@@ -309,60 +261,171 @@ class Simulator:
                     "model": model,
                     "choices": [
                         {
-                            "index": 0,
-                            "finish_reason": finish_reason,
-                            "message": {"role": "assistant", "content": "".join(tokens)},
+                            "index": c.index,
+                            "finish_reason": c.finish_reason,
+                            "message": c.message(),
+                            "logprobs": c.all_logprobs(),
                         }
+                        for c in choices
                     ],
                     "usage": usage,
                 },
             )
             return
 
-        def chunk(
-            delta: dict[str, Any], finish: str | None = None, with_usage: bool = False
-        ) -> bytes:
+        def chunk(choice: dict[str, Any] | None, with_usage: bool = False) -> bytes:
             payload: dict[str, Any] = {
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": [choice] if choice else [],
             }
             if with_usage:
-                payload["choices"], payload["usage"] = [], usage
+                payload["usage"] = usage
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream"),
-                    (b"cache-control", b"no-cache"),
-                ],
-            }
-        )
-        parts = [chunk({"role": "assistant", "content": ""})]
-        for index, token in enumerate(tokens):
-            if config.cut_after and index == config.cut_after:
+        def piece(c: Choice, step: int) -> bytes:
+            logprobs = {"content": c.logprobs[step], "refusal": None} if c.logprobs else None
+            return chunk(
+                {
+                    "index": c.index,
+                    "delta": c.deltas[step],
+                    "logprobs": logprobs,
+                    "finish_reason": None,
+                }
+            )
+
+        await _start_events(send)
+        parts = [
+            chunk(
+                {
+                    "index": c.index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "finish_reason": None,
+                }
+            )
+            for c in choices
+            if "role" not in c.deltas[0]
+        ]
+        for step in range(steps):
+            if config.cut_after and step == config.cut_after:
                 await send(
                     {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
                 )
                 raise ConnectionAbortedError("simulated connection cut mid-stream")
-            parts.append(chunk({"content": token}))
-            if config.tps > 0 and index < len(tokens) - 1:
+            parts += [piece(c, step) for c in choices if step < len(c.deltas)]
+            if config.tps > 0 and step < steps - 1:
                 await send(
                     {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
                 )
                 parts = []
                 await asyncio.sleep(1 / config.tps)
-        parts.append(chunk({}, finish_reason))
-        include_usage = (request.get("stream_options") or {}).get("include_usage")
-        if include_usage:
-            parts.append(chunk({}, with_usage=True))
+        parts += [
+            chunk({"index": c.index, "delta": {}, "finish_reason": c.finish_reason})
+            for c in choices
+        ]
+        if (request.get("stream_options") or {}).get("include_usage"):
+            parts.append(chunk(None, with_usage=True))
         parts.append(b"data: [DONE]\n\n")
         await send({"type": "http.response.body", "body": b"".join(parts)})
+
+    async def _complete_text(self, request: dict[str, Any], send: Send) -> None:
+        """The legacy ``/v1/completions``: text that continues a prompt."""
+        config = self.config
+        tokens, finish = plan_text_completion(request, config.tokens)
+        prompt = request.get("prompt")
+        usage = _usage(len(str(prompt).split()), len(tokens))
+        ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        model = str(request.get("model") or config.models[0])
+        if config.ttft > 0:
+            await asyncio.sleep(config.ttft)
+
+        def document(text: str, finish_reason: str | None, with_usage: bool) -> dict[str, Any]:
+            body: dict[str, Any] = {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+                ],
+            }
+            if with_usage:
+                body["usage"] = usage
+            return body
+
+        if not request.get("stream"):
+            await _json(send, 200, document("".join(tokens), finish, True))
+            return
+        await _start_events(send)
+        for index, token in enumerate(tokens):
+            body = b"data: " + json.dumps(document(token, None, False)).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if config.tps > 0 and index < len(tokens) - 1:
+                await asyncio.sleep(1 / config.tps)
+        tail = document(
+            "", finish, bool((request.get("stream_options") or {}).get("include_usage"))
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + json.dumps(tail).encode() + b"\n\ndata: [DONE]\n\n",
+            }
+        )
+
+    async def _embed(self, request: dict[str, Any], send: Send) -> None:
+        """Vectors for each input, in order: equal texts, equal vectors."""
+        texts = embedding_inputs(request.get("input")) or []
+        self.stats.embedding_inputs_total += len(texts)
+        dimensions = request.get("dimensions")
+        if not isinstance(dimensions, int) or not 1 <= dimensions <= 4096:
+            dimensions = EMBEDDING_DIMENSIONS
+        encoding = request.get("encoding_format")
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_vector(embedding(text, dimensions), encoding),
+            }
+            for index, text in enumerate(texts)
+        ]
+        tokens = sum(len(text.split()) for text in texts)
+        await _json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": str(request.get("model") or self.config.models[0]),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
+
+
+ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text",
+    "/v1/embeddings": "embeddings",
+}
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+async def _start_events(send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        }
+    )
 
 
 async def _reset(send: Send) -> None:

@@ -38,7 +38,11 @@ class BackendError(Exception):
 
 @dataclass(slots=True)
 class Delta:
+    """Text of choice 0; ``piece`` is the chunk's choice as the backend sent it, when it
+    holds more than that (tool calls, logprobs, another choice: ``apps.gateway.extras``)."""
+
     text: str
+    piece: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -61,7 +65,7 @@ async def stream_chat(
     """Stream a chat completion: yields ``Delta`` per content chunk, then one ``Usage``."""
     url = backend.base_url.rstrip("/") + "/chat/completions"
     body = {
-        **params,
+        **backend.without_dropped(params),
         "model": backend.model_name,
         "messages": messages,
         "stream": True,
@@ -113,12 +117,16 @@ async def stream_chat(
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
                     for choice in choices:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            if not isinstance(text, str):
-                                raise ValueError("content is not text")
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
+                        if text is not None and not isinstance(text, str):
+                            raise ValueError("content is not text")
+                        index = choice.get("index") or 0
+                        if _is_rich(index, delta, choice.get("logprobs")):
+                            yield Delta("" if index else text or "", choice)
+                        elif text:
                             yield Delta(text)
-                        if choice.get("finish_reason"):
+                        if choice.get("finish_reason") and not index:
                             finish_reason = str(choice["finish_reason"])
                 except (ValueError, AttributeError, TypeError):
                     raise BackendError(f"backend {backend.name} sent a malformed stream") from None
@@ -133,6 +141,15 @@ async def stream_chat(
             f"could not reach backend {backend.name}", unreachable=not answered
         ) from None
     yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)
+
+
+def _is_rich(index: int, delta: dict[str, Any], logprobs: Any) -> bool:
+    """Whether a chunk's choice holds more than choice 0's text."""
+    return bool(
+        index
+        or logprobs
+        or any(value for key, value in delta.items() if key not in ("role", "content"))
+    )
 
 
 def _retry_after(value: str | None) -> float:

@@ -1,0 +1,240 @@
+# mypy: disable-error-code="arg-type,index,operator,union-attr,misc,attr-defined"
+# mypy: disable-error-code="list-item,call-overload,type-arg,assignment,dict-item"
+# (the SDK is strictly typed; these tests pass it plain dicts and read optional fields)
+"""What agents and retrieval pipelines need from /v1/, with the official ``openai``
+package (sync, async, streaming) against Barista, a real worker and a simulator that
+calls tools, sends logprobs and several choices: the backend's answer comes back as it
+sent it — live, from the cache, and to a request that followed an identical one."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from apps.backends.models import Backend
+from apps.gateway.models import PromptRequest
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+
+
+def client(api) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url, api_key=api.key, max_retries=0)
+
+
+def backend_calls(api) -> list[dict]:
+    """The tool calls the simulator itself sends for ASK with WEATHER."""
+    backend = openai.OpenAI(base_url=api.simulator.base_url, api_key="none", max_retries=0)
+    answer = backend.chat.completions.create(
+        model=api.simulator.model, messages=ASK, tools=[WEATHER]
+    )
+    return calls_of(answer.choices[0].message)
+
+
+def calls_of(message) -> list[dict]:
+    return [call.model_dump(exclude_none=True) for call in message.tool_calls or []]
+
+
+def streamed_calls(stream) -> tuple[list[dict], str | None, int]:
+    """Tool-call deltas reassembled as an SDK user would: by index, arguments joined."""
+    calls: dict[int, dict] = {}
+    finish, pieces = None, 0
+    for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                pieces += 1
+                call = calls.setdefault(
+                    delta.index,
+                    {"id": None, "type": None, "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] = delta.id or call["id"]
+                call["type"] = delta.type or call["type"]
+                if delta.function:
+                    call["function"]["name"] += delta.function.name or ""
+                    call["function"]["arguments"] += delta.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return [calls[i] for i in sorted(calls)], finish, pieces
+
+
+def test_tool_calls_come_back_as_the_backend_sent_them_live_and_from_the_cache(api):
+    expected = backend_calls(api)
+    assert expected and expected[0]["function"]["name"] == "get_weather"
+    answer = client(api).chat.completions.create(model="sim-chat", messages=ASK, tools=[WEATHER])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert calls_of(choice.message) == expected
+    assert json.loads(expected[0]["function"]["arguments"])["city"] == ASK[0]["content"]
+    row = PromptRequest.objects.get()
+    assert row.extra["tool_calls"] == expected and row.extra["finish_reason"] == "tool_calls"
+    # The same request again: a cache hit, no backend call, the same tool calls.
+    before = api.simulator.stats()["requests_total"]
+    again = client(api).chat.completions.with_raw_response.create(
+        model="sim-chat", messages=ASK, tools=[WEATHER]
+    )
+    assert again.headers["x-barista-cache"] == "hit"
+    assert calls_of(again.parse().choices[0].message) == expected
+    assert again.parse().choices[0].finish_reason == "tool_calls"
+    # …and as a stream.
+    calls, finish, _ = streamed_calls(
+        client(api).chat.completions.create(
+            model="sim-chat", messages=ASK, tools=[WEATHER], stream=True
+        )
+    )
+    assert (calls, finish) == (expected, "tool_calls")
+    assert api.simulator.stats()["requests_total"] == before
+
+
+def test_streamed_tool_call_deltas_arrive_in_pieces_and_reassemble_to_the_call(api):
+    expected = backend_calls(api)
+    calls, finish, pieces = streamed_calls(
+        client(api).chat.completions.create(
+            model="sim-chat",
+            messages=ASK,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            stream=True,
+            extra_headers={"Cache-Control": "no-cache"},
+        )
+    )
+    assert (calls, finish) == (expected, "tool_calls")
+    assert pieces > 3  # the arguments came in pieces, as the backend streamed them
+
+
+def test_a_tool_result_in_the_history_is_accepted_and_answered(api):
+    first = client(api).chat.completions.create(model="sim-chat", messages=ASK, tools=[WEATHER])
+    call = first.choices[0].message.tool_calls[0]
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 °C and sunny"},
+    ]
+    answer = client(api).chat.completions.create(
+        model="sim-chat", messages=history, tools=[WEATHER]
+    )
+    assert '"18 °C and sunny"' in answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(api).chat.completions.create(
+            model="sim-chat", messages=[*ASK, {"role": "tool", "content": "no id"}]
+        )
+    assert refused.value.body["param"] == "messages[1].tool_call_id"
+
+
+async def test_logprobs_and_several_choices_async_plain_and_streamed(api):
+    aclient = openai.AsyncOpenAI(base_url=api.url, api_key=api.key, max_retries=0)
+    answer = await aclient.chat.completions.create(
+        model="sim-chat", messages=ASK, logprobs=True, top_logprobs=2, n=3
+    )
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    texts = [c.message.content for c in answer.choices]
+    assert len(set(texts)) == 3 and all('"What is the weather in Lisbon?"' in t for t in texts)
+    for choice in answer.choices:
+        tokens = [entry.token for entry in choice.logprobs.content]
+        assert "".join(tokens) == choice.message.content
+        assert all(len(entry.top_logprobs) == 2 for entry in choice.logprobs.content)
+    # Streamed: every choice by its index, logprobs with the chunks.
+    stream = await aclient.chat.completions.create(
+        model="sim-chat",
+        messages=[{"role": "user", "content": "Stream three, please"}],
+        logprobs=True,
+        n=3,
+        stream=True,
+    )
+    text: dict[int, str] = {0: "", 1: "", 2: ""}
+    logprobs: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    finishes = {}
+    async for chunk in stream:
+        for choice in chunk.choices:
+            text[choice.index] += choice.delta.content or ""
+            if choice.logprobs and choice.logprobs.content:
+                logprobs[choice.index] += [entry.token for entry in choice.logprobs.content]
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert finishes == {0: "stop", 1: "stop", 2: "stop"}
+    for index in range(3):
+        assert '"Stream three, please"' in text[index]
+        assert "".join(logprobs[index]) == text[index]
+    row = await PromptRequest.objects.filter(messages__0__content="Stream three, please").aget()
+    assert row.answer == text[0]
+    assert [c["content"] for c in row.extra["choices"]] == [text[1], text[2]]
+    await aclient.close()
+
+
+def test_user_and_vendor_fields_reach_the_backend_and_a_dropped_field_does_not(api):
+    client(api).chat.completions.create(
+        model="sim-chat",
+        messages=ASK,
+        user="user-1234",
+        reasoning_effort="low",
+        metadata={"team": "rag"},
+        extra_body={"top_k": 20, "min_p": 0.05, "chat_template_kwargs": {"thinking": False}},
+    )
+    sent = api.simulator.last_request()
+    assert sent["user"] == "user-1234"
+    assert sent["top_k"] == 20 and sent["min_p"] == 0.05
+    assert sent["chat_template_kwargs"] == {"thinking": False}
+    assert sent["reasoning_effort"] == "low" and sent["metadata"] == {"team": "rag"}
+    # Staff tell Barista this backend refuses min_p and reasoning_effort: they are left
+    # out of what it is sent (once the worker's list of backends is reloaded, ≤ 1 s).
+    Backend.objects.update(drop_params="min_p, reasoning_effort")
+
+    def sent_without_dropped() -> bool:
+        client(api).chat.completions.create(
+            model="sim-chat",
+            messages=[{"role": "user", "content": "once more"}],
+            reasoning_effort="low",
+            extra_body={"top_k": 20, "min_p": 0.05},
+            extra_headers={"Cache-Control": "no-cache"},
+        )
+        sent = api.simulator.last_request()
+        return "min_p" not in sent and "reasoning_effort" not in sent
+
+    wait_for(sent_without_dropped, timeout=10)
+    assert api.simulator.last_request()["top_k"] == 20
+
+
+def test_what_is_truly_invalid_is_still_refused_with_the_field_named(api):
+    cases = [
+        ({"n": 9}, "n"),
+        ({"n": 0}, "n"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "has space"}}]},
+            "tools[0].function.name",
+        ),
+        ({"tool_choice": 7}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"bad name!": 1}, "bad name!"),
+    ]
+    for extra, param in cases:
+        response = httpx.post(
+            f"{api.url}/chat/completions",
+            headers=api.headers(),
+            json={"model": "sim-chat", "messages": ASK, **extra},
+        )
+        assert response.status_code == 400, (extra, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", error
+    assert not PromptRequest.objects.exists()
