@@ -10,7 +10,9 @@ end. A client that hangs up cancels its request (unless others follow it).
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,17 +35,24 @@ from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
 from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
+from apps.backends.models import Backend
 from apps.backends.recovery import all_down
 from apps.gateway import extras
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
 from apps.gateway.cache import CachedAnswer
+from apps.gateway.embeddings import EmbeddingFailed, embeddings_create
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.queues import connection
 from apps.gateway.selectors import cached_answer
 from apps.gateway.services import request_submit
 from apps.gateway.subscription import Subscription
-from apps.gateway.validation import ChatRequest, InvalidRequest, chat_request
+from apps.gateway.validation import (
+    ChatRequest,
+    InvalidRequest,
+    chat_request,
+    embeddings_request,
+)
 
 
 class OpenAIConsumer(JsonHttpConsumer):
@@ -65,15 +74,20 @@ class OpenAIConsumer(JsonHttpConsumer):
                 raise ApiError(405, "Use POST for /v1/chat/completions.", code="method_not_allowed")
             await self.chat_completions(token, body)
             return
+        if path == "/v1/embeddings":
+            if method != "POST":
+                raise ApiError(405, "Use POST for /v1/embeddings.", code="method_not_allowed")
+            await self.embeddings(token, body)
+            return
         key = self.key = await database_sync_to_async(_authenticate)(token)
         if path == "/v1/models" and method == "GET":
-            aliases = await database_sync_to_async(_aliases)(key)
+            aliases = await database_sync_to_async(_all_aliases)(key)
             await self.json(
                 200, {"object": "list", "data": [_model_object(alias) for alias in aliases]}
             )
         elif path.startswith("/v1/models/") and method == "GET":
             alias = path.removeprefix("/v1/models/")
-            if alias not in await database_sync_to_async(_aliases)(key):
+            if alias not in await database_sync_to_async(_all_aliases)(key):
                 raise model_not_found(alias)
             await self.json(200, _model_object(alias))
         else:
@@ -131,6 +145,52 @@ class OpenAIConsumer(JsonHttpConsumer):
             await self.subscription.replay(row)
             return
         self.subscription.expect(request_id)
+
+    async def embeddings(self, token: str, raw: bytes) -> None:
+        """``POST /v1/embeddings``: answered here, not by a worker (apps.gateway.embeddings)."""
+        key = self.key = await database_sync_to_async(_authenticate)(token)
+        try:
+            model, inputs, params, encoding = embeddings_request(_json_body(raw))
+        except InvalidRequest as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+        if model not in await database_sync_to_async(_aliases)(None, Backend.Kind.EMBEDDINGS):
+            raise model_not_found(model)
+        principal = Principal(key.owner_id, key.limits())
+        try:
+            result = await embeddings_create(
+                principal=principal,
+                alias=model,
+                inputs=inputs,
+                params=params,
+                bypass_cache="no-cache" in (self.header(b"cache-control") or "").lower(),
+            )
+        except Rejection as exc:
+            raise from_rejection(exc) from None
+        except EmbeddingFailed as exc:
+            raise from_failed_event({"code": exc.code, "error": exc.message}) from None
+        outcome = (
+            "hit" if result.cached == len(inputs) else "miss" if not result.cached else "partial"
+        )
+        self.extra_headers += [
+            *quota_headers(principal.quota),
+            (b"x-barista-request-id", str(result.request_id).encode()),
+            (b"x-barista-cache", outcome.encode()),
+        ]
+        await self.json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": index, "embedding": _encoded(vector, encoding)}
+                    for index, vector in enumerate(result.vectors)
+                ],
+                "model": model,
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "total_tokens": result.prompt_tokens,
+                },
+            },
+        )
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
         if not self.finished and self.completion is not None and self.key is not None:
@@ -225,22 +285,40 @@ def _model_object(alias: str) -> dict[str, Any]:
     return {"id": alias, "object": "model", "created": 0, "owned_by": "barista"}
 
 
-def _aliases(key: ApiKey | None) -> list[str]:
-    """Aliases with an enabled backend (that this key may use), from the per-process
-    list the workers use too: no query per request."""
+def _aliases(key: ApiKey | None, kind: str = Backend.Kind.CHAT) -> list[str]:
+    """Aliases with an enabled backend of this kind (that this key may use), from the
+    per-process list the workers use too: no query per request."""
     limits = key.limits() if key is not None else None
-    return [alias for alias in enabled_backends.aliases() if limits is None or limits.allows(alias)]
+    return [
+        alias for alias in enabled_backends.aliases(kind) if limits is None or limits.allows(alias)
+    ]
 
 
-def _chat_request(raw: bytes) -> ChatRequest:
+def _all_aliases(key: ApiKey | None) -> list[str]:
+    """Every model this key may use: chat and embeddings."""
+    return sorted(set(_aliases(key)) | set(_aliases(key, Backend.Kind.EMBEDDINGS)))
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    """A vector as the client asked: numbers, or (as OpenAI sends it) base64 of float32."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def _json_body(raw: bytes) -> Any:
     try:
-        body = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "The request body is not valid UTF-8.", code="invalid_utf8") from None
     except (ValueError, RecursionError):  # too deeply nested is invalid too
         raise ApiError(
             400, "We could not parse the JSON body of your request.", code="invalid_json"
         ) from None
+
+
+def _chat_request(raw: bytes) -> ChatRequest:
+    body = _json_body(raw)
     try:
         return chat_request(body)
     except InvalidRequest as exc:

@@ -37,6 +37,11 @@ class PromptRequest(models.Model):
         CHAT = "chat"
         API = "api"
 
+    class Kind(models.TextChoices):
+        CHAT = "chat", "chat completion"
+        TEXT = "text", "text completion"
+        EMBEDDINGS = "embeddings"
+
     FINAL_STATUSES = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
     PENDING_STATUSES = frozenset({Status.QUEUED, Status.RUNNING})
 
@@ -45,6 +50,10 @@ class PromptRequest(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompt_requests"
     )
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT)
+    # What was asked: a chat completion (messages), a text completion (the prompt is kept
+    # as one user message), or embeddings (answered by the web process: only counts are
+    # kept — apps.gateway.embeddings).
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CHAT)
     # The API key (apps.api) a program sent it with. A plain id, not a foreign key: the
     # ledger sits below the doors and knows no door's models (DESIGN.md, "Layers").
     api_key_id = models.PositiveBigIntegerField(null=True, blank=True, db_index=True)

@@ -161,9 +161,7 @@ def _check_tools(body: dict[str, Any]) -> None:
             "'response_format' must be an object whose 'type' is text, json_object or json_schema.",
             "response_format",
         )
-    user = body.get("user")
-    if user is not None and (not isinstance(user, str) or len(user) > 256):
-        raise InvalidRequest("'user' must be a string of at most 256 characters.", "user")
+    _user(body)
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidRequest("'metadata' must be an object.", "metadata")
@@ -199,11 +197,9 @@ def _check_message(message: Any, where: str) -> None:
         _content_text(message["content"], f"{where}.content")
 
 
-def chat_request(body: Any) -> ChatRequest:
-    """Validate; returns (model, messages, backend parameters, stream, include usage)."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    extra = [name for name in body if name not in OWN and name not in CHECKED]
+def _check_extra_fields(body: dict[str, Any], known: Collection[str]) -> None:
+    """Fields Barista does not know are passed on: a bounded number, with sane names."""
+    extra = [name for name in body if name not in known]
     if len(extra) > MAX_EXTRA_FIELDS:
         raise InvalidRequest(
             f"Too many fields Barista does not know ({len(extra)}); the limit is "
@@ -219,9 +215,77 @@ def chat_request(body: Any) -> ChatRequest:
                 name[:64],
                 "invalid_parameter",
             )
+
+
+def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string.", "model")
+    return model
+
+
+def _user(body: dict[str, Any]) -> None:
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise InvalidRequest("'user' must be a string of at most 256 characters.", "user")
+
+
+MAX_EMBEDDING_INPUTS = 2048
+# model, the inputs (texts or token arrays), what is passed on, encoding_format
+EmbeddingsRequest = tuple[str, list[Any], dict[str, Any], str]
+
+
+def _token_array(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    )
+
+
+def embeddings_request(body: Any) -> EmbeddingsRequest:
+    """Validate ``POST /v1/embeddings``: OpenAI's inputs (a text, texts, a token array,
+    token arrays), up to 2,048 of them."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    _check_extra_fields(body, {"model", "input", "encoding_format", "dimensions", "user"})
+    model = _model(body)
+    given = body.get("input")
+    if isinstance(given, str) or _token_array(given):
+        inputs = [given]
+    elif isinstance(given, list) and given:
+        inputs = given
+    else:
+        raise InvalidRequest("'input' must be a text, an array of texts, or token arrays.", "input")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(
+            f"Too many inputs ({len(inputs)}); the limit is {MAX_EMBEDDING_INPUTS}.", "input"
+        )
+    for index, item in enumerate(inputs):
+        if not ((isinstance(item, str) and item) or _token_array(item)):
+            raise InvalidRequest(
+                "Each input must be a non-empty text or an array of token ids.",
+                f"input[{index}]",
+            )
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    _integer(body, "dimensions", 1, 65_536)
+    _user(body)
+    params = {
+        k: v
+        for k, v in body.items()
+        if k not in ("model", "input", "encoding_format") and v is not None
+    }
+    return model, inputs, params, encoding
+
+
+def chat_request(body: Any) -> ChatRequest:
+    """Validate; returns (model, messages, backend parameters, stream, include usage)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    _check_extra_fields(body, OWN | CHECKED)
+    model = _model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", "messages")

@@ -238,3 +238,48 @@ def test_what_is_truly_invalid_is_still_refused_with_the_field_named(api):
         error = response.json()["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error", error
     assert not PromptRequest.objects.exists()
+
+
+def test_embeddings_equal_the_backends_and_a_half_cached_batch_asks_only_for_the_rest(api):
+    api.simulator.register(alias="sim-embed", name="sim-embed", kind="embeddings")
+    backend = openai.OpenAI(base_url=api.simulator.base_url, api_key="none", max_retries=0)
+    texts = ["espresso", "cortado", "flat white", "lungo"]
+    expected = [
+        e.embedding for e in backend.embeddings.create(model=api.simulator.model, input=texts).data
+    ]
+    floats = [
+        row["embedding"]
+        for row in httpx.post(
+            f"{api.simulator.base_url}/embeddings",
+            json={"model": api.simulator.model, "input": texts},
+        ).json()["data"]
+    ]
+    before = api.simulator.stats()["embedding_inputs_total"]
+    # The SDK asks for base64 (float32) by default, as OpenAI sends it.
+    first = client(api).embeddings.with_raw_response.create(model="sim-embed", input=texts[:2])
+    assert first.headers["x-barista-cache"] == "miss"
+    assert [e.embedding for e in first.parse().data] == expected[:2]
+    assert api.simulator.stats()["embedding_inputs_total"] == before + 2
+    # Half of this batch is cached: the backend is asked for the other half only, and
+    # the answer keeps the caller's order.
+    response = httpx.post(
+        f"{api.url}/embeddings",
+        headers=api.headers(),
+        json={"model": "sim-embed", "input": [texts[2], texts[0], texts[3], texts[1]]},
+    )
+    assert response.status_code == 200 and response.headers["x-barista-cache"] == "partial"
+    vectors = [row["embedding"] for row in response.json()["data"]]
+    assert vectors == [floats[2], floats[0], floats[3], floats[1]]  # exactly, as numbers
+    assert api.simulator.stats()["embedding_inputs_total"] == before + 4
+    rows = PromptRequest.objects.filter(kind="embeddings").order_by("queued_at")
+    assert [(r.status, r.extra, r.messages) for r in rows] == [
+        ("done", {"inputs": 2, "cached": 0}, []),
+        ("done", {"inputs": 4, "cached": 2}, []),
+    ]
+    # A chat model is not an embeddings model, nor the other way round.
+    with pytest.raises(openai.NotFoundError):
+        client(api).embeddings.create(model="sim-chat", input="x")
+    with pytest.raises(openai.NotFoundError):
+        client(api).chat.completions.create(model="sim-embed", messages=ASK)
+    models = {m.id for m in client(api).models.list()}
+    assert {"sim-chat", "sim-embed"} <= models

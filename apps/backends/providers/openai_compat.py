@@ -71,15 +71,7 @@ async def stream_chat(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    headers = {}
-    if backend.has_api_key:
-        # Read at call time, never logged; a missing key is a clear error, not a 401.
-        key = backend.api_key()
-        if not key:
-            where = f"set {backend.api_key_env}" if backend.api_key_env else "enter it again"
-            raise BackendError(f"backend {backend.name} has no API key ({where})", retryable=False)
-        headers["Authorization"] = f"Bearer {key}"
-    timeout = httpx.Timeout(backend.timeout, connect=min(backend.timeout, 10.0))
+    headers, timeout = _headers(backend), _timeout(backend)
     finish_reason: str | None = None
     usage: dict[str, Any] = {}
     answered = False  # a response (status and headers) arrived
@@ -90,15 +82,7 @@ async def stream_chat(
             answered = True
             if response.status_code != 200:
                 await response.aread()
-                status = response.status_code
-                raise BackendError(
-                    f"backend {backend.name} answered HTTP {status}",
-                    status=status,
-                    # Another backend may do better on overload or a server error; a
-                    # request the backend found invalid would fail everywhere.
-                    retryable=status >= 500 or status in (408, 429),
-                    retry_after=_retry_after(response.headers.get("retry-after")),
-                )
+                raise _http_error(backend, response)
             finished = False
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -141,6 +125,77 @@ async def stream_chat(
             f"could not reach backend {backend.name}", unreachable=not answered
         ) from None
     yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)
+
+
+async def embed(
+    client: httpx.AsyncClient,
+    backend: Backend,
+    *,
+    inputs: list[Any],
+    params: dict[str, Any],
+) -> tuple[list[list[float]], int | None]:
+    """Embed ``inputs`` (texts or token arrays): a vector for each, in order, and the
+    prompt tokens the backend counted."""
+    url = backend.base_url.rstrip("/") + "/embeddings"
+    body = {
+        **backend.without_dropped(params),
+        "model": backend.model_name,
+        "input": inputs,
+        "encoding_format": "float",
+    }
+    answered = False
+    try:
+        response = await client.post(
+            url, json=body, headers=_headers(backend), timeout=_timeout(backend)
+        )
+        answered = True
+        if response.status_code != 200:
+            raise _http_error(backend, response)
+        try:
+            document = response.json()
+            rows = sorted(document["data"], key=lambda row: row["index"])
+            vectors = [[float(v) for v in row["embedding"]] for row in rows]
+            if len(vectors) != len(inputs):
+                raise ValueError("one vector per input")
+            tokens = (document.get("usage") or {}).get("prompt_tokens")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BackendError(f"backend {backend.name} sent malformed embeddings") from None
+        return vectors, tokens if isinstance(tokens, int) else None
+    except httpx.ConnectTimeout:
+        raise BackendError(f"could not reach backend {backend.name}", unreachable=True) from None
+    except httpx.TimeoutException:
+        raise BackendError(f"backend {backend.name} timed out") from None
+    except httpx.TransportError:
+        raise BackendError(
+            f"could not reach backend {backend.name}", unreachable=not answered
+        ) from None
+
+
+def _headers(backend: Backend) -> dict[str, str]:
+    if not backend.has_api_key:
+        return {}
+    # Read at call time, never logged; a missing key is a clear error, not a 401.
+    key = backend.api_key()
+    if not key:
+        where = f"set {backend.api_key_env}" if backend.api_key_env else "enter it again"
+        raise BackendError(f"backend {backend.name} has no API key ({where})", retryable=False)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _timeout(backend: Backend) -> httpx.Timeout:
+    return httpx.Timeout(backend.timeout, connect=min(backend.timeout, 10.0))
+
+
+def _http_error(backend: Backend, response: httpx.Response) -> BackendError:
+    status = response.status_code
+    return BackendError(
+        f"backend {backend.name} answered HTTP {status}",
+        status=status,
+        # Another backend may do better on overload or a server error; a request the
+        # backend found invalid would fail everywhere.
+        retryable=status >= 500 or status in (408, 429),
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
 
 
 def _is_rich(index: int, delta: dict[str, Any], logprobs: Any) -> bool:
