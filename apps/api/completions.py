@@ -22,15 +22,18 @@ class Completion:
     sent_pieces: int = 0  # pieces (apps.gateway.extras) streamed as the backend sent them
     cache_outcome: str = "miss"
 
+    ID_PREFIX = "chatcmpl-"
+    CHUNK_OBJECT = "chat.completion.chunk"
+
     @property
     def id(self) -> str:
-        return f"chatcmpl-{self.request_id}"
+        return f"{self.ID_PREFIX}{self.request_id}"
 
     def _chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
         return sse(
             {
                 "id": self.id,
-                "object": "chat.completion.chunk",
+                "object": self.CHUNK_OBJECT,
                 "created": self.created,
                 "model": self.model,
                 "choices": choices,
@@ -41,9 +44,12 @@ class Completion:
     def chunk(
         self, delta: dict[str, Any], finish: str | None = None, index: int = 0, logprobs: Any = None
     ) -> bytes:
-        return self._chunk(
-            [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]
-        )
+        return self._chunk([self._choice(delta, finish, index, logprobs)])
+
+    def _choice(
+        self, delta: dict[str, Any], finish: str | None, index: int, logprobs: Any
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
 
     def piece_chunk(self, piece: dict[str, Any]) -> bytes:
         """A piece as the backend sent it (its finish reason comes in the tail)."""
@@ -91,6 +97,50 @@ class Completion:
                     "logprobs": extra.get("logprobs"),
                 },
                 *extras.other_choices(extra),
+            ],
+            "usage": usage(done),
+        }
+
+
+class TextCompletion(Completion):
+    """A legacy ``text_completion`` (``POST /v1/completions``): the same events, each
+    choice's text as ``text``."""
+
+    ID_PREFIX = "cmpl-"
+    CHUNK_OBJECT = "text_completion"
+
+    def _choice(
+        self, delta: dict[str, Any], finish: str | None, index: int, logprobs: Any
+    ) -> dict[str, Any]:
+        text = delta.get("content") or ""
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
+
+    def first_chunk(self) -> bytes:
+        return b""  # no role to announce
+
+    def document(self, done: dict[str, Any]) -> dict[str, Any]:
+        extra = done.get("extra") or {}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "text": done.get("content") or "",
+                    "index": 0,
+                    "logprobs": extra.get("logprobs"),
+                    "finish_reason": finish_reason(done),
+                },
+                *(
+                    {
+                        "text": choice.get("content") or "",
+                        "index": choice["index"],
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice.get("finish_reason") or "stop",
+                    }
+                    for choice in extra.get("choices") or []
+                ),
             ],
             "usage": usage(done),
         }

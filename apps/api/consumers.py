@@ -21,7 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from apps.api.completions import Completion
+from apps.api.completions import Completion, TextCompletion
 from apps.api.errors import (
     ApiError,
     backends_down,
@@ -52,7 +52,11 @@ from apps.gateway.validation import (
     InvalidRequest,
     chat_request,
     embeddings_request,
+    text_request,
 )
+
+# The completion routes, by the kind of request they make (PromptRequest.Kind).
+COMPLETIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
 
 
 class OpenAIConsumer(JsonHttpConsumer):
@@ -69,10 +73,10 @@ class OpenAIConsumer(JsonHttpConsumer):
             await self.json(200, openapi_document())
             return
         token = self._token()
-        if path == "/v1/chat/completions":
+        if path in COMPLETIONS:
             if method != "POST":
-                raise ApiError(405, "Use POST for /v1/chat/completions.", code="method_not_allowed")
-            await self.chat_completions(token, body)
+                raise ApiError(405, f"Use POST for {path}.", code="method_not_allowed")
+            await self.completions(token, body, COMPLETIONS[path])
             return
         if path == "/v1/embeddings":
             if method != "POST":
@@ -103,10 +107,11 @@ class OpenAIConsumer(JsonHttpConsumer):
             )
         return token.strip()
 
-    async def chat_completions(self, token: str, raw: bytes) -> None:
+    async def completions(self, token: str, raw: bytes, kind: str) -> None:
+        """A chat completion, or a legacy text completion (``kind``: "chat", "text")."""
         request: ChatRequest | ApiError
         try:
-            request = _chat_request(raw)
+            request = _completion_request(raw, kind)
         except ApiError as exc:
             request = exc
         bypass = "no-cache" in (self.header(b"cache-control") or "").lower()
@@ -116,11 +121,12 @@ class OpenAIConsumer(JsonHttpConsumer):
         # One trip to the database thread: the key (401 first), the body (400), the model
         # (404), and a stored answer, which is recorded and returned there and then.
         authorized = await database_sync_to_async(_authorize)(
-            token, request, request_id, bypass, no_wait
+            token, request, request_id, bypass, no_wait, kind
         )
         self.key, row, quota = authorized.key, authorized.hit, authorized.quota
         model, _, _, self.stream, include_usage = authorized.request
-        self.completion = Completion(str(request_id), model, int(time.time()), include_usage)
+        writer = TextCompletion if kind == PromptRequest.Kind.TEXT else Completion
+        self.completion = writer(str(request_id), model, int(time.time()), include_usage)
         principal = Principal(self.key.owner_id, self.key.limits())
         self.subscription = Subscription(
             layer=self.channel_layer,
@@ -134,7 +140,7 @@ class OpenAIConsumer(JsonHttpConsumer):
             # missed), then submit.
             await self.subscription.join(request_id)
             row = await database_sync_to_async(_submit)(
-                principal, authorized.request, request_id, bypass, None
+                principal, authorized.request, request_id, bypass, None, kind
             )
             quota = principal.quota
         self.extra_headers += [
@@ -317,10 +323,10 @@ def _json_body(raw: bytes) -> Any:
         ) from None
 
 
-def _chat_request(raw: bytes) -> ChatRequest:
+def _completion_request(raw: bytes, kind: str) -> ChatRequest:
     body = _json_body(raw)
     try:
-        return chat_request(body)
+        return text_request(body) if kind == PromptRequest.Kind.TEXT else chat_request(body)
     except InvalidRequest as exc:
         raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
 
@@ -346,6 +352,7 @@ def _authorize(
     request_id: uuid.UUID,
     bypass: bool,
     no_wait: bool = False,
+    kind: str = PromptRequest.Kind.CHAT,
 ) -> Authorized:
     """The key, then the body, then the model — each refused in that order; then, when the
     answer is stored already, the request recorded as a hit (no channel, no job). With
@@ -358,7 +365,12 @@ def _authorize(
         raise model_not_found(model)
     principal = Principal(key.owner_id, key.limits())
     stored = cached_answer(
-        principal=principal, model=model, messages=messages, params=params, bypass_cache=bypass
+        principal=principal,
+        model=model,
+        messages=messages,
+        params=params,
+        bypass_cache=bypass,
+        kind=kind,
     )
     if stored is None:
         if no_wait:
@@ -366,7 +378,7 @@ def _authorize(
             if down is not None:
                 raise backends_down(model, retry_after=down)
         return Authorized(key, request)
-    hit = _submit(principal, request, request_id, bypass, cached=stored)
+    hit = _submit(principal, request, request_id, bypass, cached=stored, kind=kind)
     hit.backend  # noqa: B018 - loaded here, so the replay needs no second trip to this thread
     return Authorized(key, request, hit, principal.quota)
 
@@ -377,6 +389,7 @@ def _submit(
     request_id: uuid.UUID,
     bypass: bool,
     cached: CachedAnswer | None,
+    kind: str = PromptRequest.Kind.CHAT,
 ) -> PromptRequest:
     """Submit, after ``_authorize`` looked the answer up (``cached``: what it found)."""
     model, messages, params, _, _ = request
@@ -392,6 +405,7 @@ def _submit(
             bypass_cache=bypass,
             cached=cached,
             looked_up=True,
+            kind=kind,
         )
     except Rejection as exc:
         raise from_rejection(exc) from None

@@ -59,14 +59,17 @@ def cache_key(
     params: dict[str, Any],
     owner_id: int,
     bypass: bool = False,
+    kind: str = "chat",
 ) -> str | None:
     """The request's key, or None when policy, or the caller, says not to cache (then it
-    is not coalesced either)."""
+    is not coalesced either). ``kind``: a chat or a text completion (``PromptRequest.kind``)."""
     policy = settings.BARISTA_CACHE_POLICY
     if bypass or policy == "off" or (policy == "deterministic" and not is_deterministic(params)):
         return None
     significant = {k: v for k, v in params.items() if k not in IGNORED_PARAMS}
     document: dict[str, Any] = {"model": alias, "messages": messages, "params": significant}
+    if kind != "chat":  # (chat keys stay as they were)
+        document["kind"] = kind
     if settings.BARISTA_CACHE_SCOPE == "per-user":
         document["owner"] = owner_id
     text = json.dumps(

@@ -247,7 +247,11 @@ async def _answer_once(
         try:
             async with live.held(backend.pk, lease, ttl=settings.BARISTA_LEASE_TTL):
                 async for event in stream_chat(
-                    client, backend, messages=request.messages, params=request.params
+                    client,
+                    backend,
+                    messages=request.messages,
+                    params=request.params,
+                    text_completion=request.kind == PromptRequest.Kind.TEXT,
                 ):
                     if isinstance(event, Delta):
                         if first_token_at is None:

@@ -70,6 +70,7 @@ def cached_answer(
     messages: list[dict[str, Any]],
     params: dict[str, Any],
     bypass_cache: bool = False,
+    kind: str = "chat",
 ) -> CachedAnswer | None:
     """The stored answer to exactly this request in this person's cache scope, if any."""
     key = cache_key(
@@ -78,5 +79,6 @@ def cached_answer(
         params=params,
         owner_id=principal.user_id,
         bypass=bypass_cache,
+        kind=kind,
     )
     return lookup(key) if key else None

@@ -38,6 +38,7 @@ def request_submit(
     bypass_cache: bool = False,
     cached: cache.CachedAnswer | None = None,
     looked_up: bool = False,
+    kind: str = PromptRequest.Kind.CHAT,
 ) -> PromptRequest:
     """Admit a prompt (or raise ``Rejection``) and record it in the ledger. Then:
 
@@ -61,6 +62,7 @@ def request_submit(
         params=params,
         owner_id=principal.user_id,
         bypass=bypass_cache,
+        kind=kind,
     )
     hit = cached if cached is not None or looked_up or not key else cache.lookup(key)
     # A hit queues nothing: only the limits on the person and the key apply to it.
@@ -72,6 +74,7 @@ def request_submit(
         "messages": messages,
         "params": params,
         "source": source,
+        "kind": kind,
         "cache_key": key or "",
         "api_key_id": principal.key.id if principal.key else None,
     }

@@ -299,6 +299,13 @@ def chat_request(body: Any) -> ChatRequest:
         _check_message(message, f"messages[{index}]")
     _check_numbers(body)
     _check_tools(body)
+    stream, include_usage = _stop_and_stream(body)
+    params = {k: v for k, v in body.items() if k not in OWN and v is not None}
+    return model, messages, params, stream, include_usage
+
+
+def _stop_and_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """Check ``stop``, ``stream`` and ``stream_options``: (stream, include usage)."""
     stop = body.get("stop")
     if stop is not None and not (
         isinstance(stop, str)
@@ -319,6 +326,40 @@ def chat_request(body: Any) -> ChatRequest:
         raise InvalidRequest(
             "'stream_options' is only allowed when 'stream' is true.", "stream_options"
         )
-    params = {k: v for k, v in body.items() if k not in OWN and v is not None}
-    include_usage = bool((options or {}).get("include_usage"))
-    return model, messages, params, bool(stream), include_usage
+    return bool(stream), bool((options or {}).get("include_usage"))
+
+
+TEXT_OWN = {"model", "prompt", "stream", "stream_options"}
+TEXT_CHECKED = {
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "user",
+}
+
+
+def text_request(body: Any) -> ChatRequest:
+    """Validate ``POST /v1/completions`` (a legacy text completion) as a chat request
+    whose one user message is the prompt: one prompt per request."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    _check_extra_fields(body, TEXT_OWN | TEXT_CHECKED)
+    model = _model(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidRequest(
+            "'prompt' must be a non-empty text (Barista takes one prompt per request).",
+            "prompt",
+        )
+    _check_numbers(body)
+    _user(body)
+    stream, include_usage = _stop_and_stream(body)
+    params = {k: v for k, v in body.items() if k not in TEXT_OWN and v is not None}
+    return model, [{"role": "user", "content": prompt}], params, stream, include_usage

@@ -283,3 +283,35 @@ def test_embeddings_equal_the_backends_and_a_half_cached_batch_asks_only_for_the
         client(api).chat.completions.create(model="sim-embed", messages=ASK)
     models = {m.id for m in client(api).models.list()}
     assert {"sim-chat", "sim-embed"} <= models
+
+
+def test_legacy_text_completions_plain_streamed_and_cached(api):
+    backend = openai.OpenAI(base_url=api.simulator.base_url, api_key="none", max_retries=0)
+    prompt = "Once upon a time at the counter"
+    expected = backend.completions.create(model=api.simulator.model, prompt=prompt).choices[0].text
+    answer = client(api).completions.create(model="sim-chat", prompt=prompt)
+    assert answer.object == "text_completion" and answer.choices[0].text == expected
+    assert answer.choices[0].finish_reason == "stop" and answer.usage.completion_tokens > 0
+    row = PromptRequest.objects.get()
+    assert (row.kind, row.answer, row.messages) == (
+        "text",
+        expected,
+        [{"role": "user", "content": prompt}],
+    )
+    stream = client(api).completions.create(
+        model="sim-chat", prompt=prompt, stream=True, extra_headers={"Cache-Control": "no-cache"}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # Cached like a chat answer, but never mistaken for one: the same text as a chat
+    # prompt asks the backend.
+    again = client(api).completions.with_raw_response.create(model="sim-chat", prompt=prompt)
+    assert again.headers["x-barista-cache"] == "hit" and again.parse().choices[0].text == expected
+    chat = client(api).chat.completions.with_raw_response.create(
+        model="sim-chat", messages=[{"role": "user", "content": prompt}]
+    )
+    assert chat.headers["x-barista-cache"] == "miss"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(api).completions.create(model="sim-chat", prompt=["one", "two"])
+    assert refused.value.body["param"] == "prompt"

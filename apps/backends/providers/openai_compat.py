@@ -61,16 +61,23 @@ async def stream_chat(
     *,
     messages: list[dict[str, Any]],
     params: dict[str, Any],
+    text_completion: bool = False,
 ) -> AsyncIterator[StreamEvent]:
-    """Stream a chat completion: yields ``Delta`` per content chunk, then one ``Usage``."""
-    url = backend.base_url.rstrip("/") + "/chat/completions"
+    """Stream a chat completion: yields ``Delta`` per content chunk, then one ``Usage``.
+    ``text_completion``: a legacy text completion (``/completions``) of the one message's content,
+    its chunks read as chat deltas."""
     body = {
         **backend.without_dropped(params),
         "model": backend.model_name,
-        "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if text_completion:
+        url = backend.base_url.rstrip("/") + "/completions"
+        body["prompt"] = messages[0]["content"]
+    else:
+        url = backend.base_url.rstrip("/") + "/chat/completions"
+        body["messages"] = messages
     headers, timeout = _headers(backend), _timeout(backend)
     finish_reason: str | None = None
     usage: dict[str, Any] = {}
@@ -101,6 +108,8 @@ async def stream_chat(
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
                     for choice in choices:
+                        if text_completion:
+                            choice = _as_chat(choice)
                         delta = choice.get("delta") or {}
                         text = delta.get("content")
                         if text is not None and not isinstance(text, str):
@@ -196,6 +205,13 @@ def _http_error(backend: Backend, response: httpx.Response) -> BackendError:
         retryable=status >= 500 or status in (408, 429),
         retry_after=_retry_after(response.headers.get("retry-after")),
     )
+
+
+def _as_chat(choice: dict[str, Any]) -> dict[str, Any]:
+    """A text completion's chunk choice, read as a chat one (its text as the content)."""
+    found = {k: v for k, v in choice.items() if k != "text"}
+    found["delta"] = {"content": choice.get("text") or ""}
+    return found
 
 
 def _is_rich(index: int, delta: dict[str, Any], logprobs: Any) -> bool:
