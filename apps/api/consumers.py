@@ -33,6 +33,7 @@ from apps.api.errors import (
 from apps.api.http import JsonHttpConsumer
 from apps.api.models import ApiKey
 from apps.api.openapi import openapi_document
+from apps.api.responses import ResponseWriter, responses_request
 from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
 from apps.backends.models import Backend
@@ -55,8 +56,13 @@ from apps.gateway.validation import (
     text_request,
 )
 
-# The completion routes, by the kind of request they make (PromptRequest.Kind).
-COMPLETIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
+# The completion routes: a chat completion, a legacy text completion, and the Responses
+# API (a chat completion in another shape: apps.api.responses).
+COMPLETIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text",
+    "/v1/responses": "responses",
+}
 
 
 class OpenAIConsumer(JsonHttpConsumer):
@@ -64,7 +70,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         super().__init__(*args, **kwargs)
         self.key: ApiKey | None = None
         self.subscription: Subscription | None = None
-        self.completion: Completion | None = None
+        self.completion: Completion | ResponseWriter | None = None
         self.stream = False
 
     async def route(self, body: bytes) -> None:
@@ -107,11 +113,13 @@ class OpenAIConsumer(JsonHttpConsumer):
             )
         return token.strip()
 
-    async def completions(self, token: str, raw: bytes, kind: str) -> None:
-        """A chat completion, or a legacy text completion (``kind``: "chat", "text")."""
+    async def completions(self, token: str, raw: bytes, route: str) -> None:
+        """A chat completion, a legacy text completion, or a response (``route``: "chat",
+        "text", "responses")."""
+        kind = PromptRequest.Kind.TEXT if route == "text" else PromptRequest.Kind.CHAT
         request: ChatRequest | ApiError
         try:
-            request = _completion_request(raw, kind)
+            request = _completion_request(raw, route)
         except ApiError as exc:
             request = exc
         bypass = "no-cache" in (self.header(b"cache-control") or "").lower()
@@ -125,7 +133,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         )
         self.key, row, quota = authorized.key, authorized.hit, authorized.quota
         model, _, _, self.stream, include_usage = authorized.request
-        writer = TextCompletion if kind == PromptRequest.Kind.TEXT else Completion
+        writer = {"text": TextCompletion, "responses": ResponseWriter}.get(route, Completion)
         self.completion = writer(str(request_id), model, int(time.time()), include_usage)
         principal = Principal(self.key.owner_id, self.key.limits())
         self.subscription = Subscription(
@@ -323,10 +331,11 @@ def _json_body(raw: bytes) -> Any:
         ) from None
 
 
-def _completion_request(raw: bytes, kind: str) -> ChatRequest:
+def _completion_request(raw: bytes, route: str) -> ChatRequest:
     body = _json_body(raw)
+    parse = {"text": text_request, "responses": responses_request}.get(route, chat_request)
     try:
-        return text_request(body) if kind == PromptRequest.Kind.TEXT else chat_request(body)
+        return parse(body)
     except InvalidRequest as exc:
         raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
 

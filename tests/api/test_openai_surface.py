@@ -315,3 +315,80 @@ def test_legacy_text_completions_plain_streamed_and_cached(api):
     with pytest.raises(openai.BadRequestError) as refused:
         client(api).completions.create(model="sim-chat", prompt=["one", "two"])
     assert refused.value.body["param"] == "prompt"
+
+
+RESPONSE_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": WEATHER["function"]["parameters"],
+}
+
+
+def test_responses_api_plain_streamed_and_with_tools(api):
+    sdk = client(api)
+    response = sdk.responses.create(
+        model="sim-chat", instructions="Be brief.", input="Hello, Responses"
+    )
+    assert response.status == "completed" and response.object == "response"
+    assert '"Hello, Responses"' in response.output_text
+    assert response.usage.output_tokens > 0
+    row = PromptRequest.objects.get()
+    assert row.messages[0] == {"role": "system", "content": "Be brief."}
+    assert response.output_text == row.answer
+    # Streamed, with the SDK's helper that checks the events' order and identities.
+    with sdk.responses.stream(
+        model="sim-chat",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Stream it"}]}],
+    ) as stream:
+        kinds, deltas = [], []
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert len(deltas) > 3 and "".join(deltas) == final.output_text
+    assert '"Stream it"' in final.output_text
+    # A function call, streamed: arguments in pieces; then its output sent back.
+    with sdk.responses.stream(
+        model="sim-chat", input="What is the weather in Lisbon?", tools=[RESPONSE_TOOL]
+    ) as stream:
+        argument_deltas = [
+            event.delta
+            for event in stream
+            if event.type == "response.function_call_arguments.delta"
+        ]
+        final = stream.get_final_response()
+    call = final.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert len(argument_deltas) > 3 and "".join(argument_deltas) == call.arguments
+    assert json.loads(call.arguments)["city"] == "What is the weather in Lisbon?"
+    # The same request again is a cache hit: the same call, plain and streamed.
+    again = sdk.responses.create(
+        model="sim-chat", input="What is the weather in Lisbon?", tools=[RESPONSE_TOOL]
+    )
+    assert (again.output[0].call_id, again.output[0].arguments) == (call.call_id, call.arguments)
+    with sdk.responses.stream(
+        model="sim-chat", input="What is the weather in Lisbon?", tools=[RESPONSE_TOOL]
+    ) as stream:
+        replayed = stream.get_final_response()
+    assert replayed.output[0].arguments == call.arguments
+    answer = sdk.responses.create(
+        model="sim-chat",
+        tools=[RESPONSE_TOOL],
+        input=[
+            {"role": "user", "content": "What is the weather in Lisbon?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18 °C"},
+        ],
+    )
+    assert '"18 °C"' in answer.output_text
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="sim-chat", input="x", previous_response_id="resp_1")
+    assert refused.value.body["param"] == "previous_response_id"
