@@ -52,6 +52,21 @@ def test_markdown_renders_headings_lists_tables_and_code():
     assert "<pre><code class=\"language-python\">print('&lt;b&gt;')" in html
 
 
+def test_a_tool_call_the_model_made_is_shown_readably(alice):
+    """A model answered with a tool call (the API's path): the page shows its name and
+    its arguments as indented JSON, sanitized like any answer."""
+    conversation = answered(alice, "weather?", "")
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "<b>Lisbon</b>", "days": 3}'},
+    }
+    PromptRequest.objects.update(extra={"tool_calls": [call], "finish_reason": "tool_calls"})
+    page = signed_in(alice).get(f"/c/{conversation.pk}/").content.decode()
+    assert "<strong>Tool call:</strong> <code>get_weather</code>" in page
+    assert '"city": "&lt;b&gt;Lisbon&lt;/b&gt;",\n  "days": 3' in page
+
+
 @pytest.mark.parametrize(
     "hostile",
     [
