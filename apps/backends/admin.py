@@ -16,6 +16,7 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
     list_display = [
         "name",
         "alias",
+        "kind",
         "model_name",
         "base_url",
         "weight",

@@ -23,7 +23,8 @@ def backend_list_active() -> QuerySet[Backend]:
 
 
 def alias_list() -> list[dict[str, object]]:
-    """Public model aliases that have at least one enabled backend, for pickers and checks."""
+    """Public model aliases (chat and embeddings) that have at least one enabled backend,
+    for the API key's list of allowed models."""
     aliases: dict[str, dict[str, object]] = {}
     for backend in backend_list_enabled().only("alias", "simulated"):
         entry = aliases.setdefault(backend.alias, {"alias": backend.alias, "simulated": True})
@@ -32,7 +33,8 @@ def alias_list() -> list[dict[str, object]]:
 
 
 def alias_exists(alias: str) -> bool:
-    return backend_list_enabled(alias=alias).exists()
+    """A chat model of that name can take prompts (the chat page's check)."""
+    return backend_list_enabled(alias=alias).filter(kind=Backend.Kind.CHAT).exists()
 
 
 def backend_names_active() -> list[tuple[int, str]]:
@@ -42,8 +44,13 @@ def backend_names_active() -> list[tuple[int, str]]:
 
 def alias_health(connection: Any) -> list[dict[str, object]]:
     """Each public alias with whether any of its enabled backends can answer now, and
-    if none can, why — for the chat page's model picker. Redis unreachable: all unknown."""
-    backends = list(backend_list_enabled().only("pk", "alias", "simulated", "name"))
+    if none can, why — for the chat page's model picker (chat models only). Redis
+    unreachable: all unknown."""
+    backends = list(
+        backend_list_enabled()
+        .filter(kind=Backend.Kind.CHAT)
+        .only("pk", "alias", "simulated", "name")
+    )
     try:
         states = live.snapshot_sync(connection, [b.pk for b in backends])
     except RedisError:

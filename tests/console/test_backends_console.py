@@ -124,6 +124,34 @@ def test_an_unsafe_url_is_refused_and_changes_nothing(staff):
     assert not AuditEntry.objects.exists()
 
 
+def test_an_embeddings_backend_and_the_fields_a_backend_refuses(staff):
+    client = signed_in(staff)
+    page = client.get("/console/backends/add/").content.decode()
+    assert "Fields it refuses" in page and 'value="embeddings"' in page
+    response = client.post(
+        "/console/backends/add/",
+        form_data(
+            "http://127.0.0.1:9/v1",
+            kind="embeddings",
+            drop_params="logprobs, service_tier",
+            alias="embed",
+        ),
+    )
+    assert response.status_code == 302
+    backend = Backend.objects.get(name="gpu-1")
+    assert (backend.kind, backend.drop_params) == ("embeddings", "logprobs, service_tier")
+    assert backend.without_dropped({"logprobs": True, "top_k": 5}) == {"top_k": 5}
+    response = client.post(
+        f"/console/backends/{backend.pk}/",
+        form_data("http://127.0.0.1:9/v1", drop_params="not a name!", alias="embed"),
+    )
+    assert response.status_code == 200 and "Field names, separated by commas." in (
+        response.content.decode()
+    )
+    backend.refresh_from_db()
+    assert backend.drop_params == "logprobs, service_tier"
+
+
 def test_drain_disable_enable_take_effect_and_are_audited(staff, chat_backend):
     client = signed_in(staff)
     url = f"/console/backends/{chat_backend.pk}/state/"
