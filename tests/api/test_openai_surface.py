@@ -8,11 +8,13 @@ sent it — live, from the cache, and to a request that followed an identical on
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import openai
 import pytest
+from channels.db import database_sync_to_async
 
 from apps.backends.models import Backend
 from apps.gateway.models import PromptRequest
@@ -37,6 +39,7 @@ WEATHER = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+QUESTION = ASK[0]["content"]
 
 
 def client(api) -> openai.OpenAI:
@@ -326,6 +329,7 @@ RESPONSE_TOOL = {
 
 
 def test_responses_api_plain_streamed_and_with_tools(api):
+    api.simulator.control(tps=20)  # 1.5 s an answer: text arrives in several batches
     sdk = client(api)
     response = sdk.responses.create(
         model="sim-chat", instructions="Be brief.", input="Hello, Responses"
@@ -392,3 +396,47 @@ def test_responses_api_plain_streamed_and_with_tools(api):
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.responses.create(model="sim-chat", input="x", previous_response_id="resp_1")
     assert refused.value.body["param"] == "previous_response_id"
+
+
+async def test_async_tool_call_stream_a_coalesced_follower_and_async_embeddings(api):
+    """The async client: two identical tool-call requests at once are answered by one
+    backend call, and the follower streams the same call; embeddings and a streamed
+    response through the async client too."""
+    await database_sync_to_async(api.simulator.register)(
+        alias="sim-embed", name="sim-embed", kind="embeddings"
+    )
+    api.simulator.control(ttft=0.5)  # the first is still answering when the second comes
+    aclient = openai.AsyncOpenAI(base_url=api.url, api_key=api.key, max_retries=0)
+    before = api.simulator.stats()["requests_total"]
+
+    async def ask() -> tuple[list[dict], str | None, str]:
+        raw = await aclient.chat.completions.with_raw_response.create(
+            model="sim-chat", messages=ASK, tools=[WEATHER], stream=True
+        )
+        calls: dict[int, dict] = {}
+        finish = None
+        async for chunk in raw.parse():
+            for choice in chunk.choices:
+                for delta in choice.delta.tool_calls or []:
+                    call = calls.setdefault(delta.index, {"id": None, "arguments": ""})
+                    call["id"] = delta.id or call["id"]
+                    call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+                finish = choice.finish_reason or finish
+        return [calls[i] for i in sorted(calls)], finish, raw.headers["x-barista-cache"]
+
+    first, second = await asyncio.gather(ask(), ask())
+    assert first[:2] == second[:2] and first[1] == "tool_calls"
+    assert json.loads(first[0][0]["arguments"])["city"] == QUESTION
+    assert sorted([first[2], second[2]]) == ["coalesced", "miss"]
+    assert api.simulator.stats()["requests_total"] == before + 1
+    api.simulator.control(ttft=0.05)
+    vectors = await aclient.embeddings.create(model="sim-embed", input=["ristretto", "doppio"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
+    deltas = []
+    async with aclient.responses.stream(model="sim-chat", input="async response") as stream:
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = await stream.get_final_response()
+    assert "".join(deltas) == final.output_text and '"async response"' in final.output_text
+    await aclient.close()

@@ -10,11 +10,9 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from tests.api.test_openai_surface import ASK, WEATHER
+from tests.api.test_openai_surface import ASK, QUESTION, WEATHER
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-QUESTION = ASK[0]["content"]
 
 
 def get_weather(city: str, days: int = 1) -> str:
@@ -68,6 +66,7 @@ def test_litellm_as_a_client_tools_and_streaming(api, monkeypatch):
     assert answer.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments)["city"] == QUESTION
+    api.simulator.control(tps=20)  # 1.5 s an answer: text arrives in several batches
     messages = [{"role": "user", "content": "Stream through litellm"}]
     chunks = list(litellm.completion(**common, messages=messages, stream=True))
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
