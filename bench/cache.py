@@ -101,6 +101,7 @@ def main() -> dict[str, float]:
             model_name="sim-model",
             base_url=instant,
             simulated=True,
+            share_answers=True,  # a crowd asking the same question shares one answer
         )
         people = [User.objects.create_user(f"person{i}") for i in range(CROWD)]
         cookies = [cookie_header(person) for person in people]

@@ -307,7 +307,9 @@ BARISTA_SECRETS_KEY = envstr("BARISTA_SECRETS_KEY") or ""
 # Policy: all, deterministic (temperature 0 or a seed) or off; scope: global or per-user.
 # Coalescing of identical requests in flight follows the same policy and scope.
 BARISTA_CACHE_POLICY = envstr("BARISTA_CACHE_POLICY", "all") or "all"
-BARISTA_CACHE_SCOPE = envstr("BARISTA_CACHE_SCOPE", "global") or "global"
+# per-user (the default): each person's answers are theirs alone, unless staff share an
+# alias's answers in the console; global: every alias's answers are shared.
+BARISTA_CACHE_SCOPE = envstr("BARISTA_CACHE_SCOPE", "per-user") or "per-user"
 BARISTA_CACHE_TTL = envint("BARISTA_CACHE_TTL", 24 * 3600, minimum=1)
 
 # --- Metrics ---------------------------------------------------------------------------------

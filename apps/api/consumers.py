@@ -40,7 +40,7 @@ from apps.backends.models import Backend
 from apps.backends.recovery import all_down
 from apps.gateway import extras
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
-from apps.gateway.cache import CachedAnswer
+from apps.gateway.cache import CachedAnswer, shared
 from apps.gateway.embeddings import EmbeddingFailed, embeddings_create
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
@@ -72,6 +72,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         self.subscription: Subscription | None = None
         self.completion: Completion | ResponseWriter | None = None
         self.stream = False
+        self.cache_header = False
 
     async def route(self, body: bytes) -> None:
         method, path = self.scope["method"], self.scope["path"].rstrip("/")
@@ -132,6 +133,7 @@ class OpenAIConsumer(JsonHttpConsumer):
             token, request, request_id, bypass, no_wait, kind
         )
         self.key, row, quota = authorized.key, authorized.hit, authorized.quota
+        self.cache_header = authorized.shared
         model, _, _, self.stream, include_usage = authorized.request
         writer = {"text": TextCompletion, "responses": ResponseWriter}.get(route, Completion)
         self.completion = writer(str(request_id), model, int(time.time()), include_usage)
@@ -188,8 +190,9 @@ class OpenAIConsumer(JsonHttpConsumer):
         self.extra_headers += [
             *quota_headers(principal.quota),
             (b"x-barista-request-id", str(result.request_id).encode()),
-            (b"x-barista-cache", outcome.encode()),
         ]
+        if result.shared:
+            self.extra_headers.append((b"x-barista-cache", outcome.encode()))
         await self.json(
             200,
             {
@@ -251,8 +254,16 @@ class OpenAIConsumer(JsonHttpConsumer):
     async def _start_stream(self) -> None:
         assert self.completion is not None
         if not self.headers_sent:
-            await self.start_events([(b"x-barista-cache", self.completion.cache_outcome.encode())])
+            await self.start_events(self._cache_header())
             await self.send_body(self.completion.first_chunk(), more_body=True)
+
+    def _cache_header(self) -> list[tuple[bytes, bytes]]:
+        """``X-Barista-Cache``, only where the model's answers are shared between people
+        (apps.gateway.cache.shared): otherwise there is nothing to tell."""
+        assert self.completion is not None
+        if not self.cache_header:
+            return []
+        return [(b"x-barista-cache", self.completion.cache_outcome.encode())]
 
     async def _stream_text(self, text: str, offset: int) -> None:
         assert self.completion is not None
@@ -279,7 +290,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         if tokens and key.tokens_per_minute:  # counted only for a key with that limit
             await count_key_tokens(key.pk, tokens)
         if not self.stream:
-            self.extra_headers.append((b"x-barista-cache", completion.cache_outcome.encode()))
+            self.extra_headers += self._cache_header()
             await self.json(200, document)
             return
         await self._stream_text(event.get("content") or "", 0)
@@ -353,6 +364,7 @@ class Authorized:
     request: ChatRequest
     hit: PromptRequest | None = None  # recorded already, when the answer was stored
     quota: Quota | None = None
+    shared: bool = False  # the model's answers are shared: say how it was answered
 
 
 def _authorize(
@@ -386,10 +398,10 @@ def _authorize(
             down = all_down(connection(), enabled_backends.for_alias_sync(model))
             if down is not None:
                 raise backends_down(model, retry_after=down)
-        return Authorized(key, request)
+        return Authorized(key, request, shared=shared(model))
     hit = _submit(principal, request, request_id, bypass, cached=stored, kind=kind)
     hit.backend  # noqa: B018 - loaded here, so the replay needs no second trip to this thread
-    return Authorized(key, request, hit, principal.quota)
+    return Authorized(key, request, hit, principal.quota, shared(model))
 
 
 def _submit(

@@ -26,6 +26,7 @@ class EnabledBackends:
         self.ttl = ttl
         # kind ("chat", "embeddings") -> alias -> its enabled backends
         self._by_kind: dict[str, dict[str, list[Backend]]] = {}
+        self._shared: set[str] = set()  # aliases whose answers are shared between people
         self._loaded_at = float("-inf")
 
     @property
@@ -37,6 +38,13 @@ class EnabledBackends:
         for backend in backend_list_enabled():
             by_kind[backend.kind][backend.alias].append(backend)
         self._by_kind = {kind: dict(aliases) for kind, aliases in by_kind.items()}
+        self._shared = {
+            backend.alias
+            for aliases in self._by_kind.values()
+            for backends in aliases.values()
+            for backend in backends
+            if backend.share_answers
+        }
         self._loaded_at = time.monotonic()
 
     async def for_alias(self, alias: str, kind: str = CHAT) -> list[Backend]:
@@ -56,6 +64,13 @@ class EnabledBackends:
         if self.stale:
             self.load()
         return sorted(self._by_kind.get(kind, {}))
+
+    def shares_answers(self, alias: str) -> bool:
+        """Staff made this alias's answers shared between people (call from a thread that
+        may reach the database: it reloads when stale)."""
+        if self.stale:
+            self.load()
+        return alias in self._shared
 
     def expire(self) -> None:
         """Reload on next use: a backend changed in this process (other processes see

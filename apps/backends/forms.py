@@ -38,6 +38,7 @@ class BackendForm(forms.ModelForm[Backend]):
             "price_output_per_million",
             "api_key_env",
             "drop_params",
+            "share_answers",
             "state",
             "simulated",
         ]

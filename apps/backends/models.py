@@ -86,6 +86,14 @@ class Backend(models.Model):
         "by commas (e.g. 'logprobs, service_tier') — for a server that refuses what "
         "clients send.",
     )
+    share_answers = models.BooleanField(
+        "answers are shared between people",
+        default=False,
+        help_text="An identical question from anyone gets the same stored answer, and "
+        "identical questions in flight are merged — and people are told so. For "
+        "deterministic, FAQ-style models; applies to every backend of the alias. Off: each "
+        "person's answers are theirs alone.",
+    )
     simulated = models.BooleanField(
         default=False, help_text="Barista's own simulator; labelled 'simulated' in the UI."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import transaction
 
 from apps.backends import health
 from apps.backends.models import Backend
@@ -20,7 +21,12 @@ def backend_save(*, backend: Backend, api_key: str = "", clear_api_key: bool = F
         backend.api_key_encrypted = ""
     elif api_key:
         backend.set_api_key(api_key)
-    backend.save()
+    with transaction.atomic():
+        backend.save()
+        # Sharing is the alias's: every backend of it says the same.
+        Backend.objects.filter(alias=backend.alias).exclude(pk=backend.pk).update(
+            share_answers=backend.share_answers
+        )
     return backend
 
 

@@ -18,6 +18,7 @@ from apps.chat import markdown
 from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prompt_submit
 from apps.core.dispatch import DirectDispatch
 from apps.gateway.admission import UNAVAILABLE, Rejection, estimate_wait
+from apps.gateway.cache import shared
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.selectors import is_request_id, queue_position, request_get_owned
@@ -57,6 +58,8 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         # The owner's prompts still waiting in line: request id -> last (position, eta) sent.
         self.waiting: dict[str, tuple[int, int] | None] = {}
+        # Requests on models whose answers are not shared between people.
+        self.private: set[str] = set()
         self.position_task: asyncio.Task[None] | None = None
         await self.accept()
 
@@ -100,10 +103,13 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def handle_prompt(self, payload: dict[str, Any]) -> None:
         prompt = _prompt(payload)
-        if not await database_sync_to_async(alias_exists)(prompt["model"]):
+        exists, is_shared = await database_sync_to_async(_model_state)(prompt["model"])
+        if not exists:
             raise InvalidInput("Unknown or unavailable model.", "unknown_model")
         # Join the request's group before the job exists, so no early token is missed.
         request_id = uuid.uuid4()
+        if not is_shared:
+            self.private.add(str(request_id))
         await self.subscription.join(request_id)
         try:
             sent = await database_sync_to_async(chat_prompt_submit)(
@@ -139,6 +145,8 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         if request is None:
             raise InvalidInput("Request not found.", "not_found")
+        if not (await database_sync_to_async(_model_state)(request.model))[1]:
+            self.private.add(str(request.id))
         await self.subscription.join(request.id)
         # It may have finished between the page render and now: send the final state.
         row = await self.subscription.catch_up(request.id)
@@ -171,6 +179,10 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         """An event as the page's frame: its kind becomes the frame's type."""
         frame = {k: v for k, v in event.items() if k not in {"type", "owner", "event"}}
         frame["type"] = event["event"]
+        if str(event["request"]) in self.private:
+            # Answers on this model are not shared: how it was answered (a hit, merged
+            # with the person's own identical question) is not news worth a badge.
+            frame.pop("cache", None)
         if frame["type"] == "done" and isinstance(frame.get("content"), str):
             # Sanitized on the server; a tool call the model made is shown too.
             source = markdown.answer_source(frame["content"], frame.get("extra"))
@@ -266,6 +278,11 @@ def _params(value: Any) -> dict[str, Any] | None:
     if "temperature" in params:
         params["temperature"] = float(params["temperature"])
     return params
+
+
+def _model_state(alias: str) -> tuple[bool, bool]:
+    """Whether the chat model exists, and whether its answers are shared between people."""
+    return alias_exists(alias), shared(alias)
 
 
 def _ref(payload: Any) -> Any:

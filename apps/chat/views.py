@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from apps.backends.selectors import alias_health
 from apps.chat import selectors, services
+from apps.gateway.cache import shared
 from apps.gateway.queues import connection
 
 
@@ -66,6 +67,8 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
             "health_label": health_label,
             "params": conversation.params if conversation else {},
             "max_tokens_limit": settings.BARISTA_API_MAX_TOKENS,
+            # Models whose answers are shared between people: said so, and badges shown.
+            "shared_models": {str(m["alias"]) for m in models if shared(str(m["alias"]))},
         },
     )
 

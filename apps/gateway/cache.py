@@ -3,9 +3,14 @@ hash of the normalized request (DESIGN.md, decision 5).
 
 * **Key** — the model alias and every parameter that changes the answer (messages with
   roles and content, temperature, top_p, max_tokens, stop, seed, tools, response
-  format…), serialized with sorted keys and no insignificant whitespace, then SHA-256.
-  Parameters that do not change the answer (``user``, ``stream``, ``stream_options``…)
-  are left out. With scope ``per-user`` the owner's id is part of the key.
+  format…), serialized with sorted keys and no insignificant whitespace, then SHA-256
+  (no other normalizing: strings are kept as sent). Parameters that do not change the
+  answer (``user``, ``stream``, ``stream_options``…) are left out.
+* **Scope** — private by default: the owner's id is part of the key, so a person's
+  answers are theirs alone, unless staff share an alias's answers between people
+  (``Backend.share_answers``, in the console) or ``BARISTA_CACHE_SCOPE=global`` shares
+  every alias's (``shared``). People are told how a request was answered (hit, merged)
+  only where answers are shared.
 * **Policy** — ``all``; ``deterministic`` (only temperature 0 or a seed); ``off``.
   Coalescing (``apps.gateway.coalescing``) follows the same key, so it obeys the same
   policy, scope and per-request bypass.
@@ -27,6 +32,7 @@ from django.conf import settings
 from django.core.cache import cache
 from redis import Redis
 
+from apps.backends.enabled import enabled_backends
 from apps.gateway.queues import connection
 
 # Parameters that do not change the answer: left out of the key.
@@ -37,15 +43,13 @@ COUNTERS_KEY = "barista:cache:counters"
 KEY_PREFIX = "answer"  # django-redis adds its own prefix ("barista:1:")
 
 
-def _normalize(value: Any) -> Any:
-    """Strip insignificant whitespace at the ends of strings; keep everything else."""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, list):
-        return [_normalize(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _normalize(item) for key, item in value.items()}
-    return value
+def shared(alias: str) -> bool:
+    """Whether an alias's answers are shared between people (an identical question from
+    anyone is answered from the same stored answer, and merged while in flight) — staff's
+    choice per alias, or everywhere with ``BARISTA_CACHE_SCOPE=global``. Where they are
+    not, the owner is part of every key, and people are not told how a request was
+    answered (hit, merged): there is nothing of anyone else's to tell."""
+    return settings.BARISTA_CACHE_SCOPE == "global" or enabled_backends.shares_answers(alias)
 
 
 def is_deterministic(params: dict[str, Any]) -> bool:
@@ -70,11 +74,11 @@ def cache_key(
     document: dict[str, Any] = {"model": alias, "messages": messages, "params": significant}
     if kind != "chat":  # (chat keys stay as they were)
         document["kind"] = kind
-    if settings.BARISTA_CACHE_SCOPE == "per-user":
+    if not shared(alias):
         document["owner"] = owner_id
-    text = json.dumps(
-        _normalize(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    # Only what is provably the same request shares a key: key order and JSON spacing
+    # differ, nothing else ("\n" and " " as a stop are two requests).
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return f"{alias}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 

@@ -39,6 +39,7 @@ from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, embed
 from apps.core import clients
 from apps.gateway.admission import Principal, admit
+from apps.gateway.cache import shared
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 
@@ -57,11 +58,12 @@ class Embeddings:
     vectors: list[list[float]]
     prompt_tokens: int
     cached: int  # how many inputs came from the cache
+    shared: bool  # the alias's answers are shared between people
 
 
 def item_key(alias: str, item: Any, dimensions: int | None, owner_id: int) -> str:
     document: dict[str, Any] = {"input": item, "dimensions": dimensions}
-    if settings.BARISTA_CACHE_SCOPE == "per-user":
+    if not shared(alias):
         document["owner"] = owner_id
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return KEY.format(alias=alias, digest=hashlib.sha256(text.encode()).hexdigest())
@@ -85,10 +87,8 @@ async def embeddings_create(
 ) -> Embeddings:
     """Admit, look each input up in the cache, ask a backend for the rest, record.
     Raises ``Rejection`` (admission) or ``EmbeddingFailed``."""
-    await database_sync_to_async(admit)(principal, model=alias, queues=False)
-    dimensions = params.get("dimensions")
+    keys, is_shared = await database_sync_to_async(_admit)(principal, alias, inputs, params)
     use_cache = settings.BARISTA_CACHE_POLICY != "off" and not bypass_cache
-    keys = [item_key(alias, item, dimensions, principal.user_id) for item in inputs]
     redis = clients.redis()
     found = await redis.mget(keys) if use_cache else [None] * len(inputs)
     vectors: list[list[float] | None] = [
@@ -122,7 +122,17 @@ async def embeddings_create(
         latency=time.monotonic() - started,
         tokens_in=tokens,
     )
-    return Embeddings(row.id, [v for v in vectors if v is not None], tokens, cached)
+    return Embeddings(row.id, [v for v in vectors if v is not None], tokens, cached, is_shared)
+
+
+def _admit(
+    principal: Principal, alias: str, inputs: list[Any], params: dict[str, Any]
+) -> tuple[list[str], bool]:
+    """Admission, then each input's cache key, and whether the alias shares answers."""
+    admit(principal, model=alias, queues=False)
+    dimensions = params.get("dimensions")
+    keys = [item_key(alias, item, dimensions, principal.user_id) for item in inputs]
+    return keys, shared(alias)
 
 
 async def _ask(

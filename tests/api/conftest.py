@@ -33,7 +33,9 @@ def api(request, alice, start_simulator, start_worker, start_web, lifted_limits)
     marker = request.node.get_closest_marker("worker_env")
     worker_env = dict(marker.kwargs) if marker else {}
     simulator = start_simulator("--ttft", "0.05", "--tps", "200", "--tokens", "30")
-    simulator.register(alias="sim-chat")
+    # Its answers are shared between people (staff's choice), so the tests can see how
+    # each request was answered (X-Barista-Cache); the default, private, has its own tests.
+    simulator.register(alias="sim-chat", share_answers=True)
     start_worker(**worker_env)
     # A small body limit, so the over-the-limit tests fit in the sockets' buffers.
     url = start_web(BARISTA_API_MAX_BODY_BYTES=str(BODY_LIMIT), **web_env)

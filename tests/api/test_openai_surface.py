@@ -16,6 +16,7 @@ import openai
 import pytest
 from channels.db import database_sync_to_async
 
+from apps.api.services import api_key_create
 from apps.backends.models import Backend
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
@@ -244,7 +245,9 @@ def test_what_is_truly_invalid_is_still_refused_with_the_field_named(api):
 
 
 def test_embeddings_equal_the_backends_and_a_half_cached_batch_asks_only_for_the_rest(api):
-    api.simulator.register(alias="sim-embed", name="sim-embed", kind="embeddings")
+    api.simulator.register(
+        alias="sim-embed", name="sim-embed", kind="embeddings", share_answers=True
+    )
     backend = openai.OpenAI(base_url=api.simulator.base_url, api_key="none", max_retries=0)
     texts = ["espresso", "cortado", "flat white", "lungo"]
     expected = [
@@ -440,3 +443,32 @@ async def test_async_tool_call_stream_a_coalesced_follower_and_async_embeddings(
         final = await stream.get_final_response()
     assert "".join(deltas) == final.output_text and '"async response"' in final.output_text
     await aclient.close()
+
+
+def test_on_a_private_model_people_do_not_share_answers_nor_hear_how_they_were_answered(api, bob):
+    """The default: answers are each person's own. Bob asking what Alice asked is a
+    backend call of his own, and no one is told "hit" or "coalesced"."""
+    api.simulator.register(alias="sim-private", name="sim-private")
+    _, bobs_key = api_key_create(owner=bob, name="bob")
+    alice_client, bob_client = (
+        client(api),
+        openai.OpenAI(base_url=api.url, api_key=bobs_key, max_retries=0),
+    )
+    question = [{"role": "user", "content": "a private question"}]
+    first = alice_client.chat.completions.with_raw_response.create(
+        model="sim-private", messages=question
+    )
+    again = alice_client.chat.completions.with_raw_response.create(
+        model="sim-private", messages=question
+    )
+    bobs = bob_client.chat.completions.with_raw_response.create(
+        model="sim-private", messages=question
+    )
+    assert all("x-barista-cache" not in r.headers for r in (first, again, bobs))
+    outcomes = list(
+        PromptRequest.objects.filter(model="sim-private")
+        .order_by("queued_at")
+        .values_list("owner__username", "cache_outcome")
+    )
+    assert outcomes == [("alice", "miss"), ("alice", "hit"), ("bob", "miss")]
+    assert api.simulator.stats()["requests_total"] == 2

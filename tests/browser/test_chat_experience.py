@@ -13,6 +13,7 @@ import sqlite3
 import pytest
 from playwright.sync_api import expect
 
+from apps.backends.models import Backend
 from apps.chat.models import Conversation
 from apps.gateway.models import PromptRequest
 from tests.browser.conftest import fill_sign_in
@@ -141,16 +142,32 @@ def test_rename_and_delete_a_conversation(browser, barista):
     page.close()
 
 
-def test_a_cached_answer_is_marked(browser, barista):
+def test_a_cached_answer_is_marked_only_where_answers_are_shared(browser, barista):
     sim, url = barista
     make_user("finn")
     page = open_chat(browser, url, "finn")
+    # Private (the default): her repeat is answered from her own cache, unmarked.
+    expect(page.locator("#model-shared")).to_be_hidden()
+    ask(page, "what is an americano?")
+    page.get_by_role("link", name="+ New chat").click()
+    ask(page, "what is an americano?")
+    assert sim.stats()["requests_total"] == 1
+    expect(page.locator(".message.assistant .badge")).to_have_count(0)
+    # Staff share the model's answers: the page says so, and a cached answer is marked.
+    Backend.objects.update(share_answers=True)
+
+    def says_shared() -> bool:
+        page.reload()
+        return page.locator("#model-shared").is_visible()
+
+    wait_for(says_shared, timeout=10)  # each process sees the change within a second
+    page.get_by_role("link", name="+ New chat").click()
     ask(page, "what is a flat white?")
     expect(page.locator(".message.assistant .badge")).to_have_count(0)
     page.get_by_role("link", name="+ New chat").click()
     ask(page, "what is a flat white?")
     expect(page.locator(".message.assistant .badge").last).to_have_text("Cached answer")
-    assert sim.stats()["requests_total"] == 1
+    assert sim.stats()["requests_total"] == 2
     page.reload()  # still marked when drawn from the database
     expect(page.locator(".message.assistant .badge")).to_have_text("Cached answer")
     page.close()

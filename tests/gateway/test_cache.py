@@ -52,7 +52,7 @@ def test_100_identical_prompts_cost_one_backend_call_late_joiners_included(
     start_simulator, start_worker
 ):
     simulator = start_simulator("--ttft", "0.5", "--tps", "20", "--tokens", "40")  # ~2.5 s
-    simulator.register()
+    simulator.register(share_answers=True)  # staff share its answers
     people = [make_user(f"person{i}") for i in range(100)]
     start_worker()
     for person in people[:50]:
@@ -78,8 +78,9 @@ def test_100_identical_prompts_cost_one_backend_call_late_joiners_included(
     assert counted["tokens_saved"] > 0
 
 
-def test_per_user_scope_makes_one_call_per_person(start_simulator, start_worker, settings):
-    settings.BARISTA_CACHE_SCOPE = "per-user"
+def test_by_default_each_persons_answers_are_their_own(start_simulator, start_worker):
+    """Private by default: identical questions from three people are three backend calls
+    (a person's own repeats still share one), and no one's key is anyone else's."""
     simulator = start_simulator("--ttft", "0.5", "--tps", "0")
     simulator.register()
     people = [make_user(f"person{i}") for i in range(3)]
@@ -93,13 +94,21 @@ def test_per_user_scope_makes_one_call_per_person(start_simulator, start_worker,
     for person in people:  # each person's three share one answer, made for them
         answers = set(PromptRequest.objects.filter(owner=person).values_list("answer", flat=True))
         assert len(answers) == 1
+        followed = PromptRequest.objects.filter(owner=person).exclude(coalesced_with=None)
+        leaders = {str(leader) for leader in followed.values_list("coalesced_with", flat=True)}
+        assert set(
+            PromptRequest.objects.filter(id__in=leaders).values_list("owner", flat=True)
+        ) == {person.pk}
+    # A repeat later: a hit on the person's own answer, not a backend call.
+    assert ask(people[0]).cache_outcome == "hit"
+    assert simulator.stats()["requests_total"] == 3
 
 
 def test_a_failed_leader_hands_over_to_a_follower_who_is_not_given_the_error(
     start_simulator, start_worker
 ):
     simulator = start_simulator("--fail-first", "1", "--ttft", "0.2", "--tps", "0")
-    simulator.register()
+    simulator.register(share_answers=True)  # staff share its answers
     people = [make_user(f"person{i}") for i in range(5)]
     leader, *followers = [ask(person) for person in people]
     start_worker()
@@ -116,7 +125,7 @@ def test_a_failed_leader_hands_over_to_a_follower_who_is_not_given_the_error(
 
 def test_the_leaders_owner_cancelling_does_not_stop_the_followers(start_simulator, start_worker):
     simulator = start_simulator("--ttft", "0.3", "--tps", "10", "--tokens", "20")
-    simulator.register()
+    simulator.register(share_answers=True)  # staff share its answers
     alice, bob, carol = (make_user(name) for name in ("alice2", "bob2", "carol2"))
     start_worker()
     leader = ask(alice)
@@ -136,7 +145,7 @@ def test_the_leaders_owner_cancelling_does_not_stop_the_followers(start_simulato
 
 def test_a_leader_cancelled_before_it_ran_hands_over(start_simulator, start_worker):
     simulator = start_simulator("--ttft", "0.2", "--tps", "0")
-    simulator.register()
+    simulator.register(share_answers=True)  # staff share its answers
     alice, bob, carol = (make_user(name) for name in ("alice3", "bob3", "carol3"))
     leader, *followers = ask(alice), ask(bob), ask(carol)
     request_cancel(owner_id=alice.pk, request_id=leader.id)
@@ -150,7 +159,7 @@ def test_failed_cancelled_and_truncated_answers_are_not_cached(
     alice, start_simulator, start_worker
 ):
     simulator = start_simulator("--error-rate", "1", "--ttft", "0", "--tps", "0")
-    simulator.register()
+    simulator.register(share_answers=True)  # staff share its answers
     start_worker()
     failed = ask(alice)
     all_final(1)
@@ -173,7 +182,7 @@ def test_failed_cancelled_and_truncated_answers_are_not_cached(
 
 def test_bypass_asks_the_backend_again(alice, start_simulator, start_worker):
     simulator = start_simulator("--ttft", "0", "--tps", "0")
-    simulator.register()
+    simulator.register(share_answers=True)  # staff share its answers
     start_worker()
     ask(alice)
     all_final(1)
@@ -201,11 +210,33 @@ def test_the_key_ignores_what_does_not_change_the_answer():
         return cache.cache_key(alias="a", messages=messages, params=params, owner_id=owner)
 
     assert key(stream=True, user="x", stream_options={"include_usage": True}) == key()
-    assert key(owner=2) == key()  # global scope
-    assert key(messages=[{"role": "user", "content": "  What is a cortado?\n"}]) == key()
+    assert key(owner=2) != key()  # private by default: the owner is part of the key
+    # Strings are kept as sent: these are different requests, not one.
+    assert key(messages=[{"role": "user", "content": "  What is a cortado?\n"}]) != key()
+    assert len({key(stop="\n"), key(stop="\n\n"), key(stop=" "), key()}) == 4
     assert key(temperature=0.5) != key(temperature=0.6)
     assert key(max_tokens=5) != key()
     assert key(messages=[{"role": "system", "content": "What is a cortado?"}]) != key()
+
+
+def test_answers_are_shared_only_where_staff_share_them_or_the_scope_is_global(settings):
+    from apps.backends.enabled import enabled_backends
+    from apps.backends.models import Backend
+
+    def key(owner, alias="faq"):
+        return cache.cache_key(alias=alias, messages=QUESTION, params={}, owner_id=owner)
+
+    Backend.objects.create(
+        name="faq-1", alias="faq", base_url="http://127.0.0.1:9/v1", model_name="m"
+    )
+    enabled_backends.expire()
+    assert key(1) != key(2) and not cache.shared("faq")
+    Backend.objects.update(share_answers=True)
+    enabled_backends.expire()
+    assert key(1) == key(2) and cache.shared("faq")
+    assert key(1, "other") != key(2, "other")
+    settings.BARISTA_CACHE_SCOPE = "global"
+    assert key(1, "other") == key(2, "other")
 
 
 @given(st.dictionaries(st.sampled_from(["temperature", "top_p", "seed", "stop"]), st.integers()))
@@ -219,7 +250,7 @@ async def test_a_hit_streams_back_in_the_same_shape_as_a_live_answer(
     alice, bob, start_simulator, start_worker
 ):
     simulator = start_simulator("--ttft", "0.1", "--tps", "100", "--tokens", "40")
-    await database_sync_to_async(simulator.register)()
+    await database_sync_to_async(simulator.register)(share_answers=True)
     start_worker()
     first, second = await open_socket(alice), await open_socket(bob)
     await send_prompt(first, "Tell me about crema")
@@ -254,7 +285,7 @@ async def test_a_late_follower_on_the_chat_socket_gets_every_token_from_the_star
     alice, bob, start_simulator, start_worker
 ):
     simulator = start_simulator("--ttft", "0.2", "--tps", "20", "--tokens", "40")
-    await database_sync_to_async(simulator.register)()
+    await database_sync_to_async(simulator.register)(share_answers=True)
     start_worker()
     first, second = await open_socket(alice), await open_socket(bob)
     await send_prompt(first, "Why does milk foam?")

@@ -174,6 +174,7 @@ def cache_overview(request: HttpRequest) -> HttpResponse:
             "aliases": aliases,
             "policy": settings.BARISTA_CACHE_POLICY,
             "scope": settings.BARISTA_CACHE_SCOPE,
+            "shared": [alias for alias in aliases if cache.shared(alias)],
             "ttl": settings.BARISTA_CACHE_TTL,
             "section": "cache",
         },

@@ -16,6 +16,7 @@ const input = document.getElementById("prompt");
 const modelSelect = document.getElementById("model");
 const healthDot = document.getElementById("model-health");
 const modelDown = document.getElementById("model-down");
+const modelShared = document.getElementById("model-shared");
 const sendButton = document.getElementById("send");
 const stopButton = document.getElementById("stop");
 const freshBox = document.getElementById("fresh");
@@ -100,6 +101,7 @@ function showModelHealth() {
   healthDot.setAttribute("aria-label", !option ? "No model" : up ? modelSelect.value + " is answering" : option.dataset.reason);
   modelDown.hidden = !option || up;
   modelDown.textContent = option && !up ? modelSelect.value + ": " + option.dataset.reason : "";
+  modelShared.hidden = !option || option.dataset.shared !== "1";
 }
 
 async function pollModels() {
