@@ -4,7 +4,7 @@ as Server-Sent Events chunks. Pure functions of the events; no I/O."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from apps.api.http import SSE_DONE, sse
 from apps.gateway import extras
@@ -64,12 +64,6 @@ class Completion:
         """The part of a token batch not sent yet. Offsets make a repeated batch harmless."""
         fresh = text[max(0, self.sent_chars - offset) :] if offset <= self.sent_chars else ""
         self.sent_chars += len(fresh)
-        return fresh
-
-    def fresh_pieces(self, pieces: list[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
-        """The pieces of a batch not sent yet (``seq``: how many came before it)."""
-        fresh = pieces[max(0, self.sent_pieces - seq) :] if seq <= self.sent_pieces else []
-        self.sent_pieces += len(fresh)
         return fresh
 
     def tail(self, done: dict[str, Any]) -> bytes:
@@ -144,6 +138,39 @@ class TextCompletion(Completion):
             ],
             "usage": usage(done),
         }
+
+
+class Written(Protocol):
+    sent_chars: int
+    sent_pieces: int
+
+
+def fresh_parts(
+    writer: Written, pieces: list[dict[str, Any]], seq: int, offset: int
+) -> list[dict[str, Any]]:
+    """What of a batch of pieces (``seq``: how many came before it; ``offset``: where its
+    text of choice 0 starts) was not sent yet. Text of choice 0 is trimmed by its offset,
+    like plain text — so a re-run that streams pieces after a plain run (a follower that
+    took over) repeats none of it — and the rest by ``seq``; a batch that was lost is
+    skipped, not waited for (its text still comes with the final answer)."""
+    fresh = []
+    position = offset
+    for number, piece in enumerate(pieces, start=seq):
+        delta = dict(piece.get("delta") or {})
+        if not piece.get("index") and isinstance(delta.get("content"), str):
+            text, start = delta.pop("content"), position
+            position += len(text)
+            if start <= writer.sent_chars < position:
+                delta["content"] = text[writer.sent_chars - start :]
+                writer.sent_chars = position
+        if number < writer.sent_pieces:  # sent before: only text it had not covered
+            if delta.get("content"):
+                fresh.append({"index": 0, "delta": {"content": delta["content"]}})
+            continue
+        if delta or piece.get("logprobs") or piece.get("index"):
+            fresh.append({**piece, "delta": delta})
+    writer.sent_pieces = max(writer.sent_pieces, seq + len(pieces))
+    return fresh
 
 
 def finish_reason(done: dict[str, Any]) -> str:

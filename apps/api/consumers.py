@@ -21,7 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from apps.api.completions import Completion, TextCompletion
+from apps.api.completions import Completion, TextCompletion, fresh_parts
 from apps.api.errors import (
     ApiError,
     backends_down,
@@ -184,6 +184,8 @@ class OpenAIConsumer(JsonHttpConsumer):
             raise from_rejection(exc) from None
         except EmbeddingFailed as exc:
             raise from_failed_event({"code": exc.code, "error": exc.message}) from None
+        if result.prompt_tokens and key.tokens_per_minute:  # as for a completion
+            await count_key_tokens(key.pk, result.prompt_tokens)
         outcome = (
             "hit" if result.cached == len(inputs) else "miss" if not result.cached else "partial"
         )
@@ -275,8 +277,12 @@ class OpenAIConsumer(JsonHttpConsumer):
     async def _stream_pieces(self, event: dict[str, Any]) -> None:
         """A batch with pieces (tool calls, logprobs, other choices): each as it came."""
         assert self.completion is not None
-        fresh = self.completion.fresh_pieces(event["pieces"], int(event.get("seq", 0)))
-        self.completion.fresh_text(event["text"], int(event.get("offset", 0)))
+        fresh = fresh_parts(
+            self.completion,
+            event["pieces"],
+            int(event.get("seq", 0)),
+            int(event.get("offset", 0)),
+        )
         if fresh:
             await self._start_stream()
             body = b"".join(self.completion.piece_chunk(piece) for piece in fresh)

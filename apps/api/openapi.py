@@ -277,6 +277,7 @@ def _other_schemas() -> dict[str, Any]:
     embeddings_request = {
         "type": "object",
         "required": ["model", "input"],
+        "description": _VENDOR,
         "properties": {
             "model": {"type": "string", "description": "An alias served for embeddings."},
             "input": {

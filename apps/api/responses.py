@@ -31,6 +31,7 @@ _REFUSED = {
     "conversation": "Barista keeps no conversations for the Responses API: send the whole "
     "conversation as 'input'.",
     "background": "Barista does not run responses in the background.",
+    "n": "A response has one output: 'n' is not accepted (use chat completions).",
 }
 _TRANSLATED = {
     "model",
@@ -231,11 +232,6 @@ class ResponseWriter:
         self.sent_chars += len(fresh)
         return fresh
 
-    def fresh_pieces(self, pieces: list[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
-        fresh = pieces[max(0, self.sent_pieces - seq) :] if seq <= self.sent_pieces else []
-        self.sent_pieces += len(fresh)
-        return fresh
-
     def first_chunk(self) -> bytes:
         shell = self._response("in_progress", [], None)
         return self._event("response.created", response=shell) + self._event(
@@ -302,6 +298,9 @@ class ResponseWriter:
                 output_index=known.output_index,
                 item=self._function_call(known, "in_progress"),
             )
+        else:  # a later fragment may carry what the first did not
+            known.call_id = known.call_id or call.get("id") or ""
+            known.name = known.name or function.get("name") or ""
         arguments = function.get("arguments") or ""
         if arguments:
             known.arguments += arguments
@@ -359,18 +358,25 @@ class ResponseWriter:
         """The whole ``response`` object."""
         content = done.get("content") or ""
         extra = done.get("extra") or {}
-        output: list[dict[str, Any]] = []
+        # Items in the order their stream announced them (message first when not streamed).
+        items: list[tuple[int, dict[str, Any]]] = []
         if content:
-            output.append(self._message("completed", content))
+            at = self._message_index if self._message_index is not None else -1
+            items.append((at, self._message("completed", content)))
+        streamed = [self._calls[index] for index in sorted(self._calls)]
         for position, call in enumerate(extra.get("tool_calls") or []):
             function = call.get("function") or {}
-            known = self._calls.get(position) or _Call(
-                0, f"fc_{self.request_id.replace('-', '')[:20]}_{position}"
-            )
+            known = streamed[position] if position < len(streamed) else None
+            if known is None:
+                known = _Call(
+                    len(items) + position,
+                    f"fc_{self.request_id.replace('-', '')[:20]}_{position}",
+                )
             known.call_id = call.get("id") or known.call_id
             known.name = function.get("name") or known.name
             known.arguments = function.get("arguments") or ""
-            output.append(self._function_call(known, "completed"))
+            items.append((known.output_index, self._function_call(known, "completed")))
+        output = [item for _, item in sorted(items, key=lambda pair: pair[0])]
         usage = done.get("usage") or {}
         return self._response(
             "incomplete"

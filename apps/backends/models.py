@@ -78,7 +78,7 @@ class Backend(models.Model):
         default="",
         validators=[
             RegexValidator(
-                r"^\s*([A-Za-z_][A-Za-z0-9_]*\s*(,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*)?$",
+                r"^\s*([A-Za-z_][A-Za-z0-9_.-]*\s*(,\s*[A-Za-z_][A-Za-z0-9_.-]*\s*)*)?$",
                 "Field names, separated by commas.",
             )
         ],

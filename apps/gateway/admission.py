@@ -90,18 +90,29 @@ class Rejection(Exception):
     quota: Quota | None = None
 
 
-def admit(principal: Principal, *, model: str, queues: bool = True, cache_key: str = "") -> None:
+def admit(
+    principal: Principal,
+    *,
+    model: str,
+    queues: bool = True,
+    cache_key: str = "",
+    holds_slot: bool | None = None,
+) -> None:
     """Raise ``Rejection`` if this prompt may not be queued now. ``queues`` False: it
-    will not wait in a queue (a stored answer), so neither the global bound nor the caps
-    on prompts at once apply. ``cache_key``: identical requests in flight share a slot."""
+    will not wait in a queue (a stored answer), so the global bound does not apply, nor
+    the caps on requests at once unless it ``holds_slot`` all the same (embeddings, which
+    the web process answers itself). ``cache_key``: identical requests in flight share a
+    slot."""
     try:
-        _admit(principal, model, queues, cache_key)
+        _admit(principal, model, queues, cache_key, queues if holds_slot is None else holds_slot)
     except Rejection:
         recorder.request(outcome="rejected", model=model)
         raise
 
 
-def _admit(principal: Principal, model: str, queues: bool, cache_key: str) -> None:
+def _admit(
+    principal: Principal, model: str, queues: bool, cache_key: str, holds_slot: bool
+) -> None:
     key = principal.key
     if key is not None and not key.allows(model):
         raise Rejection(f"This API key may not use the model {model!r}.", "model_not_allowed", 0)
@@ -168,7 +179,7 @@ def _admit(principal: Principal, model: str, queues: bool, cache_key: str) -> No
             "rate_limited",
             reset,
         )
-    if not queues:
+    if not holds_slot:
         return
     # The ledger knows exactly what is waiting or running: no counter to drift or leak.
     if key is not None and key.max_concurrent:

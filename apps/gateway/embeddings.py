@@ -5,9 +5,10 @@ answered by the web process that received the request.
   limits, then one ``PromptRequest`` row (``kind="embeddings"``) with the counts — how
   many inputs, how many came from the cache — and the tokens, never the vectors.
 * **The cache per input**: an embedding is deterministic, so each input's vector is
-  kept under the hash of (alias, dimensions, input) — with the owner in it when the cache
-  scope is per-user — for ``BARISTA_CACHE_TTL``. A batch whose inputs are partly cached
-  asks the backend only for the others, and the answer keeps the caller's order.
+  kept under the hash of (alias, input, the parameters passed on that could change it) —
+  with the owner in it unless the alias's answers are shared — for ``BARISTA_CACHE_TTL``.
+  A batch whose inputs are partly cached asks the backend only for the others, and the
+  answer keeps the caller's order.
   Vectors are kept as packed doubles (exactly what the backend sent, 8 bytes a number).
 * **The balancer**: backends of ``kind="embeddings"`` serve the alias; the same
   weighted choice, per-backend caps (leases), fair line, circuit breaker and failover
@@ -20,6 +21,7 @@ answered by the web process that received the request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import struct
@@ -39,7 +41,7 @@ from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, embed
 from apps.core import clients
 from apps.gateway.admission import Principal, admit
-from apps.gateway.cache import shared
+from apps.gateway.cache import IGNORED_PARAMS, shared
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 
@@ -61,8 +63,12 @@ class Embeddings:
     shared: bool  # the alias's answers are shared between people
 
 
-def item_key(alias: str, item: Any, dimensions: int | None, owner_id: int) -> str:
-    document: dict[str, Any] = {"input": item, "dimensions": dimensions}
+def item_key(alias: str, item: Any, params: dict[str, Any], owner_id: int) -> str:
+    """An input's key: the alias, the input and every parameter passed on that could
+    change its vector (``dimensions``, a vendor's ``normalize``…: all but those that
+    cannot, as for a completion), and the owner unless the alias shares answers."""
+    significant = {k: v for k, v in params.items() if k not in IGNORED_PARAMS}
+    document: dict[str, Any] = {"input": item, "params": significant}
     if not shared(alias):
         document["owner"] = owner_id
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -114,6 +120,11 @@ async def embeddings_create(
         await database_sync_to_async(_record_failure)(row.id, exc.message)
         recorder.request(outcome="failed", model=alias)
         raise
+    except BaseException:  # the client left, Redis went away…: the row must not stay running
+        await asyncio.shield(
+            database_sync_to_async(_record_failure)(row.id, "The request was interrupted.")
+        )
+        raise
     cached = len(inputs) - len(missing)
     await database_sync_to_async(_record_done)(row.id, backend, tokens, cached, len(inputs))
     recorder.request(
@@ -129,9 +140,8 @@ def _admit(
     principal: Principal, alias: str, inputs: list[Any], params: dict[str, Any]
 ) -> tuple[list[str], bool]:
     """Admission, then each input's cache key, and whether the alias shares answers."""
-    admit(principal, model=alias, queues=False)
-    dimensions = params.get("dimensions")
-    keys = [item_key(alias, item, dimensions, principal.user_id) for item in inputs]
+    admit(principal, model=alias, queues=False, holds_slot=True)
+    keys = [item_key(alias, item, params, principal.user_id) for item in inputs]
     return keys, shared(alias)
 
 

@@ -62,10 +62,12 @@ class _Choice:
             self.finish_reason = str(piece["finish_reason"])
 
     def _merge_call(self, call: dict[str, Any]) -> None:
-        index = call.get("index", len(self.tool_calls))
+        index = call.get("index")
+        if not isinstance(index, int):
+            # A fragment without an index continues the last call (or starts the first).
+            index = max(self.tool_calls) if self.tool_calls else 0
         whole = self.tool_calls.setdefault(
-            index if isinstance(index, int) else len(self.tool_calls),
-            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
         )
         if call.get("id"):
             whole["id"] = call["id"]

@@ -90,7 +90,10 @@ local function runs_in_turn_of(id, score)
   if not person then return id end
   local last, order, mine, sources = keys_of(person)
   local first = redis.call('ZRANGE', order, 0, 0, 'WITHSCORES')
-  if #first == 0 then return id end
+  if #first == 0 then  -- their keys expired (a safety net): keep the counts right
+    forget(id)
+    return id
+  end
   local chosen = first[1]
   redis.call('HSET', sources, 'clock', math.floor(tonumber(first[2])))
   if chosen ~= id then
@@ -187,7 +190,10 @@ _REMOVE = LuaScript(
     _COMMON
     + """
 redis.call('LREM', KEYS[1], 0, ARGV[2])
-if redis.call('ZREM', lane, ARGV[2]) == 1 then
+-- Out of the lane but still owned: a blocking pop took it and its script has not run
+-- yet. Forgotten now, so that script hands it on as it is (the worker finds it
+-- cancelled) instead of putting it back in someone's turn.
+if redis.call('ZREM', lane, ARGV[2]) == 1 or redis.call('HEXISTS', owners, ARGV[2]) == 1 then
   forget(ARGV[2])
 end
 """

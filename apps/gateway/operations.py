@@ -77,8 +77,8 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
     key = request_key(request_id)
     with transaction.atomic():
         row = PromptRequest.objects.select_for_update().filter(id=key).first()
-        if row is None or row.status != Status.FAILED:
-            return None
+        if row is None or row.status != Status.FAILED or row.kind == row.Kind.EMBEDDINGS:
+            return None  # (embeddings have no job: the client asks again)
         # Staff give it a fresh set of retries.
         row.status, row.error, row.finished_at, row.attempts = Status.QUEUED, "", None, 0
         row.save(update_fields=["status", "error", "finished_at", "attempts"])

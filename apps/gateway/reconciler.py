@@ -208,6 +208,7 @@ def reconcile(connection: Redis) -> Reconciled:
     waited = now - datetime.timedelta(seconds=settings.BARISTA_RECONCILE_AFTER)
     queued = list(
         PromptRequest.objects.filter(status=Status.QUEUED, queued_at__lt=waited)
+        .exclude(kind=PromptRequest.Kind.EMBEDDINGS)  # answered by a web process, no job
         .order_by("queued_at")
         .values_list("id", "coalesced_with", "source", "attempts", "owner_id", "api_key_id")[:BATCH]
     )
@@ -240,6 +241,7 @@ def reconcile(connection: Redis) -> Reconciled:
         for row_id, attempts, source, owner_id, api_key_id in PromptRequest.objects.filter(
             status=Status.RUNNING, started_at__lt=waited
         )
+        .exclude(kind=PromptRequest.Kind.EMBEDDINGS)
         .order_by("started_at")
         .values_list("id", "attempts", "source", "owner_id", "api_key_id")[:BATCH]
     }

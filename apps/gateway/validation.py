@@ -90,6 +90,7 @@ def _check_numbers(body: dict[str, Any]) -> None:
     _integer(body, "seed", -(2**63), 2**63 - 1)
     _integer(body, "n", 1, settings.BARISTA_API_MAX_N)
     _integer(body, "top_logprobs", 0, 20)
+    _integer(body, "best_of", 1, settings.BARISTA_API_MAX_N)  # vLLM's and the legacy API's
 
 
 def sampling_params(value: Any, *, allowed: Collection[str]) -> dict[str, Any]:
@@ -197,8 +198,19 @@ def _check_message(message: Any, where: str) -> None:
         _content_text(message["content"], f"{where}.content")
 
 
+# Passed-on fields that would undo what Barista does for everyone: refused, not passed on.
+REFUSED = {
+    "priority": "Barista orders requests itself (people take turns): 'priority' is not accepted.",
+    "use_beam_search": "Beam search multiplies a request's cost past Barista's limit on "
+    "choices: 'use_beam_search' is not accepted.",
+}
+
+
 def _check_extra_fields(body: dict[str, Any], known: Collection[str]) -> None:
     """Fields Barista does not know are passed on: a bounded number, with sane names."""
+    for name, message in REFUSED.items():
+        if body.get(name) not in (None, False, 0):
+            raise InvalidRequest(message, name, "unsupported_parameter")
     extra = [name for name in body if name not in known]
     if len(extra) > MAX_EXTRA_FIELDS:
         raise InvalidRequest(

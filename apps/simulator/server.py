@@ -99,7 +99,7 @@ class Simulator:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"].rstrip("/")
-        if self.config.api_key and path.startswith("/v1/"):
+        if self.config.api_key and (path.startswith("/v1/") or path == "/last-request"):
             headers = dict(scope.get("headers") or [])
             if headers.get(b"authorization", b"").decode() != f"Bearer {self.config.api_key}":
                 await _json(send, 401, _error("Invalid API key.", "invalid_api_key"))

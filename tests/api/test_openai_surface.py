@@ -289,6 +289,12 @@ def test_embeddings_equal_the_backends_and_a_half_cached_batch_asks_only_for_the
         client(api).chat.completions.create(model="sim-embed", messages=ASK)
     models = {m.id for m in client(api).models.list()}
     assert {"sim-chat", "sim-embed"} <= models
+    # A key's tokens-per-minute limit counts embeddings too.
+    _, small = api_key_create(owner=api.row.owner, name="small", tokens_per_minute=3)
+    limited = openai.OpenAI(base_url=api.url, api_key=small, max_retries=0)
+    limited.embeddings.create(model="sim-embed", input="one two three four")
+    with pytest.raises(openai.RateLimitError):
+        limited.embeddings.create(model="sim-embed", input="five")
 
 
 def test_legacy_text_completions_plain_streamed_and_cached(api):
@@ -408,7 +414,7 @@ async def test_async_tool_call_stream_a_coalesced_follower_and_async_embeddings(
     await database_sync_to_async(api.simulator.register)(
         alias="sim-embed", name="sim-embed", kind="embeddings"
     )
-    api.simulator.control(ttft=0.5)  # the first is still answering when the second comes
+    api.simulator.control(ttft=1)
     aclient = openai.AsyncOpenAI(base_url=api.url, api_key=api.key, max_retries=0)
     before = api.simulator.stats()["requests_total"]
 
@@ -427,7 +433,11 @@ async def test_async_tool_call_stream_a_coalesced_follower_and_async_embeddings(
                 finish = choice.finish_reason or finish
         return [calls[i] for i in sorted(calls)], finish, raw.headers["x-barista-cache"]
 
-    first, second = await asyncio.gather(ask(), ask())
+    leading = asyncio.create_task(ask())
+    # The second is sent while the first's backend call is in flight: it follows it.
+    await asyncio.to_thread(wait_for, lambda: api.simulator.stats()["in_flight"] == 1)
+    second = await ask()
+    first = await leading
     assert first[:2] == second[:2] and first[1] == "tool_calls"
     assert json.loads(first[0][0]["arguments"])["city"] == QUESTION
     assert sorted([first[2], second[2]]) == ["coalesced", "miss"]

@@ -115,3 +115,26 @@ async def test_the_backend_slot_line_takes_people_then_their_keys_in_turns():
     await asyncio.gather(*tasks)
     assert granted == ["k7-0", "bob-0", "k8-0", "k7-1", "k7-2"]
     assert not lock.locked() and lock.waiting == 0
+
+
+def test_a_prompt_cancelled_between_the_blocking_pop_and_its_script_is_not_put_back(
+    redis_conn,
+):
+    queue = lane(redis_conn)
+    for i in range(3):
+        push(redis_conn, f"k7-{i}", person=1, source=7)
+    push(redis_conn, "k8-0", person=1, source=8)
+    assert fairness.take(redis_conn, queue, 1) == ["k7-0"]
+    # What wait_pop does, in two steps, with a cancel between them. The turn popped is
+    # held by k7-1, but k8-0 runs in it (her keys take turns): the script would swap them.
+    popped = redis_conn.bzpopmin([fairness.lane("interactive")], timeout=1)
+    assert popped[1] == b"k7-1"
+    fairness.remove(redis_conn, queue, "k7-1")
+    chosen = fairness._ADVANCE(
+        redis_conn, keys=[], args=[fairness.lane("interactive"), "k7-1", popped[2]]
+    )
+    assert chosen == b"k7-1"  # handed on as it is (the worker finds it cancelled)
+    assert fairness.waiting_ids(redis_conn, queue, 10) == ["k8-0", "k7-2"]
+    assert fairness.waiting_for(redis_conn, [queue], 1) == 2
+    assert take_all(redis_conn, queue) == ["k8-0", "k7-2"]
+    assert fairness.waiting_for(redis_conn, [queue], 1) == 0

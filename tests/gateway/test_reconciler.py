@@ -81,9 +81,13 @@ def test_running_rows_no_worker_answers_are_queued_again_until_their_retries_run
     worn_out = chat_prompt_submit(user=alice, model="sim-chat", content="worn out")
     answering = chat_prompt_submit(user=alice, model="sim-chat", content="answering")
     recent = chat_prompt_submit(user=alice, model="sim-chat", content="recent")
+    # Embeddings a web process is still waiting for: no job, and never given one.
+    embedding = PromptRequest.objects.create(
+        owner=alice, model="sim-embed", kind="embeddings", messages=[], status="running"
+    )
     redis.flushdb()  # Redis came back empty
     redis.hset(f"rq:job:{ended.id}", mapping={"status": "failed", "origin": "interactive"})
-    PromptRequest.objects.filter(id__in=[gone.id, ended.id, answering.id]).update(
+    PromptRequest.objects.filter(id__in=[gone.id, ended.id, answering.id, embedding.id]).update(
         status="running", started_at=a_while_ago, queued_at=a_while_ago, attempts=1
     )
     PromptRequest.objects.filter(id=worn_out.id).update(
@@ -116,8 +120,8 @@ def test_running_rows_no_worker_answers_are_queued_again_until_their_retries_run
     row = PromptRequest.objects.get(id=worn_out.id)
     assert row.status == "failed" and row.error == reconciler.stopped_too_often(4)
     assert "4 times" in row.error
-    for request in (answering, recent):  # may still answer
-        assert PromptRequest.objects.get(id=request.id).status == "running"
+    for request_id in (answering.id, recent.id, embedding.id):  # may still answer
+        assert PromptRequest.objects.get(id=request_id).status == "running"
     assert reconciler.reconcile(redis).requeued == 0  # and not twice
     assert redis.hlen(reconciler.SUSPECTS_KEY) == 0  # none left to suspect
 

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='backend',
             name='drop_params',
-            field=models.CharField(blank=True, default='', help_text="Request fields to leave out of what is sent to this backend, separated by commas (e.g. 'logprobs, service_tier') — for a server that refuses what clients send.", max_length=500, validators=[django.core.validators.RegexValidator('^\\s*([A-Za-z_][A-Za-z0-9_]*\\s*(,\\s*[A-Za-z_][A-Za-z0-9_]*\\s*)*)?$', 'Field names, separated by commas.')], verbose_name='fields it refuses'),
+            field=models.CharField(blank=True, default='', help_text="Request fields to leave out of what is sent to this backend, separated by commas (e.g. 'logprobs, service_tier') — for a server that refuses what clients send.", max_length=500, validators=[django.core.validators.RegexValidator('^\\s*([A-Za-z_][A-Za-z0-9_.-]*\\s*(,\\s*[A-Za-z_][A-Za-z0-9_.-]*\\s*)*)?$', 'Field names, separated by commas.')], verbose_name='fields it refuses'),
         ),
         migrations.AddField(
             model_name='backend',

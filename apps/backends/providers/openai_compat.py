@@ -116,6 +116,7 @@ async def stream_chat(
                             raise ValueError("content is not text")
                         index = choice.get("index") or 0
                         if _is_rich(index, delta, choice.get("logprobs")):
+                            _check_piece(index, delta, choice.get("logprobs"))
                             yield Delta("" if index else text or "", choice)
                         elif text:
                             yield Delta(text)
@@ -212,6 +213,34 @@ def _as_chat(choice: dict[str, Any]) -> dict[str, Any]:
     found = {k: v for k, v in choice.items() if k != "text"}
     found["delta"] = {"content": choice.get("text") or ""}
     return found
+
+
+def _check_piece(index: Any, delta: Any, logprobs: Any) -> None:
+    """A piece is passed on as sent, so its shape is checked here: anything else is a
+    malformed stream (a backend error), never a crash further on."""
+    if not isinstance(index, int) or isinstance(index, bool) or not isinstance(delta, dict):
+        raise ValueError("a choice needs an integer index and an object delta")
+    if logprobs is not None and not isinstance(logprobs, dict):
+        raise ValueError("logprobs is not an object")
+    calls = delta.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise ValueError("tool_calls is not a list")
+    for call in calls:
+        if not isinstance(call, dict):
+            raise ValueError("a tool call is not an object")
+        position = call.get("index")
+        if position is not None and (not isinstance(position, int) or isinstance(position, bool)):
+            raise ValueError("a tool call's index is not an integer")
+        function = call.get("function")
+        if function is None:
+            continue
+        if not isinstance(function, dict) or not all(
+            function.get(k) is None or isinstance(function.get(k), str)
+            for k in ("name", "arguments")
+        ):
+            raise ValueError("a tool call's function has no text name and arguments")
 
 
 def _is_rich(index: int, delta: dict[str, Any], logprobs: Any) -> bool:
