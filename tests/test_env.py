@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from project.env import envbool, envint, envlist, envstr
@@ -38,3 +43,37 @@ def test_secrets_can_come_from_a_file(monkeypatch, tmp_path):
 def test_envlist_splits_and_trims(monkeypatch):
     monkeypatch.setenv("HOSTS", " a.example, b.example ,,")
     assert envlist("HOSTS", []) == ["a.example", "b.example"]
+
+
+def django_check(tmp_path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a process of its own, with exactly this configuration."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "REDIS_URL")}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=settings.BASE_DIR,
+        env={**keep, "BARISTA_VAR_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_debug_is_off_unless_asked_and_production_needs_its_settings(tmp_path):
+    nothing = django_check(tmp_path)
+    assert nothing.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off" in nothing.stderr
+    assert "make up" in nothing.stderr
+    no_hosts = django_check(tmp_path, SECRET_KEY="s" * 50)
+    assert no_hosts.returncode != 0 and "ALLOWED_HOSTS must be set" in no_hosts.stderr
+    production = django_check(tmp_path, SECRET_KEY="s" * 50, ALLOWED_HOSTS="barista.example")
+    assert production.returncode == 0, production.stderr
+    local = django_check(tmp_path, DEBUG="1")
+    assert local.returncode == 0, local.stderr
+    key = tmp_path / "secret_key"
+    assert key.stat().st_mode & 0o777 == 0o600  # generated private
+
+
+def test_debug_with_a_host_other_than_this_machine_is_refused(tmp_path):
+    exposed = django_check(tmp_path, DEBUG="1", ALLOWED_HOSTS="127.0.0.1,barista.example")
+    assert exposed.returncode != 0
+    assert "DEBUG is on, which is for this machine only" in exposed.stderr
