@@ -37,6 +37,17 @@ _LOOPBACK = ["127.0.0.1", "localhost", "[::1]"]
 _LOCAL_RUN = "For a local run use `make up` (it sets DEBUG=1)."
 
 
+def _kept_secret(name: str) -> str:
+    """A secret generated once per checkout into ``var/`` (git-ignored), so it survives
+    restarts; created private (mode 600), never readable by others even for a moment."""
+    path = VAR_DIR / name
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secrets.token_urlsafe(50))
+    return path.read_text(encoding="utf-8").strip()
+
+
 def _secret_key() -> str:
     key = envstr("SECRET_KEY")
     if key:
@@ -45,14 +56,7 @@ def _secret_key() -> str:
         raise ImproperlyConfigured(
             f"SECRET_KEY must be set when DEBUG is off (the default). {_LOCAL_RUN}"
         )
-    # Generated once per checkout and kept out of git, so sessions survive restarts.
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        # Created private (mode 600), never readable by others even for a moment.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(secrets.token_urlsafe(50))
-    return path.read_text(encoding="utf-8").strip()
+    return _kept_secret("secret_key")
 
 
 SECRET_KEY = _secret_key()
@@ -163,7 +167,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: queues, cache, live state, channel layer ----------------------------------
 EMBEDDED_REDIS_PORT = envint("BARISTA_EMBEDDED_REDIS_PORT", 6399, minimum=1)
-REDIS_URL: str = envstr("REDIS_URL") or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+# The embedded Redis (`make up`, no REDIS_URL) requires a password generated like the
+# secret key: any local process could otherwise push jobs or forge channel events.
+EMBEDDED_REDIS_PASSWORD = "" if envstr("REDIS_URL") else _kept_secret("redis_password")
+REDIS_URL: str = (
+    envstr("REDIS_URL") or f"redis://:{EMBEDDED_REDIS_PASSWORD}@127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+)
 
 CACHES = {
     "default": {

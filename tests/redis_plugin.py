@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ if not os.environ.get("REDIS_URL"):
         port=free_port(),
         data_dir=Path(tempfile.mkdtemp(prefix="barista-test-redis-")),
         persist=False,
+        password=secrets.token_urlsafe(24),  # as under make up: every client authenticates
     )
     _server.start()
     atexit.register(_server.stop)

@@ -49,15 +49,21 @@ def wait_http(
 
 
 class EmbeddedRedis:
-    def __init__(self, *, port: int, data_dir: Path, persist: bool = True) -> None:
+    def __init__(
+        self, *, port: int, data_dir: Path, persist: bool = True, password: str = ""
+    ) -> None:
         self.port = port
         self.data_dir = Path(data_dir)
         self.persist = persist
+        # Required of every client (``requirepass``): anyone on the machine can reach a
+        # loopback port, and Redis holds the jobs workers run.
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         if port_in_use(self.port):
@@ -89,12 +95,24 @@ class EmbeddedRedis:
                 "--maxclients",
                 "10000",
                 *durability,
+                # Read from a config on stdin, not the command line (ps would show it).
+                "-",
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        assert self.process.stdin is not None
+        if self.password:
+            self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
+        self.process.stdin.close()
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password or None,
+            socket_connect_timeout=0.2,
+        )
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(

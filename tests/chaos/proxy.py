@@ -9,6 +9,9 @@ import asyncio
 import random
 import threading
 from concurrent.futures import Future
+from urllib.parse import urlsplit
+
+from django.conf import settings
 
 from apps.gateway.localrun import free_port
 
@@ -27,7 +30,10 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The Redis URL through the proxy (with the real one's password)."""
+        password = urlsplit(settings.REDIS_URL).password
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> TcpProxy:
         self._thread.start()

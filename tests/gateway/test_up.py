@@ -15,6 +15,7 @@ import threading
 
 import httpx
 import pytest
+import redis
 from django.core.management import call_command
 
 from apps.backends.models import Backend
@@ -93,6 +94,13 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
         models = httpx.get(f"http://127.0.0.1:{sims + 2}/v1/models").json()
         assert models["data"][0]["id"] == "sim-slow-model"
         assert (tmp_path / "db.sqlite3").exists()
+        # The embedded Redis wants the password generated for this checkout, kept private.
+        password_file = tmp_path / "redis_password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text().strip()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=sims + 4).ping()
+        assert redis.Redis(host="127.0.0.1", port=sims + 4, password=password).ping()
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
@@ -100,6 +108,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
     assert "Barista is up" in output
     assert "Stopped." in output
     assert "up-test-password" not in output  # a given password is never echoed
+    assert (tmp_path / "redis_password").read_text().strip() not in output
     for port in range(sims, sims + 5):
         assert not port_in_use(port), f"port {port} still open after Ctrl-C"
 

@@ -103,7 +103,9 @@ class Command(BaseCommand):
     def _start(self, options: dict[str, Any]) -> None:
         if not os.environ.get("REDIS_URL"):
             self.redis = EmbeddedRedis(
-                port=settings.EMBEDDED_REDIS_PORT, data_dir=settings.VAR_DIR / "redis"
+                port=settings.EMBEDDED_REDIS_PORT,
+                data_dir=settings.VAR_DIR / "redis",
+                password=settings.EMBEDDED_REDIS_PASSWORD,
             )
             try:
                 self.redis.start()
