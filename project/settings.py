@@ -179,7 +179,11 @@ CACHES = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "barista",
-        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            # JSON, not pickle: reading a stored answer runs no code, whoever wrote it.
+            "SERIALIZER": "django_redis.serializers.json.JSONSerializer",
+        },
     }
 }
 
@@ -211,7 +215,11 @@ CHANNEL_LAYERS = {
 
 # Interactive chat prompts are listed first so workers take them before bulk API traffic.
 BARISTA_QUEUES = envlist("BARISTA_QUEUES", ["interactive", "bulk"])
-RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600} for name in BARISTA_QUEUES}
+# Jobs are JSON, not pickles: loading a job from Redis runs no code, whoever wrote it.
+RQ_QUEUES = {
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SERIALIZER": "rq.serializers.JSONSerializer"}
+    for name in BARISTA_QUEUES
+}
 
 # --- Auth, sessions, static -----------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -20,7 +20,7 @@ from apps.backends import live
 from apps.backends.models import Backend
 from apps.gateway import cache, fairness, metrics
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection, paused_queues, queue
+from apps.gateway.queues import SERIALIZER, connection, paused_queues, queue
 from apps.gateway.selectors import is_request_id
 
 
@@ -172,7 +172,7 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
             ids = fairness.waiting_ids(redis, queue(name), limit)
         found += [(name, job_id) for job_id in ids]
     found = found[:limit]
-    jobs = Job.fetch_many([job_id for _, job_id in found], connection=redis)
+    jobs = Job.fetch_many([job_id for _, job_id in found], connection=redis, serializer=SERIALIZER)
     rows_by_id = {
         str(row.id): row
         for row in PromptRequest.objects.select_related("owner").filter(

@@ -98,7 +98,10 @@ def redis_key(key: str) -> str:
 
 
 def lookup(key: str) -> CachedAnswer | None:
-    found = cache.get(f"{KEY_PREFIX}:{key}")
+    try:
+        found = cache.get(f"{KEY_PREFIX}:{key}")
+    except ValueError:  # not JSON (planted, or from a version that pickled): a miss
+        return None
     if not isinstance(found, dict):
         return None
     try:

@@ -54,7 +54,7 @@ def request_cancel(*, owner_id: int, request_id: uuid.UUID | str) -> PromptReque
         coalescing.leave(connection, leader_id=str(request.coalesced_with), request_id=key)
         return request
     try:
-        job = Job.fetch(key, connection=connection)
+        job = Job.fetch(key, connection=connection, serializer=queues.SERIALIZER)
         if job.get_status() == JobStatus.STARTED:
             if request.cache_key and coalescing.has_followers(connection, leader_id=key):
                 return request  # answered for its followers; they are not stopped
@@ -84,7 +84,7 @@ def request_retry(*, request_id: uuid.UUID | str) -> PromptRequest | None:
         row.save(update_fields=["status", "error", "finished_at", "attempts"])
     connection = queues.connection()
     try:
-        job = Job.fetch(key, connection=connection)
+        job = Job.fetch(key, connection=connection, serializer=queues.SERIALIZER)
         if job.get_status() != JobStatus.QUEUED:
             job.delete()  # out of the failed registry too
             # A fresh job in the owner's turn — as the reconciler would give it, so the
@@ -118,7 +118,7 @@ def request_discard_job(*, request_id: uuid.UUID | str) -> PromptRequest | None:
     if row is not None and not row.is_final:
         request_cancel(owner_id=row.owner_id, request_id=key)
     try:
-        job = Job.fetch(key, connection=queues.connection())
+        job = Job.fetch(key, connection=queues.connection(), serializer=queues.SERIALIZER)
         if job.get_status() in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             job.delete()
     except NoSuchJobError:

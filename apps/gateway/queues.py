@@ -12,6 +12,10 @@ import django_rq
 from django.conf import settings
 from redis import Redis
 from rq import Queue
+from rq.serializers import JSONSerializer
+
+# Jobs are stored as JSON (settings.RQ_QUEUES): whatever reads one must say so.
+SERIALIZER = JSONSerializer
 
 _queues: dict[tuple[str, str], Queue] = {}
 

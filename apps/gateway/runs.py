@@ -36,6 +36,11 @@ from rq.worker import BaseWorker
 
 from apps.gateway.stops import CANCEL_REQUEUE, CANCEL_STOP, CANCEL_TIMEOUT
 
+# The one job function there is (by name: the job module imports the pipeline, which
+# imports the services that enqueue it). A worker runs nothing else.
+PROCESS_REQUEST_JOB = "apps.gateway.jobs.process_request_job"
+ALLOWED_JOBS = frozenset({PROCESS_REQUEST_JOB})
+
 logger = logging.getLogger(__name__)
 
 
@@ -137,8 +142,10 @@ class Functions:
 
     def __call__(self, job: Job) -> Callable[..., Any]:
         name = job.func_name
-        if job.instance is not None or name is None:
-            return job.func
+        if job.instance is not None or name not in ALLOWED_JOBS:
+            # Whoever can write to Redis must not be able to run code here: a job naming
+            # anything but Barista's own function fails, and runs nothing.
+            raise PermissionError(f"refused a job that is not Barista's: {name!r}")
         function = self._imported.get(name)
         if function is None:
             function = self._imported[name] = import_attribute(name)

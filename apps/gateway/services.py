@@ -21,9 +21,9 @@ from apps.gateway import cache, coalescing, delivery, fairness, queues
 from apps.gateway.admission import Principal, admit
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
+from apps.gateway.runs import PROCESS_REQUEST_JOB
 
 Status = PromptRequest.Status
-PROCESS_REQUEST_JOB = "apps.gateway.jobs.process_request_job"
 
 
 def request_submit(

@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from apps.chat.services import chat_prompt_submit
-from apps.gateway import fairness, reconciler, services
+from apps.gateway import fairness, reconciler, runs
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import connection, queue
 
@@ -44,7 +44,7 @@ def test_waiting_rows_whose_jobs_are_gone_or_ended_are_queued_again(alice, setti
         redis.hset(f"rq:job:{request.id}", mapping={"status": "queued", "origin": "interactive"})
     redis.hset(f"rq:job:{ended.id}", "status", "failed")
     redis.rpush("rq:queue:interactive", str(fine.id))
-    job = queue("interactive").create_job(services.PROCESS_REQUEST_JOB, job_id=str(starting.id))
+    job = queue("interactive").create_job(runs.PROCESS_REQUEST_JOB, job_id=str(starting.id))
     job.origin = "interactive"
     with redis.pipeline() as pipe:  # as apps.gateway.runs.start records a run
         Execution.create(job, 20, pipeline=pipe, worker_name="w")

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connections
 
-from apps.gateway.queues import queue
+from apps.gateway.queues import SERIALIZER, queue
 from apps.gateway.worker import GatewayWorker
 
 
@@ -30,6 +30,7 @@ class Command(BaseCommand):
         worker = GatewayWorker(
             queues,
             connection=queues[0].connection,
+            serializer=SERIALIZER,
             name=options["name"] or f"gateway-{os.uname().nodename}-{os.getpid()}",
             concurrency=settings.BARISTA_WORKER_CONCURRENCY,
             heartbeat_interval=settings.BARISTA_WORKER_HEARTBEAT,
