@@ -64,12 +64,15 @@ def start(job: Job, queue: Queue, *, pipe: Pipeline, worker_name: str, ttl: int)
     return Running(job=job, queue=queue, execution=execution)
 
 
-async def perform(running: Running, function: Callable[..., Any]) -> BaseException | None:
-    """Run the job's function (awaited if it is a coroutine function); its return value
-    is kept in ``running.result``. Returns the exception that ended it, if one did."""
+async def perform(
+    running: Running, functions: Callable[[Job], Callable[..., Any]]
+) -> BaseException | None:
+    """Run the job's function (``functions`` finds it; awaited if it is a coroutine
+    function); its return value is kept in ``running.result``. Returns the exception that
+    ended it, if one did — a job that is not Barista's, or cannot be read, included."""
     job = running.job
     try:
-        result = function(*job.args, **job.kwargs)
+        result = functions(job)(*job.args, **job.kwargs)
         running.result = await result if isinstance(result, Awaitable) else result
     except asyncio.CancelledError as exc:  # the worker cancelled it: see running.cancel_reason
         return exc

@@ -223,7 +223,7 @@ class GatewayWorker(BaseWorker):
                 job.timeout, self._cancel_job, job.id, CANCEL_TIMEOUT
             )
         try:
-            error = await runs.perform(running, self._function(job))
+            error = await runs.perform(running, self._function)
         finally:
             if timer is not None:
                 timer.cancel()

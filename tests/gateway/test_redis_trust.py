@@ -11,6 +11,7 @@ from rq.job import Job
 
 from apps.gateway import cache, runs
 from apps.gateway.queues import SERIALIZER, queue
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
 
@@ -58,3 +59,20 @@ def test_jobs_and_cached_answers_are_stored_as_json_and_a_pickle_is_not_loaded(r
         django_cache.get("answer:sim-chat:planted")
     assert cache.lookup("sim-chat:planted") is None  # a miss, not an error
     assert not Boom.ran
+
+
+def test_a_running_worker_fails_a_planted_job_without_running_it(
+    redis_conn, start_worker, tmp_path
+):
+    planted = tmp_path / "owned"
+    job = queue("interactive").create_job("os.system", args=(f"touch {planted}",))
+    job.save()
+    redis_conn.rpush(queue("interactive").key, job.id)  # straight into the line
+    start_worker()
+    wait_for(
+        lambda: (
+            Job.fetch(job.id, connection=redis_conn, serializer=SERIALIZER).get_status() == "failed"
+        ),
+        timeout=20,
+    )
+    assert not planted.exists()
