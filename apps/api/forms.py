@@ -17,9 +17,16 @@ class ApiKeyForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         help_text="Leave all unticked to allow every model.",
     )
-    requests_per_minute = forms.IntegerField(required=False, min_value=1, label="Requests/min")
-    tokens_per_minute = forms.IntegerField(required=False, min_value=1, label="Tokens/min")
-    max_concurrent = forms.IntegerField(required=False, min_value=1, label="At once")
+    # Bounded: a number past the database's integer was a server error (issue 18).
+    requests_per_minute = forms.IntegerField(
+        required=False, min_value=1, max_value=1_000_000, label="Requests/min"
+    )
+    tokens_per_minute = forms.IntegerField(
+        required=False, min_value=1, max_value=1_000_000_000, label="Tokens/min"
+    )
+    max_concurrent = forms.IntegerField(
+        required=False, min_value=1, max_value=100_000, label="At once"
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -4,11 +4,19 @@ import os
 from decimal import Decimal
 from typing import Any
 
-from django.core.validators import MinValueValidator, RegexValidator, URLValidator
+from django.core.validators import (
+    MaxValueValidator,
+    MinValueValidator,
+    RegexValidator,
+    URLValidator,
+)
 from django.db import models
 
 from apps.backends import secrets
 from apps.backends.validators import validate_backend_url
+
+# Backend keys may be read only from variables named so: never SECRET_KEY, DATABASE_URL…
+KEY_VARIABLE_PREFIX = "BARISTA_BACKEND_KEY_"
 
 
 class Backend(models.Model):
@@ -46,16 +54,29 @@ class Backend(models.Model):
         "API key variable",
         max_length=100,
         blank=True,
-        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name.")],
+        validators=[
+            RegexValidator(
+                rf"^{KEY_VARIABLE_PREFIX}[A-Z0-9_]+$",
+                f"A variable whose name starts with {KEY_VARIABLE_PREFIX} (e.g. "
+                f"{KEY_VARIABLE_PREFIX}OPENAI): no other setting of the server may be sent "
+                "to a backend.",
+            )
+        ],
         help_text="Name of the environment variable holding this backend's API key (the key "
-        "is then never stored in the database).",
+        f"is then never stored in the database); it starts with {KEY_VARIABLE_PREFIX}.",
     )
     # Or typed in the console: kept encrypted (apps.backends.secrets), never shown again.
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
-    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
-    max_concurrency = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1)])
+    weight = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(1000)]
+    )
+    max_concurrency = models.PositiveIntegerField(
+        default=32, validators=[MinValueValidator(1), MaxValueValidator(100_000)]
+    )
     timeout = models.FloatField(
-        default=120.0, validators=[MinValueValidator(0.1)], help_text="Seconds per request."
+        default=120.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+        help_text="Seconds per request.",
     )
     tier = models.CharField(max_length=10, choices=Tier.choices, default=Tier.PRIMARY)
     state = models.CharField(max_length=10, choices=State.choices, default=State.ENABLED)
@@ -123,4 +144,6 @@ class Backend(models.Model):
         """The key to send, read at call time: the stored one, else the named variable."""
         if self.api_key_encrypted:
             return secrets.decrypt(self.api_key_encrypted)
-        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        if not self.api_key_env.startswith(KEY_VARIABLE_PREFIX):
+            return ""  # (a row saved before the prefix was required: never SECRET_KEY…)
+        return os.environ.get(self.api_key_env, "")

@@ -52,6 +52,15 @@ def test_a_person_makes_a_key_sees_it_once_and_revokes_it(alice, bob, chat_backe
     assert Client().get("/settings/keys/").status_code == 302  # signed out: sign in first
 
 
+def test_limits_past_their_bounds_are_a_form_error_not_a_server_error(alice, chat_backend):
+    client = signed_in(alice)
+    for field in ("requests_per_minute", "tokens_per_minute", "max_concurrent"):
+        response = client.post("/settings/keys/", {"name": "huge", field: 10**20})
+        assert response.status_code == 200, field
+        assert "Ensure this value is less than or equal to" in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
 def test_staff_make_and_revoke_keys_in_the_console_audited(staff, alice, chat_backend):
     client = signed_in(staff)
     page = client.post(

@@ -152,6 +152,29 @@ def test_an_embeddings_backend_and_the_fields_a_backend_refuses(staff):
     assert backend.drop_params == "logprobs, service_tier"
 
 
+def test_a_key_variable_must_be_one_of_barista_s_own_never_a_server_setting(staff, monkeypatch):
+    """Staff cannot point a backend at SECRET_KEY or DATABASE_URL and have the server
+    send it to a URL of their choosing."""
+    client = signed_in(staff)
+    for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
+        response = client.post(
+            "/console/backends/add/", form_data("http://127.0.0.1:9/v1", api_key_env=name)
+        )
+        assert response.status_code == 200 and "BARISTA_BACKEND_KEY_" in response.content.decode()
+    assert not Backend.objects.exists()
+    monkeypatch.setenv("BARISTA_BACKEND_KEY_GPU", "sk-from-env")
+    response = client.post(
+        "/console/backends/add/",
+        form_data("http://127.0.0.1:9/v1", api_key_env="BARISTA_BACKEND_KEY_GPU"),
+    )
+    assert response.status_code == 302
+    assert Backend.objects.get().api_key() == "sk-from-env"
+    # A row saved before the rule (straight into the database) is not read from either.
+    monkeypatch.setenv("SECRET_KEY", "the-server-secret")
+    Backend.objects.update(api_key_env="SECRET_KEY")
+    assert Backend.objects.get().api_key() == ""
+
+
 def test_drain_disable_enable_take_effect_and_are_audited(staff, chat_backend):
     client = signed_in(staff)
     url = f"/console/backends/{chat_backend.pk}/state/"
