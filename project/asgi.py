@@ -12,12 +12,12 @@ django_asgi_app = get_asgi_application()
 # Imported after Django is set up: consumers import models.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from apps.api.consumers import OpenAIConsumer  # noqa: E402
 from apps.chat.consumers import ChatConsumer  # noqa: E402
 from apps.console.consumers import MetricsConsumer  # noqa: E402
+from apps.core.origin import SameOriginValidator  # noqa: E402
 
 websocket_urlpatterns = [
     path("ws/chat/", ChatConsumer.as_asgi()),
@@ -31,8 +31,6 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [re_path(r"^v1/", OpenAIConsumer.as_asgi()), re_path(r"", django_asgi_app)]  # type: ignore[arg-type]
         ),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

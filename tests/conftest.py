@@ -104,8 +104,11 @@ def session_cookie(user: User) -> str:
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
-def ws_headers(user: User | None, origin: str = "http://127.0.0.1") -> list[tuple[bytes, bytes]]:
-    headers = [(b"origin", origin.encode())]
+def ws_headers(
+    user: User | None, origin: str = "http://127.0.0.1", host: str = "127.0.0.1"
+) -> list[tuple[bytes, bytes]]:
+    """A browser's websocket headers: its page's Origin, the Host it asked, the cookie."""
+    headers = [(b"origin", origin.encode()), (b"host", host.encode())]
     if user is not None:
         headers.append(
             (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}".encode())

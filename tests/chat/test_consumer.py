@@ -19,8 +19,8 @@ from tests.conftest import queued_jobs, ws_headers
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def connect(user, origin="http://127.0.0.1"):
-    headers = await database_sync_to_async(ws_headers)(user, origin)
+async def connect(user, origin="http://127.0.0.1", host="127.0.0.1"):
+    headers = await database_sync_to_async(ws_headers)(user, origin, host)
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, code = await communicator.connect()
     return communicator, connected, code
@@ -35,6 +35,22 @@ async def test_anonymous_socket_is_refused():
 async def test_socket_from_a_foreign_origin_is_refused(alice):
     communicator, connected, _ = await connect(alice, origin="http://evil.example")
     assert not connected
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "accepted"),
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
+        ("http://127.0.0.1:3000", "127.0.0.1:8000", False),  # another program on this host
+        ("https://127.0.0.1:8000", "127.0.0.1:8000", False),  # another scheme
+        ("http://evil.example:8000", "evil.example:8000", False),  # not an allowed host
+    ],
+)
+async def test_a_socket_is_accepted_only_from_this_very_origin(alice, origin, host, accepted):
+    communicator, connected, _ = await connect(alice, origin=origin, host=host)
+    assert connected is accepted
+    if connected:
+        await communicator.disconnect()
 
 
 @pytest.mark.parametrize(
