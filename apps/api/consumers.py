@@ -38,6 +38,7 @@ from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
 from apps.backends.models import Backend
 from apps.backends.recovery import all_down
+from apps.core.nesting import MAX_DEPTH, too_deep
 from apps.gateway import extras
 from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
 from apps.gateway.cache import CachedAnswer, shared
@@ -339,13 +340,20 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
 
 def _json_body(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "The request body is not valid UTF-8.", code="invalid_utf8") from None
     except (ValueError, RecursionError):  # too deeply nested is invalid too
         raise ApiError(
             400, "We could not parse the JSON body of your request.", code="invalid_json"
         ) from None
+    if too_deep(body):
+        raise ApiError(
+            400,
+            f"The JSON body nests more than {MAX_DEPTH} levels deep.",
+            code="invalid_json",
+        )
+    return body
 
 
 def _completion_request(raw: bytes, route: str) -> ChatRequest:

@@ -17,6 +17,7 @@ from apps.backends.selectors import alias_exists
 from apps.chat import markdown
 from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prompt_submit
 from apps.core.dispatch import DirectDispatch
+from apps.core.nesting import MAX_DEPTH, too_deep
 from apps.gateway.admission import UNAVAILABLE, Rejection, estimate_wait
 from apps.gateway.cache import shared
 from apps.gateway.models import PromptRequest
@@ -80,6 +81,10 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 payload = json.loads(text_data)
             except (ValueError, RecursionError):  # too deeply nested is invalid too
                 raise InvalidInput("Message is not valid JSON.", "invalid_json") from None
+            if too_deep(payload):
+                raise InvalidInput(
+                    f"Message nests more than {MAX_DEPTH} levels deep.", "invalid_json"
+                )
             if not isinstance(payload, dict):
                 raise InvalidInput("Message must be a JSON object.", "invalid_json")
             handler = self.HANDLERS.get(str(payload.get("type")))

@@ -254,3 +254,20 @@ def test_an_answer_that_takes_too_long_is_504(api):
     error = error_of(post(api, {**HELLO, "messages": [{"role": "user", "content": "d"}]}), 504)
     assert error["code"] == "timeout"
     assert PromptRequest.objects.get().status == "failed"
+
+
+def test_a_body_nested_past_the_bound_is_a_400_and_a_deep_schema_within_it_is_fine(api):
+    """Bounded right after parsing: 1,200 levels used to reach the cache key's recursive
+    normalizing and give a 500 (issue 18); nothing after the parser has to cope now."""
+    deep: object = "x"
+    for _ in range(1_200):
+        deep = {"a": deep}
+    error = error_of(post(api, {**HELLO, "vendor_extra": deep}), 400)
+    assert error["code"] == "invalid_json" and "64 levels" in error["message"]
+    assert no_backend_call(api) and not PromptRequest.objects.exists()
+    schema: object = {"type": "string"}
+    for _ in range(20):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    tool = {"type": "function", "function": {"name": "deep", "parameters": schema}}
+    response = post(api, {**HELLO, "tools": [tool]})
+    assert response.status_code == 200, response.text
