@@ -11,6 +11,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
+from django.contrib.auth.models import User
+from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
 from apps.backends.selectors import alias_exists
@@ -108,7 +111,14 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def handle_prompt(self, payload: dict[str, Any]) -> None:
         prompt = _prompt(payload)
-        exists, is_shared = await database_sync_to_async(_model_state)(prompt["model"])
+        signed_in, exists, is_shared = await database_sync_to_async(_prompt_checks)(
+            self.scope, prompt["model"]
+        )
+        if not signed_in:
+            # Signed out, deactivated or the password changed since the socket opened.
+            await self._refuse(payload, InvalidInput("You are signed out.", "signed_out"))
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         if not exists:
             raise InvalidInput("Unknown or unavailable model.", "unknown_model")
         # Join the request's group before the job exists, so no early token is missed.
@@ -288,6 +298,25 @@ def _params(value: Any) -> dict[str, Any] | None:
 def _model_state(alias: str) -> tuple[bool, bool]:
     """Whether the chat model exists, and whether its answers are shared between people."""
     return alias_exists(alias), shared(alias)
+
+
+def _prompt_checks(scope: dict[str, Any], alias: str) -> tuple[bool, bool, bool]:
+    """Before each prompt: is the socket's person still signed in (their session not
+    ended, their account active, their password unchanged since), does the model exist,
+    and does it share answers. One trip to the database thread."""
+    return (_still_signed_in(scope), *_model_state(alias))
+
+
+def _still_signed_in(scope: dict[str, Any]) -> bool:
+    session, user = scope.get("session"), scope.get("user")
+    if session is None or user is None or not session.session_key:
+        return False
+    if not session.exists(session.session_key):
+        return False  # signed out (the session was deleted) or expired
+    current = User.objects.filter(pk=user.pk, is_active=True).first()
+    if current is None:
+        return False
+    return constant_time_compare(session.get(HASH_SESSION_KEY, ""), current.get_session_auth_hash())
 
 
 def _ref(payload: Any) -> Any:

@@ -106,6 +106,38 @@ async def test_oversized_frame_is_refused(alice, chat_backend, settings):
     await communicator.disconnect()
 
 
+def _sign_out(user) -> None:
+    from django.contrib.sessions.models import Session
+
+    Session.objects.all().delete()
+
+
+def _deactivate(user) -> None:
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+
+
+def _change_password(user) -> None:
+    user.set_password("a-new-password-entirely")
+    user.save()
+
+
+@pytest.mark.parametrize("end_it", [_sign_out, _deactivate, _change_password])
+async def test_a_socket_whose_person_signed_out_sends_no_more_prompts(alice, chat_backend, end_it):
+    """Signing out, being deactivated or a password change (elsewhere) ends what an open
+    socket may do: its next prompt is refused and the socket closed."""
+    communicator, connected, _ = await connect(alice)
+    assert connected
+    await database_sync_to_async(end_it)(alice)
+    await communicator.send_to(
+        text_data=json.dumps({"type": "prompt", "model": "sim-chat", "content": "still me?"})
+    )
+    reply = await communicator.receive_json_from(timeout=5)
+    assert reply["type"] == "error" and reply["code"] == "signed_out"
+    closed = await communicator.receive_output(timeout=5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 4401
+    assert not await database_sync_to_async(PromptRequest.objects.exists)()
+
+
 async def test_a_prompt_is_recorded_and_queued_for_a_worker(alice, chat_backend):
     communicator, _, _ = await connect(alice)
     await communicator.send_to(
