@@ -10,12 +10,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from apps.api import shown_once
 from apps.api.forms import ApiKeyForm
 from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
 from apps.gateway.selectors import usage_summary
-
-NEW_KEY_SESSION = "barista.new_api_key"
 
 
 @login_required
@@ -36,13 +35,11 @@ def key_list(request: HttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         _, plain = form.create(request.user)  # type: ignore[arg-type]
-        # Post/redirect/get: a reload must not make a second key. The secret waits in the
-        # (server-side) session for the very next page, which shows it once.
-        request.session[NEW_KEY_SESSION] = plain
-        return redirect("api:keys")
-    created = request.session.pop(NEW_KEY_SESSION, None)
+        # Post/redirect/get: a reload must not make a second key; the next page shows it.
+        return shown_once.stash(request, redirect("api:keys"), plain)
+    created = shown_once.take(request)
     keys = ApiKey.objects.filter(owner=request.user.pk)
-    return render(
+    response = render(
         request,
         "api/keys.html",
         {
@@ -52,6 +49,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
             "base_url": request.build_absolute_uri("/v1"),
         },
     )
+    return shown_once.forget(request, response)
 
 
 @require_POST

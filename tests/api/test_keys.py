@@ -52,6 +52,23 @@ def test_a_person_makes_a_key_sees_it_once_and_revokes_it(alice, bob, chat_backe
     assert Client().get("/settings/keys/").status_code == 302  # signed out: sign in first
 
 
+def test_a_new_keys_plaintext_never_rests_in_the_session_table(alice, chat_backend):
+    from django.contrib.sessions.models import Session
+
+    client = signed_in(alice)
+    response = client.post("/settings/keys/", {"name": "secretive"})
+    assert response.status_code == 302
+    stored = " ".join(str(s.get_decoded()) + s.session_data for s in Session.objects.all())
+    page = client.get("/settings/keys/").content.decode()
+    plain = page.split('<code class="secret" id="new-key">')[1].split("</code>")[0]
+    assert plain.startswith("bar-") and plain not in stored
+    assert plain not in client.get("/settings/keys/").content.decode()  # shown once
+    # The session's half alone (another browser with the same session) shows nothing.
+    client.post("/settings/keys/", {"name": "second"})
+    client.cookies.pop("barista_new_key")
+    assert 'id="new-key"' not in client.get("/settings/keys/").content.decode()
+
+
 def test_limits_past_their_bounds_are_a_form_error_not_a_server_error(alice, chat_backend):
     client = signed_in(alice)
     for field in ("requests_per_minute", "tokens_per_minute", "max_concurrent"):

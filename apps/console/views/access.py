@@ -7,10 +7,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from apps.api import shown_once
 from apps.api.forms import StaffApiKeyForm
 from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
-from apps.api.views import NEW_KEY_SESSION
 from apps.console.decorators import staff_required
 from apps.console.models import AuditEntry
 from apps.console.services import audit
@@ -22,15 +22,15 @@ def key_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         key, plain = form.create(form.cleaned_data["owner"])
         audit(request, "key.create", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
-        request.session[NEW_KEY_SESSION] = plain  # shown once, by the next page
-        return redirect("console:keys")
-    created = request.session.pop(NEW_KEY_SESSION, None)
+        return shown_once.stash(request, redirect("console:keys"), plain)  # shown once, next
+    created = shown_once.take(request)
     keys = ApiKey.objects.select_related("owner")[:500]
-    return render(
+    response = render(
         request,
         "console/keys.html",
         {"form": form, "keys": keys, "created": created, "section": "keys"},
     )
+    return shown_once.forget(request, response)
 
 
 @staff_required
