@@ -47,7 +47,8 @@ def simple_worker_seconds(env: dict[str, str], queues_code: str) -> float:
     code = (
         "import django, time; django.setup(); from redis import Redis;"
         f"from rq import Queue, SimpleWorker; {queues_code};"
-        "t = time.perf_counter(); SimpleWorker(qs, connection=qs[0].connection)"
+        "t = time.perf_counter();"
+        " SimpleWorker(qs, connection=qs[0].connection, serializer=qs[0].serializer)"
         ".work(burst=True, logging_level='WARNING'); print(time.perf_counter() - t)"
     )
     out = subprocess.run(

@@ -28,7 +28,7 @@ django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("BARISTA_VAR_DIR") or BASE_DIR / "var")
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)  # secrets, the database, Redis
 
 # Off unless asked for: `make up` (and the tests) turn it on for a local run. With it off,
 # SECRET_KEY and ALLOWED_HOSTS must be given; with it on, only loopback hosts are served.
@@ -41,6 +41,8 @@ def _kept_secret(name: str) -> str:
     """A secret generated once per checkout into ``var/`` (git-ignored), so it survives
     restarts; created private (mode 600), never readable by others even for a moment."""
     path = VAR_DIR / name
+    if path.exists() and not path.read_text(encoding="utf-8").strip():
+        path.unlink()  # empty (a crash while it was written): replaced, never used
     if not path.exists():
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
@@ -60,6 +62,9 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# DEBUG's error pages hide settings whose names look secret; Redis and database URLs
+# carry passwords under other names (REDIS_URL, CACHES' LOCATION, RQ_QUEUES' URL…).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "project.reporting.SecretUrlsFilter"
 
 
 def _allowed_hosts() -> list[str]:
@@ -70,7 +75,8 @@ def _allowed_hosts() -> list[str]:
             f"this server answers to, separated by commas. {_LOCAL_RUN}"
         )
     if DEBUG and any(host not in _LOOPBACK for host in given):
-        # DEBUG pages show settings and code: never to anyone but this machine.
+        # DEBUG pages show settings and code: not for other hosts (make up also binds to
+        # loopback; Host is the client's to choose, so the binding is what holds).
         raise ImproperlyConfigured(
             "DEBUG is on, which is for this machine only: ALLOWED_HOSTS may name only "
             f"{', '.join(_LOOPBACK)}. Turn DEBUG off to serve other hosts."
@@ -215,7 +221,9 @@ CHANNEL_LAYERS = {
 
 # Interactive chat prompts are listed first so workers take them before bulk API traffic.
 BARISTA_QUEUES = envlist("BARISTA_QUEUES", ["interactive", "bulk"])
-# Jobs are JSON, not pickles: loading a job from Redis runs no code, whoever wrote it.
+# Jobs are JSON, not pickles: loading a job from Redis runs no code, whoever wrote it;
+# and the callbacks a job record may name are never called (apps.gateway.queues).
+RQ = {"JOB_CLASS": "apps.gateway.queues.BaristaJob"}
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SERIALIZER": "rq.serializers.JSONSerializer"}
     for name in BARISTA_QUEUES

@@ -77,3 +77,11 @@ def test_debug_with_a_host_other_than_this_machine_is_refused(tmp_path):
     exposed = django_check(tmp_path, DEBUG="1", ALLOWED_HOSTS="127.0.0.1,barista.example")
     assert exposed.returncode != 0
     assert "DEBUG is on, which is for this machine only" in exposed.stderr
+
+
+def test_debug_error_pages_hide_connection_urls_with_their_passwords():
+    from project.reporting import SecretUrlsFilter
+
+    safe = SecretUrlsFilter().get_safe_settings()
+    assert ":" not in str(safe["REDIS_URL"]) or "*" in str(safe["REDIS_URL"])
+    assert settings.REDIS_URL not in str(safe)

@@ -7,6 +7,7 @@ half is any use without the other, and both are dropped when the key is shown.""
 from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 SESSION_KEY = "barista.new_api_key"
@@ -23,7 +24,7 @@ def stash(request: HttpRequest, response: HttpResponse, plain: str) -> HttpRespo
         one_time.decode(),
         max_age=COOKIE_AGE,
         path=request.path,
-        secure=request.is_secure(),
+        secure=settings.SESSION_COOKIE_SECURE or request.is_secure(),
         httponly=True,
         samesite="Strict",
     )

@@ -38,12 +38,12 @@ class EnabledBackends:
         for backend in backend_list_enabled():
             by_kind[backend.kind][backend.alias].append(backend)
         self._by_kind = {kind: dict(aliases) for kind, aliases in by_kind.items()}
+        # Shared only when every enabled backend of the alias says so.
         self._shared = {
-            backend.alias
+            alias
             for aliases in self._by_kind.values()
-            for backends in aliases.values()
-            for backend in backends
-            if backend.share_answers
+            for alias, backends in aliases.items()
+            if all(backend.share_answers for backend in backends)
         }
         self._loaded_at = time.monotonic()
 

@@ -22,11 +22,19 @@ def backend_save(*, backend: Backend, api_key: str = "", clear_api_key: bool = F
     elif api_key:
         backend.set_api_key(api_key)
     with transaction.atomic():
+        # Sharing is the alias's: every backend of it says the same. Ticking or unticking
+        # it on one sets it for all; a backend new to an alias (added, or moved) takes
+        # the alias's choice instead of imposing its own.
+        before = Backend.objects.filter(pk=backend.pk).values("alias", "share_answers").first()
+        others = Backend.objects.filter(alias=backend.alias).exclude(pk=backend.pk)
+        changed = before is not None and before["share_answers"] != backend.share_answers
+        joined = before is None or before["alias"] != backend.alias
+        if joined and not changed:
+            existing = others.values_list("share_answers", flat=True).first()
+            if existing is not None:
+                backend.share_answers = existing
         backend.save()
-        # Sharing is the alias's: every backend of it says the same.
-        Backend.objects.filter(alias=backend.alias).exclude(pk=backend.pk).update(
-            share_answers=backend.share_answers
-        )
+        others.update(share_answers=backend.share_answers)
     return backend
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import uuid
+from importlib import import_module
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -160,7 +161,14 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         if request is None:
             raise InvalidInput("Request not found.", "not_found")
-        if not (await database_sync_to_async(_model_state)(request.model))[1]:
+        signed_in, _, is_shared = await database_sync_to_async(_prompt_checks)(
+            self.scope, request.model
+        )
+        if not signed_in:
+            await self._refuse(payload, InvalidInput("You are signed out.", "signed_out"))
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not is_shared:
             self.private.add(str(request.id))
         await self.subscription.join(request.id)
         # It may have finished between the page render and now: send the final state.
@@ -311,12 +319,12 @@ def _still_signed_in(scope: dict[str, Any]) -> bool:
     session, user = scope.get("session"), scope.get("user")
     if session is None or user is None or not session.session_key:
         return False
-    if not session.exists(session.session_key):
-        return False  # signed out (the session was deleted) or expired
+    # Read afresh: a session signed out (deleted) or expired loads as nothing.
+    stored = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key).load()
     current = User.objects.filter(pk=user.pk, is_active=True).first()
     if current is None:
         return False
-    return constant_time_compare(session.get(HASH_SESSION_KEY, ""), current.get_session_auth_hash())
+    return constant_time_compare(stored.get(HASH_SESSION_KEY, ""), current.get_session_auth_hash())
 
 
 def _ref(payload: Any) -> Any:

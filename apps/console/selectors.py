@@ -138,8 +138,10 @@ def queue_rows(redis: Redis) -> list[QueueRow]:
                 name=name,
                 depth=fairness.depths(redis, [rq_queue])[0],
                 oldest_wait=oldest,
-                running=StartedJobRegistry(name, connection=redis).count,
-                failed=FailedJobRegistry(name, connection=redis).count,
+                # Counted, not cleaned up: RQ's clean-up reads (and may unpickle) job
+                # data, which is the worker's business, not a page's.
+                running=int(redis.zcard(StartedJobRegistry(name, connection=redis).key)),
+                failed=int(redis.zcard(FailedJobRegistry(name, connection=redis).key)),
                 paused=name in paused,
             )
         )
@@ -167,7 +169,9 @@ def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
     found: list[tuple[str, str]] = []
     for name in settings.BARISTA_QUEUES:
         if kind == "failed":
-            ids = FailedJobRegistry(name, connection=redis).get_job_ids(0, limit - 1, desc=True)
+            ids = FailedJobRegistry(name, connection=redis, serializer=SERIALIZER).get_job_ids(
+                0, limit - 1, desc=True, cleanup=False
+            )
         else:
             ids = fairness.waiting_ids(redis, queue(name), limit)
         found += [(name, job_id) for job_id in ids]

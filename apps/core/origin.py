@@ -37,6 +37,9 @@ def same_origin(scope: dict[str, Any]) -> bool:
         return False
     scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
     proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
-    if proxy and headers.get(b"x-forwarded-proto") == "https":
-        scheme = "https"  # TLS ended at a proxy Django is told to trust
+    if proxy:  # TLS ended at a proxy Django is told to trust: its header, first value
+        name = proxy[0].removeprefix("HTTP_").replace("_", "-").lower().encode()
+        forwarded = headers.get(name, "").split(",")[0].strip()
+        if forwarded == proxy[1]:
+            scheme = "https"
     return origin in (f"{scheme}://{host}", *settings.CSRF_TRUSTED_ORIGINS)

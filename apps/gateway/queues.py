@@ -12,10 +12,30 @@ import django_rq
 from django.conf import settings
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 # Jobs are stored as JSON (settings.RQ_QUEUES): whatever reads one must say so.
 SERIALIZER = JSONSerializer
+
+
+class BaristaJob(Job):
+    """RQ's job, less callbacks. A job record names its callbacks by import path and RQ
+    calls them — in its clean-ups too, not only where the job function would run. Barista
+    sets none, so whatever a record in Redis names is ignored (settings.RQ's JOB_CLASS)."""
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
 
 _queues: dict[tuple[str, str], Queue] = {}
 

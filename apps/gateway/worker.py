@@ -32,6 +32,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import parse_payload
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.suspension import is_suspended
 from rq.worker import BaseWorker, WorkerStatus
@@ -194,8 +195,7 @@ class GatewayWorker(BaseWorker):
         if not popped:
             return 0
         all_ids = [job_id for _, ids in popped for job_id in ids]
-        jobs = Job.fetch_many(all_ids, connection=self.connection, serializer=self.serializer)
-        by_id = {job.id: job for job in jobs if job is not None}
+        by_id = {job.id: job for job in self._fetch(all_ids)}
         batch: list[Running] = []
         with self.connection.pipeline() as pipe:
             for queue, ids in popped:
@@ -214,6 +214,29 @@ class GatewayWorker(BaseWorker):
             self.running[running.job.id] = running
             running.task = asyncio.create_task(self._run(running), name=running.job.id)
         return len(batch)
+
+    def _fetch(self, job_ids: list[str]) -> list[Job]:
+        """The jobs, skipping any whose record cannot be read (corrupt, or written by
+        someone else): logged and left alone, never the end of the worker."""
+        try:
+            fetched = self.job_class.fetch_many(job_ids, self.connection, self.serializer)
+            return [job for job in fetched if job]
+        except RedisError:
+            raise
+        except Exception:
+            found = []
+            for job_id in job_ids:
+                try:
+                    job = self.job_class.fetch(
+                        job_id, connection=self.connection, serializer=self.serializer
+                    )
+                    job.get_status(refresh=False)
+                    found.append(job)
+                except NoSuchJobError:
+                    continue
+                except Exception:
+                    logger.error("job %s: its record cannot be read; skipped", job_id)
+            return found
 
     async def _run(self, running: Running) -> None:
         job = running.job

@@ -121,7 +121,16 @@ def _change_password(user) -> None:
     user.save()
 
 
-@pytest.mark.parametrize("end_it", [_sign_out, _deactivate, _change_password])
+def _expire(user) -> None:
+    import datetime
+
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    Session.objects.update(expire_date=timezone.now() - datetime.timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("end_it", [_sign_out, _expire, _deactivate, _change_password])
 async def test_a_socket_whose_person_signed_out_sends_no_more_prompts(alice, chat_backend, end_it):
     """Signing out, being deactivated or a password change (elsewhere) ends what an open
     socket may do: its next prompt is refused and the socket closed."""

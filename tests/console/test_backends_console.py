@@ -175,6 +175,27 @@ def test_a_key_variable_must_be_one_of_barista_s_own_never_a_server_setting(staf
     assert Backend.objects.get().api_key() == ""
 
 
+def test_sharing_is_the_alias_s_and_a_newcomer_takes_the_alias_s_choice(staff):
+    from apps.backends.services import backend_save
+
+    def make(name: str, alias: str, share: bool) -> Backend:
+        backend = Backend(name=name, alias=alias, base_url="http://127.0.0.1:9/v1", model_name="m")
+        backend.share_answers = share
+        return backend_save(backend=backend)
+
+    first = make("faq-1", "faq", True)  # the alias's first backend sets its choice
+    second = make("faq-2", "faq", False)  # a newcomer takes it
+    assert second.share_answers is True
+    private = make("chat-1", "chat", False)
+    private.alias, private.share_answers = "faq", False  # moved in, box as it was: joins
+    assert backend_save(backend=private).share_answers is True
+    first.share_answers = False  # unticked on one: the alias is private again
+    backend_save(backend=first)
+    assert set(Backend.objects.filter(alias="faq").values_list("share_answers", flat=True)) == {
+        False
+    }
+
+
 def test_drain_disable_enable_take_effect_and_are_audited(staff, chat_backend):
     client = signed_in(staff)
     url = f"/console/backends/{chat_backend.pk}/state/"

@@ -76,3 +76,30 @@ def test_a_running_worker_fails_a_planted_job_without_running_it(
         timeout=20,
     )
     assert not planted.exists()
+
+
+def test_callbacks_a_job_record_names_are_never_called(redis_conn):
+    """RQ calls a job's callbacks by the import path its record holds (in its clean-ups
+    too): Barista's job class ignores them."""
+    from apps.gateway.queues import BaristaJob
+
+    job = queue("interactive").create_job(runs.PROCESS_REQUEST_JOB, args=("x",))
+    job.save()
+    redis_conn.hset(
+        f"rq:job:{job.id}",
+        mapping={
+            "success_callback_name": "os.system",
+            "failure_callback_name": "os.system",
+            "stopped_callback_name": "os.system",
+        },
+    )
+    loaded = BaristaJob.fetch(job.id, connection=redis_conn, serializer=SERIALIZER)
+    assert (
+        type(queue("interactive")).job_class is BaristaJob
+        or queue("interactive").job_class is BaristaJob
+    )
+    assert (loaded.success_callback, loaded.failure_callback, loaded.stopped_callback) == (
+        None,
+        None,
+        None,
+    )

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connections
 
-from apps.gateway.queues import SERIALIZER, queue
+from apps.gateway.queues import SERIALIZER, BaristaJob, queue
 from apps.gateway.worker import GatewayWorker
 
 
@@ -31,6 +31,7 @@ class Command(BaseCommand):
             queues,
             connection=queues[0].connection,
             serializer=SERIALIZER,
+            job_class=BaristaJob,
             name=options["name"] or f"gateway-{os.uname().nodename}-{os.getpid()}",
             concurrency=settings.BARISTA_WORKER_CONCURRENCY,
             heartbeat_interval=settings.BARISTA_WORKER_HEARTBEAT,

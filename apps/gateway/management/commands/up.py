@@ -101,7 +101,9 @@ class Command(BaseCommand):
         raise KeyboardInterrupt
 
     def _start(self, options: dict[str, Any]) -> None:
-        if not os.environ.get("REDIS_URL"):
+        # What this run writes — the database, Redis' data, logs — is its user's alone.
+        os.umask(0o077)
+        if settings.EMBEDDED_REDIS_PASSWORD:  # no REDIS_URL (nor REDIS_URL_FILE) given
             self.redis = EmbeddedRedis(
                 port=settings.EMBEDDED_REDIS_PORT,
                 data_dir=settings.VAR_DIR / "redis",
