@@ -126,14 +126,8 @@ async def stream_chat(
                     raise BackendError(f"backend {backend.name} sent a malformed stream") from None
             if not finished and finish_reason is None:
                 raise BackendError(f"backend {backend.name} ended its answer early")
-    except httpx.ConnectTimeout:
-        raise BackendError(f"could not reach backend {backend.name}", unreachable=True) from None
-    except httpx.TimeoutException:
-        raise BackendError(f"backend {backend.name} timed out") from None
-    except httpx.TransportError:
-        raise BackendError(
-            f"could not reach backend {backend.name}", unreachable=not answered
-        ) from None
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        raise _transport_error(backend, exc, answered=answered) from None
     yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)
 
 
@@ -171,14 +165,18 @@ async def embed(
         except (ValueError, KeyError, TypeError, AttributeError):
             raise BackendError(f"backend {backend.name} sent malformed embeddings") from None
         return vectors, tokens if isinstance(tokens, int) else None
-    except httpx.ConnectTimeout:
-        raise BackendError(f"could not reach backend {backend.name}", unreachable=True) from None
-    except httpx.TimeoutException:
-        raise BackendError(f"backend {backend.name} timed out") from None
-    except httpx.TransportError:
-        raise BackendError(
-            f"could not reach backend {backend.name}", unreachable=not answered
-        ) from None
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        raise _transport_error(backend, exc, answered=answered) from None
+
+
+def _transport_error(backend: Backend, exc: Exception, *, answered: bool) -> BackendError:
+    """What an HTTP transport failure says about the backend: unreachable when it never
+    answered (it is down or away, not failing this request), else timed out or cut."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return BackendError(f"could not reach backend {backend.name}", unreachable=True)
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError(f"backend {backend.name} timed out")
+    return BackendError(f"could not reach backend {backend.name}", unreachable=not answered)
 
 
 def _headers(backend: Backend) -> dict[str, str]:
