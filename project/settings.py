@@ -274,10 +274,14 @@ if not DEBUG:
     # SECURE_PROXY_SSL_HEADER=1 so Django trusts its X-Forwarded-Proto.
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    # /v1/ follows the same two rules itself (apps/api/http.py). An hour to begin with:
+    # raise it to a year once HTTPS is known to work. includeSubDomains binds only the
+    # names under this server's own host (the gateway's, not its parent domain's);
+    # preload does nothing until max-age is a year and someone submits the host to the
+    # browsers' preload list. Both are on so `check --deploy` passes on these defaults.
     SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 3600, minimum=0)
-    # Off by default: they bind every subdomain of the host to HTTPS, for a long time.
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
-    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", True)
     if envbool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -316,6 +320,12 @@ BARISTA_RECONCILE_INTERVAL = envint("BARISTA_RECONCILE_INTERVAL", 10, minimum=1)
 BARISTA_RECONCILE_AFTER = envint("BARISTA_RECONCILE_AFTER", 30, minimum=1)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
+# Whether backends may be at private or loopback addresses (10/8, 192.168/16, 127/8, fc00::/7
+# and other non-public space), checked on every connection (apps/core/egress.py). On by
+# default: the simulator and local model servers (Ollama, vLLM) listen there. Turn it off
+# where every backend is a public API, so a backend URL cannot reach the internal network.
+# Metadata, link-local, unspecified and multicast addresses are refused either way.
+BARISTA_BACKENDS_ALLOW_PRIVATE = envbool("BARISTA_BACKENDS_ALLOW_PRIVATE", True)
 # Balancer: peak_ewma (default), round_robin, weighted, least_inflight; per alias with
 # BARISTA_BALANCER_BY_ALIAS="alias=strategy,other=strategy".
 BARISTA_BALANCER = envstr("BARISTA_BALANCER", "peak_ewma") or "peak_ewma"

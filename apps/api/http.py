@@ -70,6 +70,8 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
         if message.get("more_body"):
             return
         try:
+            if not (self.is_secure() or _plain_http_allowed()):
+                raise HTTPS_REQUIRED
             await self.route(b"".join(self.body))
         except ApiError as exc:
             await self.error(exc)
@@ -98,6 +100,8 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
         — instead of a dropped connection, unless the door keeps it waiting
         (``waits_through_redis_outages``)."""
         self.scope = scope
+        if self.is_secure():
+            self.extra_headers.extend(_hsts())
         self.channel_layer = get_channel_layer()
         self.base_send = send
         self._channel_open = asyncio.Event()
@@ -150,6 +154,18 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
         """Whether this request keeps waiting when Redis stops answering (else: 503)."""
         return False
 
+    def is_secure(self) -> bool:
+        """Served over HTTPS: by this server, or by a proxy that ends TLS and says so in
+        the header ``SECURE_PROXY_SSL_HEADER`` names (as Django's ``request.is_secure``)."""
+        if self.scope.get("scheme") == "https":
+            return True
+        proxy: tuple[str, str] | None = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+        if not proxy:
+            return False
+        name, secure = proxy
+        value = self.header(name.removeprefix("HTTP_").replace("_", "-").lower().encode())
+        return value is not None and value.split(",", 1)[0].strip() == secure
+
     def header(self, name: bytes) -> str | None:
         for key, value in self.scope.get("headers", []):
             if key.lower() == name:
@@ -198,6 +214,34 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
             ],
         )
         self.headers_sent = True
+
+
+# The API lives outside Django's middleware, so it applies SecurityMiddleware's two rules
+# for transport itself: plain HTTP is refused (never redirected: the key has already
+# crossed the network in clear, and clients do not repeat a POST at a new address), and
+# answers over HTTPS carry the same Strict-Transport-Security header as the pages.
+HTTPS_REQUIRED = ApiError(
+    403,
+    "This server answers the API over HTTPS only. Use an https:// base URL "
+    "If you sent an API key, rotate it: it crossed the network in clear.",
+    code="https_required",
+)
+
+
+def _plain_http_allowed() -> bool:
+    return settings.DEBUG or not settings.SECURE_SSL_REDIRECT
+
+
+def _hsts() -> list[tuple[bytes, bytes]]:
+    seconds = settings.SECURE_HSTS_SECONDS
+    if not seconds:
+        return []
+    value = f"max-age={seconds}"
+    if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+        value += "; includeSubDomains"
+    if settings.SECURE_HSTS_PRELOAD:
+        value += "; preload"
+    return [(b"strict-transport-security", value.encode())]
 
 
 SSE_DONE = b"data: [DONE]\n\n"

@@ -271,3 +271,34 @@ def test_a_body_nested_past_the_bound_is_a_400_and_a_deep_schema_within_it_is_fi
     tool = {"type": "function", "function": {"name": "deep", "parameters": schema}}
     response = post(api, {**HELLO, "tools": [tool]})
     assert response.status_code == 200, response.text
+
+
+PRODUCTION_WEB = {
+    "DEBUG": "0",
+    "SECRET_KEY": "tests-" + "k" * 50,
+    "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "SECURE_PROXY_SSL_HEADER": "1",
+}
+
+
+@pytest.mark.web_env(**PRODUCTION_WEB)
+def test_with_debug_off_plain_http_is_refused_and_https_answers_carry_hsts(api):
+    refused = post(api, HELLO)
+    assert error_of(refused, 403)["code"] == "https_required"
+    assert "strict-transport-security" not in refused.headers
+    assert no_backend_call(api) and not PromptRequest.objects.exists()
+    models = httpx.get(f"{api.url}/models", headers=api.headers(), timeout=10)
+    assert error_of(models, 403)["code"] == "https_required"
+
+    # Behind a proxy that ends TLS and says so (SECURE_PROXY_SSL_HEADER): served, with
+    # the same HSTS header the pages send, on the production defaults.
+    answered = post(api, HELLO, **{"X-Forwarded-Proto": "https"})
+    assert answered.status_code == 200, answered.text
+    hsts = "max-age=3600; includeSubDomains; preload"
+    assert answered.headers["strict-transport-security"] == hsts
+    models = httpx.get(
+        f"{api.url}/models", headers={**api.headers(), "X-Forwarded-Proto": "https"}, timeout=10
+    )
+    assert models.status_code == 200 and models.headers["strict-transport-security"] == hsts
+    # A proxy saying "http" is plain HTTP.
+    error_of(post(api, HELLO, **{"X-Forwarded-Proto": "http"}), 403)
