@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 
@@ -55,15 +56,57 @@ class BackendForm(forms.ModelForm[Backend]):
         cleaned = super().clean() or {}
         if cleaned.get("api_key") and cleaned.get("api_key_env"):
             self.add_error("api_key", "Give either a key or a variable name, not both.")
+        self._keep_the_key_where_it_was_saved_for(cleaned)
         return cleaned
+
+    def _keep_the_key_where_it_was_saved_for(self, cleaned: dict[str, Any]) -> None:
+        """A stored key goes only to the server it was saved for: with the base URL's
+        scheme, host or port changed, the key must be typed again (or removed), for a
+        test and for a save alike — else whoever edits the URL could have the key sent to
+        a server of their own."""
+        saved = self.instance.pk is not None and self.instance.api_key_encrypted
+        new_url = cleaned.get("base_url")
+        if not saved or not new_url or cleaned.get("api_key") or cleaned.get("clear_api_key"):
+            return
+        if _origin(new_url) != _origin(self.initial.get("base_url", "")):
+            self.add_error(
+                "api_key",
+                "The URL now points at another server (scheme, host or port): type the "
+                "API key again, or tick “Remove the stored key”. A stored key is only "
+                "sent to the server it was saved for.",
+            )
 
     @property
     def change_summary(self) -> str:
-        """What a save changes, for the audit log: field names and what happens to the
+        """What a save changes, for the audit log: field names, old and new values of
+        where requests go and which key variable they carry, and what happens to the
         stored key (never the key itself)."""
-        changed = [name for name in self.changed_data if name not in ("api_key", "clear_api_key")]
+        changed = []
+        for name in self.changed_data:
+            if name in ("api_key", "clear_api_key"):
+                continue
+            if name in AUDITED_VALUES and self.instance.pk is not None:
+                old = self.initial.get(name) or "—"
+                changed.append(f"{name}: {old} → {self.cleaned_data.get(name) or '—'}")
+            else:
+                changed.append(name)
         if self.cleaned_data.get("clear_api_key"):
             changed.append("key removed")
         elif self.cleaned_data.get("api_key"):
             changed.append("key replaced")
         return ", ".join(changed)
+
+
+# Fields whose old and new values the audit log keeps: where a backend's requests (and its
+# key) go, and under which alias and state it serves.
+AUDITED_VALUES = ("base_url", "api_key_env", "alias", "state", "share_answers")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower().rstrip("."), port

@@ -1,14 +1,14 @@
-"""Writes to the backend registry: what staff do in the console or the Django admin."""
+"""Writes to the backend registry: what staff do in the console."""
 
 from __future__ import annotations
 
-import httpx
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
 
 from apps.backends import health
 from apps.backends.models import Backend
+from apps.core.clients import backend_http_client
 
 
 def backend_save(*, backend: Backend, api_key: str = "", clear_api_key: bool = False) -> Backend:
@@ -54,7 +54,8 @@ def backend_test_connection(
     key = "" if clear_api_key else api_key or backend.api_key()
 
     async def run() -> health.CheckResult:
-        async with httpx.AsyncClient(follow_redirects=False) as client:
+        # The workers' client, new: the same address check, no redirects, no env proxies.
+        async with backend_http_client() as client:
             return await health.check(
                 client,
                 name=backend.name,

@@ -227,3 +227,43 @@ def test_the_list_shows_live_state(staff, start_simulator, redis_conn):
     [row] = data["backends"]
     assert data["redis"] is True
     assert (row["in_flight"], row["ttft_ms"], row["circuit"]) == (2, 250, "closed")
+
+
+def test_a_stored_key_goes_only_to_the_server_it_was_saved_for(staff, start_simulator):
+    simulator = start_simulator("--api-key", SECRET)
+    elsewhere = start_simulator()  # another server, which would log what it is sent
+    client = signed_in(staff)
+    client.post("/console/backends/add/", form_data(simulator.base_url, api_key=SECRET))
+    backend = Backend.objects.get(name="gpu-1")
+    page = f"/console/backends/{backend.pk}/"
+
+    # Pointed at another port (then host, then scheme) with the key left blank: refused,
+    # for a test and for a save, and nothing was sent anywhere.
+    moved = [
+        elsewhere.base_url,
+        simulator.base_url.replace("127.0.0.1", "localhost"),
+        simulator.base_url.replace("http://", "https://"),
+    ]
+    for url in moved:
+        for action in ("test", "save"):
+            response = client.post(page, form_data(url, action=action))
+            assert response.status_code == 200
+            assert "type the API key again" in response.content.decode()
+    sent = elsewhere.stats()
+    assert sent["model_lists_total"] == sent["requests_total"] == 0
+    backend.refresh_from_db()
+    assert (backend.base_url, backend.api_key()) == (simulator.base_url, SECRET)
+    assert [e.action for e in AuditEntry.objects.all()] == ["backend.add"]
+
+    # The same server by another path is fine; so is a new server with the key retyped
+    # (or the key removed).
+    response = client.post(page, form_data(simulator.base_url + "/", action="test"))
+    assert "gpu-1 is up" in response.content.decode()
+    response = client.post(page, form_data(elsewhere.base_url, api_key="sk-other"))
+    assert response.status_code == 302
+    backend.refresh_from_db()
+    assert (backend.base_url, backend.api_key()) == (elsewhere.base_url, "sk-other")
+    # The audit log says where it pointed before and after (and never the key).
+    entry = AuditEntry.objects.filter(action="backend.edit").get()
+    assert f"base_url: {simulator.base_url} → {elsewhere.base_url}" in entry.detail
+    assert "key replaced" in entry.detail and "sk-other" not in entry.detail
