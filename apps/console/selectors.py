@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.db import connection as db_connection
 from redis import Redis
 from redis.exceptions import RedisError
@@ -18,6 +19,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from apps.backends import live
 from apps.backends.models import Backend
+from apps.console.models import AuditEntry
 from apps.gateway import cache, fairness, metrics
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import SERIALIZER, connection, paused_queues, queue
@@ -265,3 +267,40 @@ def overview() -> dict[str, Any]:
         "cache_ratio": counters["hit_ratio"] if counters.get("asked") else None,
         "all_ok": all(check.ok for check in checks),
     }
+
+
+# --- The audit log ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    at: datetime.datetime
+    actor: Any
+    action: str
+    target: str
+    detail: str
+
+
+_ADMIN_ACTIONS = {ADDITION: "admin.add", CHANGE: "admin.change", DELETION: "admin.delete"}
+
+
+def audit_log(*, limit: int) -> list[AuditRow]:
+    """What staff did, newest first: the console's operations and every change made in
+    Django's admin (its own log, read as it is — bulk deletions there write no signals)."""
+    rows = [
+        AuditRow(entry.at, entry.actor, entry.action, entry.target, entry.detail)
+        for entry in AuditEntry.objects.select_related("actor")[:limit]
+    ]
+    for entry in LogEntry.objects.select_related("user", "content_type")[:limit]:
+        kind = entry.content_type.model if entry.content_type else "object"
+        rows.append(
+            AuditRow(
+                at=entry.action_time,
+                actor=entry.user,
+                action=_ADMIN_ACTIONS.get(entry.action_flag, "admin"),
+                target=f"{kind} {entry.object_repr}"[:200],
+                detail=entry.get_change_message(),
+            )
+        )
+    rows.sort(key=lambda row: row.at, reverse=True)
+    return rows[:limit]

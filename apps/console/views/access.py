@@ -12,7 +12,7 @@ from apps.api.forms import StaffApiKeyForm
 from apps.api.models import ApiKey
 from apps.api.services import api_key_revoke
 from apps.console.decorators import staff_required
-from apps.console.models import AuditEntry
+from apps.console.selectors import audit_log
 from apps.console.services import audit
 
 
@@ -45,5 +45,5 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 @staff_required
 def audit_list(request: HttpRequest) -> HttpResponse:
-    entries = AuditEntry.objects.select_related("actor")[:200]
+    entries = audit_log(limit=200)
     return render(request, "console/audit.html", {"entries": entries, "section": "audit"})
