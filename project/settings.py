@@ -289,6 +289,11 @@ if not DEBUG:
 # Anyone may make an account at /accounts/signup/ (off: staff add people in the admin).
 BARISTA_SIGNUP = envbool("BARISTA_SIGNUP", False)
 BARISTA_MAX_PROMPT_CHARS = envint("BARISTA_MAX_PROMPT_CHARS", 32_000, minimum=1)
+# What a chat prompt sends of its conversation (and each ledger row stores): the newest
+# turns within both bounds, so a long conversation costs the same per prompt, not more
+# each time. The prompt itself always goes (it has its own bound above).
+BARISTA_CHAT_HISTORY_MESSAGES = envint("BARISTA_CHAT_HISTORY_MESSAGES", 40, minimum=0)
+BARISTA_CHAT_HISTORY_CHARS = envint("BARISTA_CHAT_HISTORY_CHARS", 64_000, minimum=0)
 BARISTA_MAX_SOCKET_MESSAGE_BYTES = envint("BARISTA_MAX_SOCKET_MESSAGE_BYTES", 256_000, minimum=1)
 BARISTA_JOB_TIMEOUT = envint("BARISTA_JOB_TIMEOUT", 300, minimum=1)
 # The worker: prompts in flight per process, heartbeats, and how fast the jobs of a dead

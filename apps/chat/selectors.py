@@ -46,12 +46,16 @@ class Line:
         return self.request.id if self.request is not None else None
 
 
-def message_list(*, conversation: Conversation) -> list[Line]:
-    """The conversation in order: each prompt, then its answer once there is one."""
+def message_list(*, conversation: Conversation, latest: int | None = None) -> list[Line]:
+    """The conversation in order: each prompt, then its answer once there is one — or
+    only its ``latest`` prompts and their answers."""
     lines: list[Line] = []
     messages = conversation.messages.select_related("request").defer(
         "request__messages", "request__params", "request__error"
     )
+    if latest is not None:
+        newest_first = messages.order_by("-created_at", "-id")[:latest]
+        messages = messages.filter(pk__in=[m.pk for m in newest_first])
     for message in messages:
         request = message.request
         lines.append(Line("user", message.content, request))
@@ -60,11 +64,14 @@ def message_list(*, conversation: Conversation) -> list[Line]:
     return lines
 
 
-def conversation_history(*, conversation: Conversation) -> list[dict[str, str]]:
-    """The conversation as chat messages for the model: prompts and their answers."""
+def conversation_history(
+    *, conversation: Conversation, latest: int | None = None
+) -> list[dict[str, str]]:
+    """The conversation as chat messages for the model: prompts and their answers (of
+    the ``latest`` prompts only, if given)."""
     return [
         {"role": line.role, "content": line.content}
-        for line in message_list(conversation=conversation)
+        for line in message_list(conversation=conversation, latest=latest)
     ]
 
 

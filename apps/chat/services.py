@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
@@ -86,7 +87,9 @@ def chat_prompt_submit(
         conversation.save(update_fields=["model", "params", "updated_at"])
         if replace_last:
             _drop_last_exchange(conversation)
-    history = conversation_history(conversation=conversation)
+    # Read no more prompts than the bound could send (each is at least one message).
+    latest = settings.BARISTA_CHAT_HISTORY_MESSAGES
+    history = _bounded(conversation_history(conversation=conversation, latest=latest))
     history.append({"role": "user", "content": content})
     request = request_submit(
         principal=Principal(user.pk),
@@ -100,6 +103,23 @@ def chat_prompt_submit(
     if request.status == PromptRequest.Status.DONE:
         request.backend  # noqa: B018 - a hit is replayed at once: load what it names here
     return ChatPrompt(request=request, conversation=conversation)
+
+
+def _bounded(history: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The newest whole exchanges of ``history`` within the history bounds: what a
+    prompt sends and its ledger row stores, however long the conversation has grown.
+    It starts with a prompt, never with an answer cut from its question."""
+    most_messages = settings.BARISTA_CHAT_HISTORY_MESSAGES
+    most_chars = settings.BARISTA_CHAT_HISTORY_CHARS
+    start, chars = len(history), 0
+    while start > 0:
+        chars += len(history[start - 1]["content"])
+        if len(history) - start + 1 > most_messages or chars > most_chars:
+            break
+        start -= 1
+    while start < len(history) and history[start]["role"] != "user":
+        start += 1
+    return history[start:]
 
 
 def _drop_last_exchange(conversation: Conversation) -> None:

@@ -312,3 +312,43 @@ def test_model_health_says_when_every_backend_of_a_model_is_down(alice, chat_bac
     assert chat_backend.base_url not in json.dumps(model)
     page = client.get("/").content.decode()
     assert "sim-chat (simulated) — down" in page
+
+
+def test_a_long_conversation_sends_and_stores_only_its_newest_turns(alice, settings):
+    """Each prompt carries the conversation so far; past the bounds, only the newest
+    whole exchanges go (and are stored on the ledger row), so the cost of a prompt stops
+    growing with the conversation."""
+    settings.BARISTA_CHAT_HISTORY_MESSAGES = 6
+    settings.BARISTA_CHAT_HISTORY_CHARS = 10_000
+    conversation = None
+    for turn in range(12):
+        conversation = answered(
+            alice,
+            f"q{turn} " + "x" * 1000,
+            f"a{turn} " + "y" * 1000,
+            conversation and conversation.pk,
+        )
+    sent = PromptRequest.objects.order_by("-queued_at").first().messages
+    # The last prompt: 6 messages of history (3 exchanges, oldest first) and itself.
+    assert [m["content"][:3] for m in sent] == ["q8 ", "a8 ", "q9 ", "a9 ", "q10", "a10", "q11"]
+
+    # The character bound: history within 2,500 characters keeps one exchange only —
+    # never an answer without its question.
+    settings.BARISTA_CHAT_HISTORY_CHARS = 2_500
+    prompt = chat_prompt_submit(
+        user=alice, model="sim-chat", content="q12", conversation_id=conversation.pk
+    )
+    row = PromptRequest.objects.get(id=prompt.id)
+    assert [m["content"][:3] for m in row.messages] == ["q11", "a11", "q12"]
+    PromptRequest.objects.filter(id=prompt.id).update(status="done", answer="a12")
+    # Room for the last answer but not its question: neither goes.
+    settings.BARISTA_CHAT_HISTORY_CHARS = 1_500
+    answered(alice, "q13", "a13", conversation.pk)
+    settings.BARISTA_CHAT_HISTORY_CHARS = 5
+    prompt = chat_prompt_submit(
+        user=alice, model="sim-chat", content="q14", conversation_id=conversation.pk
+    )
+    row = PromptRequest.objects.get(id=prompt.id)
+    assert [m["content"] for m in row.messages] == ["q14"]
+    # The conversation itself keeps everything.
+    assert len(conversation_history(conversation=conversation)) == 29
