@@ -286,6 +286,11 @@ if not DEBUG:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Barista --------------------------------------------------------------------------
+# Sign-in throttling (apps/core/signin.py): failed passwords per account and per address
+# within a window of seconds, past which tries are refused until the window ends.
+BARISTA_SIGNIN_ACCOUNT_FAILURES = envint("BARISTA_SIGNIN_ACCOUNT_FAILURES", 5, minimum=1)
+BARISTA_SIGNIN_ADDRESS_FAILURES = envint("BARISTA_SIGNIN_ADDRESS_FAILURES", 30, minimum=1)
+BARISTA_SIGNIN_WINDOW = envint("BARISTA_SIGNIN_WINDOW", 900, minimum=1)
 # Anyone may make an account at /accounts/signup/ (off: staff add people in the admin).
 BARISTA_SIGNUP = envbool("BARISTA_SIGNUP", False)
 BARISTA_MAX_PROMPT_CHARS = envint("BARISTA_MAX_PROMPT_CHARS", 32_000, minimum=1)

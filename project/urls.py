@@ -6,12 +6,13 @@ from apps.api import views as api_views
 from apps.chat import views as chat_views
 from apps.console import monitoring
 from apps.console.prometheus import prometheus_metrics
+from apps.core import signin
 
 urlpatterns = [
     path("healthz", monitoring.healthz, name="healthz"),
     path("readyz", monitoring.readyz, name="readyz"),
     path("metrics", prometheus_metrics, name="metrics"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", signin.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", chat_views.signup, name="signup"),
     path("console/", include("apps.console.urls")),
