@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.backends import live
 from apps.backends.models import Backend
+from apps.core import egress
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ async def check(
         response = await client.get(base_url.rstrip("/") + "/models", headers=headers, timeout=wait)
     except httpx.TimeoutException:
         return CheckResult(False, (time.monotonic() - started) * 1000, f"{name} timed out")
+    except egress.AddressRefused as exc:  # never connected: say why (staff see the address)
+        message = f"refused to call {name}: {exc.host} resolves to {exc.address}, {exc.reason}"
+        if exc.reason == egress.PRIVATE:
+            message += " (BARISTA_BACKENDS_ALLOW_PRIVATE is off)"
+        return CheckResult(False, (time.monotonic() - started) * 1000, message)
     except httpx.HTTPError:
         return CheckResult(False, (time.monotonic() - started) * 1000, f"could not reach {name}")
     ms = (time.monotonic() - started) * 1000

@@ -1,24 +1,30 @@
 """Base URLs staff may register. Callers never supply one; these checks keep a mistyped or
-malicious registration from pointing workers at cloud metadata services."""
+malicious registration from pointing workers at cloud metadata services or, when
+``BARISTA_BACKENDS_ALLOW_PRIVATE`` is off, the internal network.
+
+An address written in the URL is judged here by the same rule as every connection
+(``apps.core.egress.refusal``); a host name is judged when it is called, on what it then
+resolves to.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
-# Cloud instance-metadata endpoints by name (addresses are caught by the link-local check).
+from apps.core import egress
+
+# Cloud instance-metadata endpoints by name (their addresses are refused by egress).
 METADATA_HOSTS = {
     "metadata",
     "metadata.google.internal",
     "metadata.goog",
     "instance-data",
     "instance-data.ec2.internal",
-}
-METADATA_ADDRESSES = {
-    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
 }
 
 
@@ -35,11 +41,27 @@ def validate_backend_url(value: str) -> None:
         )
     if host in METADATA_HOSTS:
         raise ValidationError("Cloud metadata addresses are refused.", code="metadata")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return  # a host name: resolved at call time
-    if address.is_link_local or address in METADATA_ADDRESSES or address.is_multicast:
+    address = _literal_address(host)
+    if address is None:
+        return  # a host name: checked on what it resolves to, at every connection
+    reason = egress.refusal(address, allow_private=settings.BARISTA_BACKENDS_ALLOW_PRIVATE)
+    if reason is not None:
+        hint = " (BARISTA_BACKENDS_ALLOW_PRIVATE is off)" if reason == egress.PRIVATE else ""
         raise ValidationError(
-            "Link-local, multicast and cloud metadata addresses are refused.", code="address"
+            "%(host)s is %(reason)s: refused.%(hint)s",
+            code="address",
+            params={"host": host, "reason": reason, "hint": hint},
         )
+
+
+def _literal_address(host: str) -> egress.Address | None:
+    """The address ``host`` is written as, if it is one — including the short and numeric
+    IPv4 forms resolvers accept (``127.1``, ``2852039166``)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None

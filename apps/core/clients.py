@@ -2,7 +2,11 @@
 
 * ``redis()`` — the asyncio Redis client every layer uses for live state, the cache,
   coalescing, metrics and per-key counters;
-* ``http()`` — the HTTP client for backends (health checks and prompts).
+* ``http()`` — the HTTP client for backends (health checks and prompts);
+* ``backend_http_client()`` — a new one, for a one-off call (the console's test button).
+
+Every HTTP client for backends connects only to addresses backends may be reached at,
+checked on each connection (``apps.core.egress``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from apps.core.egress import GuardedTransport
 from apps.core.loop import PerLoop
 
 
@@ -33,16 +38,31 @@ def _make_redis() -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def backend_http_client(
+    *, timeout: httpx.Timeout | None = None, limits: httpx.Limits | None = None
+) -> httpx.AsyncClient:
+    """A new HTTP client for backends. Its connections go only to addresses that
+    ``apps.core.egress`` allows, checked as each is made. Redirects are never followed:
+    a backend must not point a worker elsewhere."""
+    return httpx.AsyncClient(
+        transport=GuardedTransport(limits=limits),
+        timeout=timeout or httpx.Timeout(5.0),
+        follow_redirects=False,
+        # No proxies, .netrc or credentials from the environment: a proxy (HTTP_PROXY,
+        # ALL_PROXY) would resolve the backend's name itself, past the address check.
+        # (httpx already skips env proxies when given a transport; this says so.)
+        trust_env=False,
+    )
+
+
 def _make_http() -> httpx.AsyncClient:
     # One client per process keeps connections to backends alive between prompts; making
-    # one per prompt (loading TLS certificates) cost ~50 ms. Redirects are never
-    # followed: a backend must not point a worker elsewhere.
-    return httpx.AsyncClient(
+    # one per prompt (loading TLS certificates) cost ~50 ms.
+    return backend_http_client(
         timeout=httpx.Timeout(
             settings.BARISTA_BACKEND_READ_TIMEOUT,
             connect=settings.BARISTA_BACKEND_CONNECT_TIMEOUT,
         ),
-        follow_redirects=False,
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
     )
 

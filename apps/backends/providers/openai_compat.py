@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from apps.backends.models import Backend
+from apps.core.egress import AddressRefused
 
 
 class BackendError(Exception):
@@ -172,6 +173,10 @@ async def embed(
 def _transport_error(backend: Backend, exc: Exception, *, answered: bool) -> BackendError:
     """What an HTTP transport failure says about the backend: unreachable when it never
     answered (it is down or away, not failing this request), else timed out or cut."""
+    if isinstance(exc, AddressRefused):
+        # Never connected, and no use waiting for it to come back: a setting or its DNS
+        # must change. Another backend may be tried. No host or address: people read this.
+        return BackendError(f"refused to call backend {backend.name}: it resolves to {exc.reason}")
     if isinstance(exc, httpx.ConnectTimeout):
         return BackendError(f"could not reach backend {backend.name}", unreachable=True)
     if isinstance(exc, httpx.TimeoutException):
