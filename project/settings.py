@@ -393,6 +393,8 @@ BARISTA_METRICS_ENABLED = envbool("BARISTA_METRICS_ENABLED", True)
 BARISTA_API_MAX_BODY_BYTES = envint("BARISTA_API_MAX_BODY_BYTES", 1_000_000, minimum=1024)
 BARISTA_API_MAX_MESSAGES = envint("BARISTA_API_MAX_MESSAGES", 1000, minimum=1)
 BARISTA_API_MAX_TOKENS = envint("BARISTA_API_MAX_TOKENS", 32_768, minimum=1)
+# API keys one person may hold (not revoked).
+BARISTA_MAX_KEYS_PER_PERSON = envint("BARISTA_MAX_KEYS_PER_PERSON", 20, minimum=1)
 # Most choices one chat completion may ask for (``n``).
 BARISTA_API_MAX_N = envint("BARISTA_API_MAX_N", 8, minimum=1)
 # API traffic waits behind chat prompts: the last queue unless set.

@@ -40,7 +40,7 @@ from apps.backends.models import Backend
 from apps.backends.recovery import all_down
 from apps.core.nesting import MAX_DEPTH, too_deep
 from apps.gateway import extras
-from apps.gateway.admission import Principal, Quota, Rejection, count_key_tokens
+from apps.gateway.admission import Principal, Quota, Rejection, count_tokens
 from apps.gateway.cache import CachedAnswer, shared
 from apps.gateway.embeddings import EmbeddingFailed, embeddings_create
 from apps.gateway.models import PromptRequest
@@ -74,6 +74,10 @@ class OpenAIConsumer(JsonHttpConsumer):
         self.completion: Completion | ResponseWriter | None = None
         self.stream = False
         self.cache_header = False
+        # For tokens-per-minute limits when the client hangs up before the answer's
+        # usage: what it sent and what it was sent, about four characters a token.
+        self.body_chars = 0
+        self.answered_chars = 0
 
     async def route(self, body: bytes) -> None:
         method, path = self.scope["method"], self.scope["path"].rstrip("/")
@@ -138,7 +142,8 @@ class OpenAIConsumer(JsonHttpConsumer):
         model, _, _, self.stream, include_usage = authorized.request
         writer = {"text": TextCompletion, "responses": ResponseWriter}.get(route, Completion)
         self.completion = writer(str(request_id), model, int(time.time()), include_usage)
-        principal = Principal(self.key.owner_id, self.key.limits())
+        principal = self.key.principal()
+        self.body_chars = len(raw)
         self.subscription = Subscription(
             layer=self.channel_layer,
             # A stored answer is replayed from here: it needs no channel.
@@ -172,7 +177,7 @@ class OpenAIConsumer(JsonHttpConsumer):
             raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
         if model not in await database_sync_to_async(_aliases)(None, Backend.Kind.EMBEDDINGS):
             raise model_not_found(model)
-        principal = Principal(key.owner_id, key.limits())
+        principal = key.principal()
         try:
             result = await embeddings_create(
                 principal=principal,
@@ -185,8 +190,7 @@ class OpenAIConsumer(JsonHttpConsumer):
             raise from_rejection(exc) from None
         except EmbeddingFailed as exc:
             raise from_failed_event({"code": exc.code, "error": exc.message}) from None
-        if result.prompt_tokens and key.tokens_per_minute:  # as for a completion
-            await count_key_tokens(key.pk, result.prompt_tokens)
+        await count_tokens(principal.api_limits, result.prompt_tokens)  # as for a completion
         outcome = (
             "hit" if result.cached == len(inputs) else "miss" if not result.cached else "partial"
         )
@@ -218,6 +222,10 @@ class OpenAIConsumer(JsonHttpConsumer):
             await database_sync_to_async(request_cancel)(
                 owner_id=self.key.owner_id, request_id=self.completion.request_id
             )
+            # What the backend spent on it so far counts toward tokens per minute, as
+            # if it had finished: hanging up just before the end must not be free.
+            spent = (self.body_chars + self.answered_chars) // 4 + 1
+            await count_tokens(self.key.principal().api_limits, spent)
         await super().http_disconnect(message)
 
     async def stop(self) -> None:
@@ -243,7 +251,11 @@ class OpenAIConsumer(JsonHttpConsumer):
         assert completion is not None
         if kind == "status" and event.get("cache") == "coalesced":
             completion.cache_outcome = "coalesced"
-        elif kind == "tokens" and self.stream:
+        elif kind == "tokens":
+            text = event.get("text") or ""
+            self.answered_chars = max(self.answered_chars, event.get("offset", 0) + len(text))
+            if not self.stream:
+                return
             if "pieces" in event:
                 await self._stream_pieces(event)
             else:
@@ -293,9 +305,8 @@ class OpenAIConsumer(JsonHttpConsumer):
         completion, key = self.completion, self.key
         assert completion is not None and key is not None
         document = completion.document(event)
-        tokens = document["usage"]["total_tokens"]
-        if tokens and key.tokens_per_minute:  # counted only for a key with that limit
-            await count_key_tokens(key.pk, tokens)
+        # Counted only where a tokens-per-minute limit applies (the key's or the person's).
+        await count_tokens(key.principal().api_limits, document["usage"]["total_tokens"])
         if not self.stream:
             self.extra_headers += self._cache_header()
             await self.json(200, document)
@@ -398,7 +409,7 @@ def _authorize(
     model, messages, params, _, _ = request
     if model not in _aliases(None):
         raise model_not_found(model)
-    principal = Principal(key.owner_id, key.limits())
+    principal = key.principal()
     stored = cached_answer(
         principal=principal,
         model=model,

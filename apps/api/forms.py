@@ -52,3 +52,20 @@ class StaffApiKeyForm(ApiKeyForm):
     )
 
     field_order = ["owner", "name", "models"]
+
+
+class PersonLimitsForm(forms.Form):
+    """Staff's limits on all of one person's keys together (blank: none)."""
+
+    owner = forms.ModelChoiceField(
+        queryset=User.objects.filter(is_active=True).order_by("username"), label="Person"
+    )
+    requests_per_minute = forms.IntegerField(
+        required=False, min_value=1, max_value=1_000_000, label="Requests/min"
+    )
+    tokens_per_minute = forms.IntegerField(
+        required=False, min_value=1, max_value=1_000_000_000, label="Tokens/min"
+    )
+    max_concurrent = forms.IntegerField(
+        required=False, min_value=1, max_value=100_000, label="At once"
+    )

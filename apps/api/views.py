@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from apps.api import shown_once
 from apps.api.forms import ApiKeyForm
 from apps.api.models import ApiKey
-from apps.api.services import api_key_revoke
+from apps.api.services import TooManyKeys, api_key_revoke
 from apps.gateway.selectors import usage_summary
 
 
@@ -34,9 +34,14 @@ def account_settings(request: HttpRequest) -> HttpResponse:
 def key_list(request: HttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        _, plain = form.create(request.user)  # type: ignore[arg-type]
-        # Post/redirect/get: a reload must not make a second key; the next page shows it.
-        return shown_once.stash(request, redirect("api:keys"), plain)
+        try:
+            _, plain = form.create(request.user)  # type: ignore[arg-type]
+        except TooManyKeys as exc:
+            form.add_error(None, str(exc))
+        else:
+            # Post/redirect/get: a reload must not make a second key; the next page
+            # shows it.
+            return shown_once.stash(request, redirect("api:keys"), plain)
     created = shown_once.take(request)
     keys = ApiKey.objects.filter(owner=request.user.pk)
     response = render(

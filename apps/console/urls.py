@@ -21,5 +21,6 @@ urlpatterns = [
     path("cache/flush/", operations.cache_flush, name="cache-flush"),
     path("keys/", access.key_list, name="keys"),
     path("keys/<int:pk>/revoke/", access.key_revoke, name="key-revoke"),
+    path("keys/limits/", access.person_limits, name="person-limits"),
     path("audit/", access.audit_list, name="audit"),
 ]

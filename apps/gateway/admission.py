@@ -12,7 +12,9 @@ single one. What refuses, all settings or staff's choices:
   (``BARISTA_USER_RATE_PER_MINUTE``, a fixed one-minute window) and a cap on prompts
   waiting or running (``BARISTA_USER_MAX_PENDING``);
 * when a program asks with an API key, the key's own limits staff or its owner set: the
-  models it may use, requests and tokens per minute, requests at once.
+  models it may use, requests and tokens per minute, requests at once;
+* and the limits staff set on the person (requests and tokens per minute, requests at
+  once) for all of their keys together — so a new key does not escape them.
 
 Caps on prompts at once count *slots*, from the ledger: requests merged with an identical
 one in flight (coalesced) share its slot, and a stored answer takes none. So 50 identical
@@ -26,9 +28,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import transaction
+from redis.exceptions import LockError
 
 from apps.core import clients
 from apps.gateway import fairness
@@ -38,8 +44,12 @@ from apps.gateway.queues import connection
 from apps.gateway.queues import queues as all_queues
 
 RATE_KEY = "barista:rate:{user_id}:{window}"
-KEY_RATE_KEY = "barista:api:{key_id}:rpm:{window}"
-KEY_TOKENS_KEY = "barista:api:{key_id}:tpm:{window}"
+# Per-minute counters of an API key ("key") or of all of a person's keys ("person").
+API_RATE_KEY = "barista:api:{scope}:{id}:rpm:{window}"
+API_TOKENS_KEY = "barista:api:{scope}:{id}:tpm:{window}"
+# Held while a prompt that a cap on requests at once applies to is counted and recorded,
+# so two prompts of one person, in any processes, cannot both see the last free slot.
+ADMIT_LOCK_KEY = "barista:admit-lock:{user_id}"
 COMPLETED_KEY = "barista:completed:{second}"
 
 # What either door says when Redis, which holds the queues, does not answer.
@@ -51,16 +61,34 @@ UNAVAILABLE = (
 
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
-    """An API key's limits, as the gateway sees them (the key itself is ``apps.api``'s)."""
+    """An API key's limits, as the gateway sees them (the key itself is ``apps.api``'s) —
+    or, with ``scope`` "person", the limits staff set on all of a person's keys together
+    (``id`` is then the person's)."""
 
     id: int
     allowed_models: tuple[str, ...] = ()
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_concurrent: int | None = None
+    scope: str = "key"
 
     def allows(self, alias: str) -> bool:
         return not self.allowed_models or alias in self.allowed_models
+
+    def whose(self) -> str:
+        return "This key's" if self.scope == "key" else "Your account's (all your keys')"
+
+    def rate_key(self, window: int) -> str:
+        return API_RATE_KEY.format(scope=self.scope, id=self.id, window=window)
+
+    def tokens_key(self, window: int) -> str:
+        return API_TOKENS_KEY.format(scope=self.scope, id=self.id, window=window)
+
+    def in_flight(self) -> PromptRequestQuerySet:
+        rows = PromptRequest.objects.all()
+        if self.scope == "key":
+            return rows.filter(api_key_id=self.id)
+        return rows.filter(owner_id=self.id, api_key_id__isnull=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +107,19 @@ class Principal:
 
     user_id: int
     key: KeyLimits | None = None
+    person: KeyLimits | None = None  # staff's limits on all of the person's keys
     quota: Quota | None = field(default=None, init=False)
+
+    @property
+    def api_limits(self) -> list[KeyLimits]:
+        return [limits for limits in (self.key, self.person) if limits is not None]
+
+    @property
+    def capped(self) -> bool:
+        """Whether a cap on requests at once applies to this person's prompts."""
+        return bool(settings.BARISTA_USER_MAX_PENDING) or any(
+            limits.max_concurrent for limits in self.api_limits
+        )
 
 
 @dataclass
@@ -123,8 +163,7 @@ def _admit(
     rate_key = RATE_KEY.format(user_id=principal.user_id, window=window)
     lines = all_queues() if queues else []
     # Only the counters a limit needs: a key without a per-minute limit costs nothing here.
-    rpm = key.requests_per_minute if key is not None else None
-    tpm = key.tokens_per_minute if key is not None else None
+    per_minute = principal.api_limits
     redis = connection()
     with redis.pipeline(transaction=False) as pipe:
         for queue in lines:
@@ -132,12 +171,12 @@ def _admit(
         if user_rpm:
             pipe.incr(rate_key)
             pipe.expire(rate_key, 61)
-        if key is not None and rpm:
-            key_rate = KEY_RATE_KEY.format(key_id=key.id, window=window)
-            pipe.incr(key_rate)
-            pipe.expire(key_rate, 61)
-        if key is not None and tpm:
-            pipe.get(KEY_TOKENS_KEY.format(key_id=key.id, window=window))
+        for limits in per_minute:
+            if limits.requests_per_minute:
+                pipe.incr(limits.rate_key(window))
+                pipe.expire(limits.rate_key(window), 61)
+            if limits.tokens_per_minute:
+                pipe.get(limits.tokens_key(window))
         answered = pipe.execute()
     queued = sum(fairness.waiting_counts(answered[: 2 * len(lines)]))
     replies = iter(answered[2 * len(lines) :])
@@ -145,21 +184,24 @@ def _admit(
     if user_rpm:
         rate = next(replies)
         next(replies)  # EXPIRE
-    if rpm:
-        used = int(next(replies))
-        next(replies)  # EXPIRE
-        principal.quota = Quota(limit=rpm, remaining=max(0, rpm - used), reset=reset)
-        if used > rpm:
+    for limits in per_minute:
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        if rpm:
+            used = int(next(replies))
+            next(replies)  # EXPIRE
+            quota = Quota(limit=rpm, remaining=max(0, rpm - used), reset=reset)
+            if principal.quota is None or quota.remaining < principal.quota.remaining:
+                principal.quota = quota  # the headers tell the tighter of the two
+            if used > rpm:
+                raise Rejection(
+                    f"{limits.whose()} limit is {rpm} requests per minute.",
+                    "rate_limit_exceeded",
+                    reset,
+                    principal.quota,
+                )
+        if tpm and int(next(replies) or 0) >= tpm:
             raise Rejection(
-                f"This key's limit is {rpm} requests per minute.",
-                "rate_limit_exceeded",
-                reset,
-                principal.quota,
-            )
-    if tpm:
-        if int(next(replies) or 0) >= tpm:
-            raise Rejection(
-                f"This key's limit is {tpm} tokens per minute.",
+                f"{limits.whose()} limit is {tpm} tokens per minute.",
                 "rate_limit_exceeded",
                 reset,
             )
@@ -181,15 +223,17 @@ def _admit(
         )
     if not holds_slot:
         return
-    # The ledger knows exactly what is waiting or running: no counter to drift or leak.
-    if key is not None and key.max_concurrent:
-        slots = _slots(PromptRequest.objects.filter(api_key_id=key.id), cache_key)
-        if slots is not None and slots >= key.max_concurrent:
-            raise Rejection(
-                f"This key may have {key.max_concurrent} requests running at once.",
-                "rate_limit_exceeded",
-                1,
-            )
+    # The ledger knows exactly what is waiting or running: no counter to drift or leak
+    # (``admission_lock`` makes counting and recording one step).
+    for limits in per_minute:
+        if limits.max_concurrent:
+            slots = _slots(limits.in_flight(), cache_key)
+            if slots is not None and slots >= limits.max_concurrent:
+                raise Rejection(
+                    f"{limits.whose()} limit is {limits.max_concurrent} requests at once.",
+                    "rate_limit_exceeded",
+                    1,
+                )
     user_cap = settings.BARISTA_USER_MAX_PENDING
     if user_cap:
         slots = _slots(PromptRequest.objects.filter(owner_id=principal.user_id), cache_key)
@@ -216,12 +260,42 @@ def _slots(rows: PromptRequestQuerySet, cache_key: str) -> int | None:
     return len(keys)
 
 
-async def count_key_tokens(key_id: int, tokens: int) -> None:
-    """Tokens a key used this minute, for its tokens-per-minute limit."""
-    counter = KEY_TOKENS_KEY.format(key_id=key_id, window=int(time.time() // 60))
+@contextmanager
+def admission_lock(principal: Principal) -> Iterator[None]:
+    """Admit and record a prompt as one step where a cap on requests at once applies:
+    otherwise two prompts, in two processes, could both count the last free slot. Held
+    until the row is committed (the caller's transaction, if any); no cap, no lock."""
+    if not principal.capped:
+        yield
+        return
+    lock = connection().lock(
+        ADMIT_LOCK_KEY.format(user_id=principal.user_id), timeout=10, blocking_timeout=10
+    )
+    if not lock.acquire():
+        raise Rejection("Too many prompts arriving at once. Try again.", "busy", 1)
+
+    def release() -> None:
+        with suppress(LockError):  # expired meanwhile: someone else's now
+            lock.release()
+
+    try:
+        yield
+    except BaseException:
+        release()
+        raise
+    transaction.on_commit(release)  # at once outside a transaction
+
+
+async def count_tokens(limits: list[KeyLimits], tokens: int) -> None:
+    """Tokens used this minute, for the tokens-per-minute limits that apply."""
+    window = int(time.time() // 60)
+    counters = [lim.tokens_key(window) for lim in limits if lim.tokens_per_minute]
+    if not counters or tokens <= 0:
+        return
     async with clients.redis().pipeline(transaction=False) as pipe:
-        pipe.incrby(counter, tokens)
-        pipe.expire(counter, 61)
+        for counter in counters:
+            pipe.incrby(counter, tokens)
+            pipe.expire(counter, 61)
         await pipe.execute()
 
 

@@ -40,7 +40,7 @@ from apps.backends.enabled import enabled_backends
 from apps.backends.models import Backend
 from apps.backends.providers.openai_compat import BackendError, embed
 from apps.core import clients
-from apps.gateway.admission import Principal, admit
+from apps.gateway.admission import Principal, admission_lock, admit
 from apps.gateway.cache import IGNORED_PARAMS, shared
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
@@ -93,7 +93,7 @@ async def embeddings_create(
 ) -> Embeddings:
     """Admit, look each input up in the cache, ask a backend for the rest, record.
     Raises ``Rejection`` (admission) or ``EmbeddingFailed``."""
-    keys, is_shared = await database_sync_to_async(_admit)(principal, alias, inputs, params)
+    keys, is_shared, row = await database_sync_to_async(_admit)(principal, alias, inputs, params)
     use_cache = settings.BARISTA_CACHE_POLICY != "off" and not bypass_cache
     redis = clients.redis()
     found = await redis.mget(keys) if use_cache else [None] * len(inputs)
@@ -101,7 +101,6 @@ async def embeddings_create(
         _unpack(raw) if isinstance(raw, bytes) else None for raw in found
     ]
     missing = [index for index, vector in enumerate(vectors) if vector is None]
-    row = await database_sync_to_async(_record_start)(principal, alias, params, len(inputs))
     started = time.monotonic()
     tokens, backend = 0, None
     try:
@@ -138,11 +137,14 @@ async def embeddings_create(
 
 def _admit(
     principal: Principal, alias: str, inputs: list[Any], params: dict[str, Any]
-) -> tuple[list[str], bool]:
-    """Admission, then each input's cache key, and whether the alias shares answers."""
-    admit(principal, model=alias, queues=False, holds_slot=True)
+) -> tuple[list[str], bool, PromptRequest]:
+    """Admission and the ledger row (one step, as for a prompt), then each input's cache
+    key, and whether the alias shares answers."""
+    with admission_lock(principal):
+        admit(principal, model=alias, queues=False, holds_slot=True)
+        row = _record_start(principal, alias, params, len(inputs))
     keys = [item_key(alias, item, params, principal.user_id) for item in inputs]
-    return keys, shared(alias)
+    return keys, shared(alias), row
 
 
 async def _ask(

@@ -18,7 +18,7 @@ from rq.job import JobStatus
 from rq.utils import now
 
 from apps.gateway import cache, coalescing, delivery, fairness, queues
-from apps.gateway.admission import Principal, admit
+from apps.gateway.admission import Principal, admission_lock, admit
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 from apps.gateway.runs import PROCESS_REQUEST_JOB
@@ -65,69 +65,71 @@ def request_submit(
         kind=kind,
     )
     hit = cached if cached is not None or looked_up or not key else cache.lookup(key)
-    # A hit queues nothing: only the limits on the person and the key apply to it.
-    admit(principal, model=model, queues=hit is None, cache_key=key or "")
-    fields: dict[str, Any] = {
-        "id": request_id or uuid.uuid4(),
-        "owner_id": principal.user_id,
-        "model": model,
-        "messages": messages,
-        "params": params,
-        "source": source,
-        "kind": kind,
-        "cache_key": key or "",
-        "api_key_id": principal.key.id if principal.key else None,
-    }
-    if hit is not None:
-        now = timezone.now()
-        request = PromptRequest.objects.create(
-            **fields,
-            status=Status.DONE,
-            cache_outcome=PromptRequest.CacheOutcome.HIT,
-            answer=hit.answer,
-            extra=hit.extra,
-            backend_id=hit.backend_id,
-            prompt_tokens=hit.prompt_tokens,
-            completion_tokens=hit.completion_tokens,
-            started_at=now,
-            first_token_at=now,
-            finished_at=now,
-        )
-        cache.count(queues.connection(), "hit", saved=hit)
-        recorder.request(
-            outcome="hit",
-            model=model,
-            latency=0.0,
-            ttft=0.0,
-            tokens_in=hit.prompt_tokens,
-            tokens_out=hit.completion_tokens,
-        )
+    # Counted and recorded as one step where a cap on requests at once applies.
+    with admission_lock(principal):
+        # A hit queues nothing: only the limits on the person and the key apply to it.
+        admit(principal, model=model, queues=hit is None, cache_key=key or "")
+        fields: dict[str, Any] = {
+            "id": request_id or uuid.uuid4(),
+            "owner_id": principal.user_id,
+            "model": model,
+            "messages": messages,
+            "params": params,
+            "source": source,
+            "kind": kind,
+            "cache_key": key or "",
+            "api_key_id": principal.key.id if principal.key else None,
+        }
+        if hit is not None:
+            now = timezone.now()
+            request = PromptRequest.objects.create(
+                **fields,
+                status=Status.DONE,
+                cache_outcome=PromptRequest.CacheOutcome.HIT,
+                answer=hit.answer,
+                extra=hit.extra,
+                backend_id=hit.backend_id,
+                prompt_tokens=hit.prompt_tokens,
+                completion_tokens=hit.completion_tokens,
+                started_at=now,
+                first_token_at=now,
+                finished_at=now,
+            )
+            cache.count(queues.connection(), "hit", saved=hit)
+            recorder.request(
+                outcome="hit",
+                model=model,
+                latency=0.0,
+                ttft=0.0,
+                tokens_in=hit.prompt_tokens,
+                tokens_out=hit.completion_tokens,
+            )
+            return request
+        request = PromptRequest.objects.create(**fields)
+        queue_name = queue or settings.BARISTA_QUEUES[0]
+
+        def follow_or_enqueue() -> None:
+            connection = queues.connection()
+            if key:
+                leader = coalescing.join(connection, cache_key=key, request_id=str(request.id))
+                if leader == coalescing.CACHED and _answer_from_cache(request, key):
+                    return
+                if leader is not None and leader != coalescing.CACHED:
+                    PromptRequest.objects.filter(id=request.id).update(
+                        coalesced_with=leader, cache_outcome=PromptRequest.CacheOutcome.COALESCED
+                    )
+                    cache.count(connection, "coalesced")
+                    return
+            cache.count(connection, "miss")
+            request_enqueue(
+                request_id=request.id,
+                owner_id=principal.user_id,
+                api_key_id=request.api_key_id,
+                queue_name=queue_name,
+            )
+
+        transaction.on_commit(follow_or_enqueue)
         return request
-    request = PromptRequest.objects.create(**fields)
-    queue_name = queue or settings.BARISTA_QUEUES[0]
-
-    def follow_or_enqueue() -> None:
-        connection = queues.connection()
-        if key:
-            leader = coalescing.join(connection, cache_key=key, request_id=str(request.id))
-            if leader == coalescing.CACHED and _answer_from_cache(request, key):
-                return
-            if leader is not None and leader != coalescing.CACHED:
-                PromptRequest.objects.filter(id=request.id).update(
-                    coalesced_with=leader, cache_outcome=PromptRequest.CacheOutcome.COALESCED
-                )
-                cache.count(connection, "coalesced")
-                return
-        cache.count(connection, "miss")
-        request_enqueue(
-            request_id=request.id,
-            owner_id=principal.user_id,
-            api_key_id=request.api_key_id,
-            queue_name=queue_name,
-        )
-
-    transaction.on_commit(follow_or_enqueue)
-    return request
 
 
 def _answer_from_cache(request: PromptRequest, key: str) -> bool:

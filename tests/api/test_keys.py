@@ -8,9 +8,10 @@ import io
 import pytest
 from django.core.management import call_command
 from django.test import Client
+from django.utils import timezone
 
-from apps.api.models import ApiKey
-from apps.api.services import api_key_authenticate, hash_key
+from apps.api.models import ApiKey, PersonLimits
+from apps.api.services import api_key_authenticate, api_key_create, hash_key
 from apps.console.models import AuditEntry
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -103,3 +104,41 @@ def test_the_command_prints_a_working_key(alice):
     assert key is not None and key.owner == alice and key.name == "ci"
     with pytest.raises(Exception, match="No user named"):
         call_command("create_api_key", "--user", "nobody", "--name", "x")
+
+
+def test_a_person_may_hold_only_so_many_keys(alice, staff, chat_backend, settings):
+    settings.BARISTA_MAX_KEYS_PER_PERSON = 2
+    client = signed_in(alice)
+    for name in ("one", "two"):
+        assert client.post("/settings/keys/", {"name": name}).status_code == 302
+    refused = client.post("/settings/keys/", {"name": "three"})
+    assert refused.status_code == 200
+    assert "has 2 keys, the most allowed: revoke one" in refused.content.decode()
+    # Nor can staff make a third for her.
+    page = signed_in(staff).post("/console/keys/", {"owner": alice.pk, "name": "three"})
+    assert "has 2 keys, the most allowed" in page.content.decode()
+    assert ApiKey.objects.filter(owner=alice).count() == 2
+    # A revoked key frees its place.
+    ApiKey.objects.filter(name="one").update(revoked_at=timezone.now())
+    assert client.post("/settings/keys/", {"name": "three"}).status_code == 302
+
+
+def test_staff_set_limits_on_a_person_audited(staff, alice, chat_backend):
+    client = signed_in(staff)
+    response = client.post(
+        "/console/keys/limits/",
+        {"owner": alice.pk, "requests_per_minute": "30", "max_concurrent": "2"},
+        follow=True,
+    )
+    assert "Limits on alice" in response.content.decode()
+    limits = PersonLimits.objects.get(owner=alice)
+    assert (limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent) == (
+        30,
+        None,
+        2,
+    )
+    key, _ = api_key_create(owner=alice, name="new")
+    assert key.principal().person.requests_per_minute == 30
+    entry = AuditEntry.objects.get(action="person.limits")
+    assert entry.target == "alice" and "requests_per_minute=30" in entry.detail
+    assert signed_in(alice).post("/console/keys/limits/", {"owner": alice.pk}).status_code == 403

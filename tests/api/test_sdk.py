@@ -11,8 +11,10 @@ import time
 import openai
 import pytest
 
-from apps.api.services import api_key_create
+from apps.api.services import api_key_create, person_limits_set
+from apps.gateway import admission
 from apps.gateway.models import PromptRequest
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -139,3 +141,50 @@ def test_a_key_past_its_tokens_per_minute_waits_for_the_next_minute(api, alice):
     client(api).chat.completions.create(
         model="sim-chat", messages=[{"role": "user", "content": "and some more"}]
     )
+
+
+def early_in_a_minute() -> None:
+    """Per-minute limits count in clock minutes: start where a test fits in one."""
+    wait_for(lambda: time.time() % 60 < 40, timeout=25, interval=0.2)
+
+
+def test_limits_staff_set_on_a_person_hold_across_all_their_keys(api, alice, bob):
+    early_in_a_minute()
+    person_limits_set(
+        owner=alice, requests_per_minute=2, tokens_per_minute=None, max_concurrent=None
+    )
+    ask = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
+    client(api).chat.completions.create(**ask)
+    client(api).chat.completions.create(**ask)
+    # A new key does not escape them.
+    _, another = api_key_create(owner=alice, name="another")
+    sdk = openai.OpenAI(base_url=api.url, api_key=another, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        sdk.chat.completions.create(**ask)
+    assert "all your keys') limit is 2 requests per minute" in refused.value.body["message"]
+    assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    # Someone else is not held back by them.
+    _, bobs = api_key_create(owner=bob, name="bob's")
+    openai.OpenAI(base_url=api.url, api_key=bobs, max_retries=0).chat.completions.create(**ask)
+
+
+def test_a_client_that_hangs_up_is_still_charged_for_its_tokens(api, alice, redis_conn):
+    """Hanging up just before the end must not make a request free under a tokens-per-
+    minute limit: what it sent and what it was sent so far are counted."""
+    early_in_a_minute()
+    api.simulator.control(ttft=0.05, tps=5, tokens=100)  # twenty seconds of answer
+    row, thrifty = api_key_create(owner=alice, name="thrifty", tokens_per_minute=100)
+    sdk = openai.OpenAI(base_url=api.url, api_key=thrifty, max_retries=0)
+    question = [{"role": "user", "content": "tell me everything " + "please " * 60}]
+    stream = sdk.chat.completions.create(model="sim-chat", messages=question, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break  # the answer has begun: hang up
+    stream.close()
+    window = int(time.time() // 60)
+    counter = admission.API_TOKENS_KEY.format(scope="key", id=row.pk, window=window)
+    wait_for(lambda: int(redis_conn.get(counter) or 0) >= 100, timeout=10)
+    wait_for(lambda: PromptRequest.objects.filter(status="cancelled").exists(), timeout=10)
+    with pytest.raises(openai.RateLimitError) as refused:
+        sdk.chat.completions.create(model="sim-chat", messages=question)
+    assert "100 tokens per minute" in refused.value.body["message"]

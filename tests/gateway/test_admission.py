@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection
 
 from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.selectors import queue_position
+from apps.gateway.services import request_submit
 from tests.conftest import queued_jobs
 from tests.gateway.test_end_to_end import collect, open_socket, send_prompt
 
@@ -151,3 +155,48 @@ async def test_the_owner_sees_their_place_in_line_move_and_no_one_else_does(
     assert await bob_socket.receive_nothing(timeout=0.5)
     await alice_socket.disconnect()
     await bob_socket.disconnect()
+
+
+def test_a_cap_on_requests_at_once_holds_under_concurrent_submissions(
+    alice, chat_backend, monkeypatch
+):
+    """Counting the slots and recording the prompt are one step. Two prompts of a key
+    with room for one, submitted at once from two threads (as from two web processes):
+    each waits for the other just before its row is written, so if both could count
+    the free slot before either recorded, both would be accepted."""
+    from apps.api.services import api_key_create
+
+    key, _ = api_key_create(owner=alice, name="capped", max_concurrent=1)
+    meet = threading.Barrier(2, timeout=1.0)
+    create = PromptRequest.objects.create
+
+    def create_when_both_are_here(**fields):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()  # with the lock, the other is not here: a second's wait, then on
+        return create(**fields)
+
+    monkeypatch.setattr(PromptRequest.objects, "create", create_when_both_are_here)
+    outcomes: list[str] = []
+
+    def one(index: int) -> None:
+        try:
+            request_submit(
+                principal=key.principal(),
+                model="sim-chat",
+                messages=[{"role": "user", "content": f"at once {index}"}],
+                source=PromptRequest.Source.API,
+            )
+            outcomes.append("accepted")
+        except Rejection as exc:
+            assert "limit is 1 requests at once" in exc.message
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["accepted", "refused"]
+    assert PromptRequest.objects.filter(api_key_id=key.pk).count() == 1

@@ -8,9 +8,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.api import shown_once
-from apps.api.forms import StaffApiKeyForm
-from apps.api.models import ApiKey
-from apps.api.services import api_key_revoke
+from apps.api.forms import PersonLimitsForm, StaffApiKeyForm
+from apps.api.models import ApiKey, PersonLimits
+from apps.api.services import TooManyKeys, api_key_revoke, person_limits_set
 from apps.console.decorators import staff_required
 from apps.console.selectors import audit_log
 from apps.console.services import audit
@@ -20,17 +20,53 @@ from apps.console.services import audit
 def key_list(request: HttpRequest) -> HttpResponse:
     form = StaffApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        key, plain = form.create(form.cleaned_data["owner"])
-        audit(request, "key.create", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
-        return shown_once.stash(request, redirect("console:keys"), plain)  # shown once, next
+        try:
+            key, plain = form.create(form.cleaned_data["owner"])
+        except TooManyKeys as exc:
+            form.add_error(None, str(exc))
+        else:
+            audit(request, "key.create", f"{key.owner} / {key.name}", detail=f"{key.prefix}…")
+            return shown_once.stash(request, redirect("console:keys"), plain)  # shown next
     created = shown_once.take(request)
     keys = ApiKey.objects.select_related("owner")[:500]
     response = render(
         request,
         "console/keys.html",
-        {"form": form, "keys": keys, "created": created, "section": "keys"},
+        {
+            "form": form,
+            "limits_form": PersonLimitsForm(),
+            "limits": PersonLimits.objects.select_related("owner").order_by("owner__username"),
+            "keys": keys,
+            "created": created,
+            "section": "keys",
+        },
     )
     return shown_once.forget(request, response)
+
+
+@staff_required
+@require_POST
+def person_limits(request: HttpRequest) -> HttpResponse:
+    """Staff's limits on all of one person's keys together."""
+    form = PersonLimitsForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{field}: {' '.join(str(e) for e in errors)}")
+        return redirect("console:keys")
+    data = form.cleaned_data
+    person_limits_set(
+        owner=data["owner"],
+        requests_per_minute=data["requests_per_minute"],
+        tokens_per_minute=data["tokens_per_minute"],
+        max_concurrent=data["max_concurrent"],
+    )
+    detail = ", ".join(
+        f"{name}={data[name] or '—'}"
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+    )
+    audit(request, "person.limits", str(data["owner"]), detail=detail)
+    messages.success(request, f"Limits on {data['owner']}'s keys saved; they apply at once.")
+    return redirect("console:keys")
 
 
 @staff_required
