@@ -249,8 +249,8 @@ class OpenAIConsumer(JsonHttpConsumer):
             return
         completion, kind = self.completion, event["event"]
         assert completion is not None
-        if kind == "status" and event.get("cache") == "coalesced":
-            completion.cache_outcome = "coalesced"
+        if kind == "status" and event.get("cache"):  # merged, or replayed from the cache
+            completion.cache_outcome = event["cache"]
         elif kind == "tokens":
             text = event.get("text") or ""
             self.answered_chars = max(self.answered_chars, event.get("offset", 0) + len(text))

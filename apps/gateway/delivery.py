@@ -80,7 +80,11 @@ def final_event(request: Any) -> dict[str, Any]:
 def replay_events(request: Any) -> list[dict[str, Any]]:
     """A cached answer as the events of a live one: running, token batches, done."""
     owner, request_id = request.owner_id, str(request.id)
-    events: list[dict[str, Any]] = [{"event": "status", "status": "running", "restart": False}]
+    # The first event says how it was answered, so a stream's headers can tell it (a
+    # door that does not share the model's answers drops it).
+    events: list[dict[str, Any]] = [
+        {"event": "status", "status": "running", "restart": False, "cache": request.cache_outcome}
+    ]
     pieces = _TOKEN_RE.findall(request.answer)
     step, offset = settings.BARISTA_FLUSH_TOKENS, 0
     for start in range(0, len(pieces), step):

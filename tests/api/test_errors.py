@@ -184,6 +184,17 @@ def test_the_cache_header_and_no_cache(api):
     ]
     assert first.json()["choices"] == second.json()["choices"]
     assert api.simulator.stats()["requests_total"] == 2
+    # Streamed, the header goes out with the first tokens: it says "hit" all the same.
+    with httpx.stream(
+        "POST",
+        f"{api.url}/chat/completions",
+        json={**HELLO, "stream": True},
+        headers=api.headers(),
+        timeout=10,
+    ) as streamed:
+        assert streamed.headers["x-barista-cache"] == "hit"
+        assert "[DONE]" in streamed.read().decode()
+    assert api.simulator.stats()["requests_total"] == 2
 
 
 def test_a_client_that_hangs_up_cancels_its_request(api):
