@@ -9,6 +9,8 @@ from django.db.models import Q, QuerySet
 from apps.chat.models import Conversation, Message
 from apps.gateway.models import PromptRequest
 
+Status = PromptRequest.Status
+
 
 def conversation_list(*, user: User, search: str = "") -> QuerySet[Conversation]:
     """The person's conversations, newest first; ``search`` matches titles, prompts and
@@ -45,6 +47,11 @@ class Line:
     def request_id(self) -> Any:
         return self.request.id if self.request is not None else None
 
+    @property
+    def stopped(self) -> bool:
+        """An answer its person stopped part-way: kept as far as it got."""
+        return self.request is not None and self.request.status == PromptRequest.Status.CANCELLED
+
 
 def message_list(*, conversation: Conversation, latest: int | None = None) -> list[Line]:
     """The conversation in order: each prompt, then its answer once there is one — or
@@ -61,6 +68,8 @@ def message_list(*, conversation: Conversation, latest: int | None = None) -> li
         lines.append(Line("user", message.content, request))
         if request is not None and request.status == PromptRequest.Status.DONE:
             lines.append(Line("assistant", request.answer, request))
+        elif request is not None and request.status == Status.CANCELLED and request.answer:
+            lines.append(Line("assistant", request.answer, request))  # stopped part-way
     return lines
 
 

@@ -265,8 +265,16 @@ async def _answer_once(
                         await batcher.add(event.text, event.piece)
                     else:
                         usage = event
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             batcher.discard()
+            if exc.args and exc.args[0] == CANCEL_STOP and parts:
+                # Stopped by its owner: keep what was written (shielded: we are being
+                # cancelled, and the row must get it all the same).
+                await asyncio.shield(
+                    database_sync_to_async(services.request_keep_stopped)(
+                        request_id=request_id, answer="".join(parts)
+                    )
+                )
             raise
         except BackendError as exc:
             recorder.backend_call(

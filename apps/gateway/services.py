@@ -271,6 +271,15 @@ def request_requeue(*, request_id: uuid.UUID | str) -> None:
     )
 
 
+def request_keep_stopped(*, request_id: uuid.UUID | str, answer: str) -> None:
+    """Its owner stopped the answer while it was being written: what had arrived stays
+    with the cancelled row, so the conversation shows it (marked stopped) after a reload
+    and sends it as part of the history, as the page showed it."""
+    PromptRequest.objects.filter(id=request_id, status=Status.CANCELLED, answer="").update(
+        answer=answer
+    )
+
+
 def queue_for(*, source: str) -> str:
     """The queue a prompt from this door waits in: API traffic behind chat prompts."""
     if source == PromptRequest.Source.API:

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import fill_sign_in
-from tests.conftest import OUTPUT_DIR, make_user
+from tests.conftest import OUTPUT_DIR, make_user, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -85,7 +85,22 @@ def test_stop_button_cancels_an_answer_mid_stream(
     expect(page.locator(".message.assistant .meta").last).to_have_text("Stopped", timeout=10_000)
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     expect(answer).not_to_have_class(re.compile(r"\btyping\b"))  # no typing cursor any more
-    assert PromptRequest.objects.get().status == "cancelled"
+    shown = answer.inner_text()
+    row = PromptRequest.objects.get()
+    assert row.status == "cancelled"
+    # The partial answer is kept: after a reload it is there, marked stopped...
+    wait_for(lambda: PromptRequest.objects.get().answer != "", timeout=10)
+    page.reload()
+    kept = page.locator(".message.assistant .bubble").last
+    expect(kept).to_contain_text(shown.strip()[:40])
+    expect(page.locator(".message.assistant .meta").last).to_have_text("Stopped")
+    # ...and goes with the next prompt as part of the conversation.
+    page.get_by_label("Your prompt").fill("go on")
+    page.get_by_label("Your prompt").press("Enter")
+    wait_for(lambda: PromptRequest.objects.count() == 2, timeout=10)
+    history = PromptRequest.objects.order_by("queued_at").last().messages
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]
+    assert history[1]["content"].startswith(shown.strip()[:40])
     page.close()
 
 
