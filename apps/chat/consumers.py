@@ -19,7 +19,12 @@ from redis.exceptions import RedisError
 
 from apps.backends.selectors import alias_exists
 from apps.chat import markdown
-from apps.chat.services import ConversationBusy, ConversationNotFound, chat_prompt_submit
+from apps.chat.services import (
+    SYSTEM_PROMPT_MAX,
+    ConversationBusy,
+    ConversationNotFound,
+    chat_prompt_submit,
+)
 from apps.core.dispatch import DirectDispatch
 from apps.core.nesting import MAX_DEPTH, too_deep
 from apps.gateway.admission import UNAVAILABLE, Rejection, estimate_wait
@@ -279,6 +284,17 @@ def _prompt(payload: dict[str, Any]) -> dict[str, Any]:
             "'replace_last' must be true or false, and needs a conversation.",
             "invalid_replace",
         )
+    # A new conversation's system prompt comes with its first prompt (later ones are
+    # set on the conversation itself).
+    system = payload.get("system")
+    if system is not None and (
+        not isinstance(system, str) or conversation is not None or len(system) > SYSTEM_PROMPT_MAX
+    ):
+        raise InvalidInput(
+            f"'system' must be text of at most {SYSTEM_PROMPT_MAX:,} characters, sent with a "
+            "new conversation's first prompt.",
+            "invalid_system",
+        )
     return {
         "model": model,
         "content": content,
@@ -286,6 +302,7 @@ def _prompt(payload: dict[str, Any]) -> dict[str, Any]:
         "bypass_cache": fresh,
         "params": _params(payload.get("params")),
         "replace_last": replace_last,
+        "system_prompt": system,
     }
 
 

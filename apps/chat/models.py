@@ -13,6 +13,9 @@ class Conversation(models.Model):
     # Sampling parameters chosen on the chat page (temperature, max_tokens), sent with
     # every prompt of this conversation.
     params = models.JSONField(default=dict, blank=True)
+    # Sent first with every prompt of the conversation (never trimmed by the history
+    # bounds); editable at any time, and the next prompt uses the new one.
+    system_prompt = models.TextField(blank=True, max_length=8000)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

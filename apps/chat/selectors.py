@@ -73,6 +73,47 @@ def message_list(*, conversation: Conversation, latest: int | None = None) -> li
     return lines
 
 
+def conversation_export(*, conversation: Conversation) -> dict[str, Any]:
+    """The whole conversation as a document: what the page shows, with each answer's
+    model and whether it was stopped part-way."""
+    lines = message_list(conversation=conversation)
+    return {
+        "title": conversation.title,
+        "model": conversation.model,
+        "system_prompt": conversation.system_prompt,
+        "params": conversation.params,
+        "created_at": conversation.created_at.isoformat(),
+        "messages": [
+            {
+                "role": line.role,
+                "content": line.content,
+                **(
+                    {"model": line.request.model}
+                    if line.role == "assistant" and line.request
+                    else {}
+                ),
+                **({"stopped": True} if line.role == "assistant" and line.stopped else {}),
+            }
+            for line in lines
+        ],
+    }
+
+
+def export_markdown(export: dict[str, Any]) -> str:
+    parts = [f"# {export['title'] or 'Untitled'}\n"]
+    if export["system_prompt"]:
+        parts.append(f"**System prompt:**\n\n{export['system_prompt']}\n")
+    for message in export["messages"]:
+        if message["role"] == "user":
+            parts.append(f"## You\n\n{message['content']}\n")
+        else:
+            stopped = " (stopped)" if message.get("stopped") else ""
+            parts.append(
+                f"## {message.get('model') or 'Assistant'}{stopped}\n\n{message['content']}\n"
+            )
+    return "\n".join(parts)
+
+
 def conversation_history(
     *, conversation: Conversation, latest: int | None = None
 ) -> list[dict[str, str]]:

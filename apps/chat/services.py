@@ -64,15 +64,22 @@ def chat_prompt_submit(
     bypass_cache: bool = False,
     params: dict[str, Any] | None = None,
     replace_last: bool = False,
+    system_prompt: str | None = None,
 ) -> ChatPrompt:
     """Send a prompt in a conversation (a new one when ``conversation_id`` is None).
 
     ``params`` (temperature, max_tokens) become the conversation's and go with this and
     later prompts. ``replace_last`` swaps the conversation's last prompt and everything
-    after it for this one: "regenerate" sends the same text, "edit" a new one."""
+    after it for this one: "regenerate" sends the same text, "edit" a new one.
+    ``system_prompt`` is a new conversation's (set later with
+    ``conversation_set_system_prompt``)."""
     if conversation_id is None:
         conversation = Conversation.objects.create(
-            owner=user, title=_title_from(content), model=model, params=params or {}
+            owner=user,
+            title=_title_from(content),
+            model=model,
+            params=params or {},
+            system_prompt=_system_prompt(system_prompt or ""),
         )
     else:
         try:
@@ -90,6 +97,8 @@ def chat_prompt_submit(
     # Read no more prompts than the bound could send (each is at least one message).
     latest = settings.BARISTA_CHAT_HISTORY_MESSAGES
     history = _bounded(conversation_history(conversation=conversation, latest=latest))
+    if conversation.system_prompt:
+        history.insert(0, {"role": "system", "content": conversation.system_prompt})
     history.append({"role": "user", "content": content})
     request = request_submit(
         principal=Principal(user.pk),
@@ -136,6 +145,28 @@ def conversation_rename(*, user: User, pk: int, title: str) -> Conversation:
         raise ValueError("A title cannot be empty.")
     updated = Conversation.objects.filter(pk=pk, owner=user).update(
         title=title, updated_at=timezone.now()
+    )
+    if not updated:
+        raise ConversationNotFound
+    return Conversation.objects.get(pk=pk)
+
+
+def _system_prompt(text: str) -> str:
+    text = text.strip()
+    if len(text) > SYSTEM_PROMPT_MAX:
+        raise ValueError(f"A system prompt can be at most {SYSTEM_PROMPT_MAX:,} characters.")
+    return text
+
+
+SYSTEM_PROMPT_MAX = 8000
+
+
+def conversation_set_system_prompt(*, user: User, pk: int, text: str) -> Conversation:
+    """Set (or clear, with blank ``text``) the instructions sent first with every prompt
+    of the owner's conversation from now on."""
+    text = _system_prompt(text)
+    updated = Conversation.objects.filter(pk=pk, owner=user).update(
+        system_prompt=text, updated_at=timezone.now()
     )
     if not updated:
         raise ConversationNotFound

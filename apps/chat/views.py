@@ -3,6 +3,8 @@ health, the person's settings and usage, and optional self sign-up."""
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth import login
@@ -11,6 +13,7 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -101,6 +104,42 @@ def conversation_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         raise Http404("Conversation not found.") from None
     flash.success(request, "Conversation deleted.")
     return redirect("chat:home")
+
+
+@require_POST
+@login_required
+def conversation_system_prompt(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.conversation_set_system_prompt(
+            user=request.user, pk=pk, text=request.POST.get("system_prompt", "")
+        )
+    except services.ConversationNotFound:
+        raise Http404("Conversation not found.") from None
+    except ValueError as exc:
+        flash.error(request, str(exc))
+    else:
+        flash.success(request, "System prompt saved: the next prompt uses it.")
+    return redirect("chat:conversation", pk=pk)
+
+
+@login_required
+def conversation_export(request: AuthenticatedHttpRequest, pk: int, fmt: str) -> HttpResponse:
+    """The owner's conversation as a Markdown or JSON file, as the page shows it."""
+    conversation = selectors.conversation_get(user=request.user, pk=pk)
+    if conversation is None or fmt not in ("md", "json"):
+        raise Http404("Conversation not found.")
+    export = selectors.conversation_export(conversation=conversation)
+    if fmt == "json":
+        response = HttpResponse(
+            json.dumps(export, indent=2, ensure_ascii=False), content_type="application/json"
+        )
+    else:
+        response = HttpResponse(
+            selectors.export_markdown(export), content_type="text/markdown; charset=utf-8"
+        )
+    name = slugify(conversation.title)[:60] or f"conversation-{pk}"
+    response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return response
 
 
 def signup(request: HttpRequest) -> HttpResponse:

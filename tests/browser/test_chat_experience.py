@@ -122,6 +122,7 @@ def test_rename_and_delete_a_conversation(browser, barista):
     make_user("erin")
     page = open_chat(browser, url, "erin")
     ask(page, "a conversation to rename")
+    page.get_by_text("More", exact=True).click()
     page.get_by_role("button", name="Rename").click()
     dialog = page.get_by_role("dialog", name="Rename conversation")
     dialog.get_by_label("Title").fill("Renamed by Erin")
@@ -129,11 +130,13 @@ def test_rename_and_delete_a_conversation(browser, barista):
     expect(page.get_by_role("heading", name="Renamed by Erin")).to_be_visible()
     expect(page.locator(".conversations a[aria-current=page]")).to_have_text("Renamed by Erin")
 
+    page.get_by_text("More", exact=True).click()
     page.get_by_role("button", name="Delete").click()
     dialog = page.get_by_role("dialog", name="Delete this conversation?")
     expect(dialog).to_contain_text("Renamed by Erin")
     dialog.get_by_role("button", name="Cancel").click()
     assert Conversation.objects.filter(owner__username="erin").count() == 1
+    page.get_by_text("More", exact=True).click()
     page.get_by_role("button", name="Delete").click()
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
     expect(page.get_by_text("Conversation deleted.")).to_be_visible()

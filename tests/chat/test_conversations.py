@@ -352,3 +352,76 @@ def test_a_long_conversation_sends_and_stores_only_its_newest_turns(alice, setti
     assert [m["content"] for m in row.messages] == ["q14"]
     # The conversation itself keeps everything.
     assert len(conversation_history(conversation=conversation)) == 29
+
+
+def test_a_system_prompt_is_bounded_kept_first_and_only_its_owners(alice, bob, settings):
+    settings.BARISTA_CHAT_HISTORY_CHARS = 10  # history trimmed: the system prompt stays
+    conversation = answered(alice, "q1", "a" * 50)
+    client = signed_in(alice)
+    page = f"/c/{conversation.pk}/system/"
+    client.post(page, {"system_prompt": "  Be brief.  "})
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == "Be brief."
+    prompt = chat_prompt_submit(
+        user=alice, model="sim-chat", content="q2", conversation_id=conversation.pk
+    )
+    sent = PromptRequest.objects.get(id=prompt.id).messages
+    assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q2"}]
+    # Too long: refused, nothing changed. Blank: cleared.
+    response = client.post(page, {"system_prompt": "x" * 8001}, follow=True)
+    assert "at most 8,000 characters" in response.content.decode()
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == "Be brief."
+    # Bob can neither set nor export Alice's.
+    bobs = signed_in(bob)
+    assert bobs.post(page, {"system_prompt": "mine now"}).status_code == 404
+    for fmt in ("md", "json"):
+        assert bobs.get(f"/c/{conversation.pk}/export.{fmt}").status_code == 404
+    assert client.get(f"/c/{conversation.pk}/export.txt").status_code == 404
+    client.post(page, {"system_prompt": ""})
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == ""
+
+
+def test_an_export_holds_the_conversation_as_the_page_shows_it(alice):
+    conversation = answered(alice, "What is *crema*?", "The foam on an espresso.")
+    client = signed_in(alice)
+    markdown_file = client.get(f"/c/{conversation.pk}/export.md")
+    assert markdown_file["Content-Type"].startswith("text/markdown")
+    assert 'filename="what-is-crema.md"' in markdown_file["Content-Disposition"]
+    text = markdown_file.content.decode()
+    assert "## You\n\nWhat is *crema*?" in text and "## sim-chat\n\nThe foam" in text
+    document = json.loads(client.get(f"/c/{conversation.pk}/export.json").content)
+    assert document["messages"] == [
+        {"role": "user", "content": "What is *crema*?"},
+        {"role": "assistant", "content": "The foam on an espresso.", "model": "sim-chat"},
+    ]
+
+
+async def test_the_socket_takes_a_system_prompt_only_with_a_new_conversation(alice, chat_backend):
+    socket, connected, _ = await connect(alice)
+    assert connected
+    await socket.send_json_to(
+        {"type": "prompt", "model": "sim-chat", "content": "hi", "system": "Be kind."}
+    )
+    accepted = await socket.receive_json_from(timeout=5)
+    while accepted["type"] != "accepted":
+        accepted = await socket.receive_json_from(timeout=5)
+    conversation = await database_sync_to_async(Conversation.objects.get)(
+        pk=accepted["conversation"]
+    )
+    assert conversation.system_prompt == "Be kind."
+    await socket.send_json_to(
+        {
+            "type": "prompt",
+            "model": "sim-chat",
+            "content": "again",
+            "system": "Be rude.",
+            "conversation": conversation.pk,
+        }
+    )
+    refused = await socket.receive_json_from(timeout=5)
+    while refused["type"] != "error":
+        refused = await socket.receive_json_from(timeout=5)
+    assert refused["code"] == "invalid_system"
+    await socket.disconnect()

@@ -24,6 +24,12 @@ const temperature = document.getElementById("temperature");
 const temperatureValue = document.getElementById("temperature-value");
 const maxTokens = document.getElementById("max-tokens");
 const editing = document.getElementById("editing");
+const systemDialog = document.getElementById("system-dialog");
+const systemText = document.getElementById("system-text");
+const systemOpen = document.getElementById("system-open");
+const sidebar = document.getElementById("sidebar");
+const drawerOpen = document.getElementById("drawer-open");
+const drawerBackdrop = document.getElementById("drawer-backdrop");
 const pending = JSON.parse(document.getElementById("pending-requests").textContent);
 
 let nextRef = 1;
@@ -55,6 +61,8 @@ function submit(content, options) {
   if (busy()) return false; // one answer at a time per page
   const ref = nextRef++;
   const payload = { type: "prompt", ref: ref, model: modelSelect.value, content: content, conversation: answers.conversation, params: params() };
+  // A new chat's system prompt goes with its first prompt (then it is the conversation's).
+  if (!answers.conversation && systemText.value.trim()) payload.system = systemText.value.trim();
   if (freshBox.checked || options.fresh) payload.fresh = true;
   if (options.replaceLast) { payload.replace_last = true; removeLastExchange(); }
   send(payload);
@@ -132,11 +140,50 @@ document.getElementById("params-reset").addEventListener("click", function () {
   showTemperature();
 });
 
-for (const [openId, dialogId] of [["rename-open", "rename-dialog"], ["delete-open", "delete-dialog"]]) {
+// The system prompt: saved on the conversation (a form post) once there is one; before
+// that, kept here and sent with the first prompt.
+systemDialog.querySelector("form").addEventListener("submit", function (event) {
+  if (answers.conversation) return;
+  event.preventDefault();
+  systemOpen.classList.toggle("is-set", Boolean(systemText.value.trim()));
+  systemDialog.close();
+  input.focus();
+});
+
+// A menu closes once something in it is chosen, and when the page is clicked elsewhere.
+for (const menu of document.querySelectorAll("details.menu")) {
+  for (const item of menu.querySelectorAll(".menu-panel a")) {
+    item.addEventListener("click", function () { menu.open = false; });
+  }
+  document.addEventListener("click", function (event) {
+    if (menu.open && !menu.contains(event.target)) menu.open = false;
+  });
+}
+
+// On a phone the conversations are a drawer over the thread.
+function setDrawer(open) {
+  document.body.classList.toggle("drawer-open", open);
+  drawerOpen.setAttribute("aria-expanded", String(open));
+  drawerBackdrop.hidden = !open;
+  if (open) (sidebar.querySelector("a[aria-current]") || sidebar.querySelector("a, input")).focus();
+}
+drawerOpen.addEventListener("click", function () { setDrawer(!document.body.classList.contains("drawer-open")); });
+drawerBackdrop.addEventListener("click", function () { setDrawer(false); });
+document.addEventListener("keydown", function (event) {
+  if (event.key !== "Escape" || !document.body.classList.contains("drawer-open")) return;
+  event.stopImmediatePropagation(); // Esc closes the drawer; it does not also stop the answer
+  setDrawer(false);
+});
+
+for (const [openId, dialogId] of [["rename-open", "rename-dialog"], ["delete-open", "delete-dialog"], ["system-open", "system-dialog"]]) {
   const opener = document.getElementById(openId);
   const dialog = document.getElementById(dialogId);
   if (!opener || !dialog) continue;
-  opener.addEventListener("click", function () { dialog.showModal(); });
+  opener.addEventListener("click", function () {
+    const menu = opener.closest("details");
+    if (menu) menu.open = false;
+    dialog.showModal();
+  });
   for (const closer of dialog.querySelectorAll("[data-close]")) closer.addEventListener("click", function () { dialog.close(); });
 }
 

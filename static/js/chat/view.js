@@ -204,6 +204,9 @@ export function addToSidebar(id, title) {
   for (const dialogForm of document.querySelectorAll("dialog form[data-action]")) {
     dialogForm.action = dialogForm.dataset.action.replace("{id}", String(id));
   }
+  for (const link of document.querySelectorAll("a[data-href]")) {
+    link.href = link.dataset.href.replace("{id}", String(id));
+  }
   document.getElementById("rename-title").value = title || "";
   document.querySelector("#delete-dialog [data-title]").textContent = title || "Untitled";
   document.getElementById("thread-actions").hidden = false;
