@@ -113,6 +113,35 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
         assert not port_in_use(port), f"port {port} still open after Ctrl-C"
 
 
+def test_make_up_stops_when_make_alone_is_sent_sigint(tmp_path):
+    """`kill -INT <make's pid>` reaches make only (not the terminal's whole group, as
+    Ctrl-C does), and GNU make does not pass it on: `up` sees it and stops everything."""
+    sims = consecutive_free_ports(5)
+    web = sims + 3
+    env = {**up_env(tmp_path, sims), "BARISTA_WORKERS": "1"}
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "up"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group: the signal goes to make and nothing else
+    )
+    try:
+        wait_for(lambda: ready(web), timeout=120, interval=0.5)
+        make.send_signal(signal.SIGINT)
+        output, _ = make.communicate(timeout=60)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    assert "make was interrupted: stopping" in output
+    assert "Stopped." in output
+    for port in range(sims, sims + 5):
+        assert not port_in_use(port), f"port {port} still open after make was interrupted"
+
+
 class Output:
     """A process's output, read as it comes."""
 

@@ -5,7 +5,7 @@ exits is started again, after a backoff that doubles from 1 s to 30 s while it k
 dying (and starts over once it has run for 30 s). Nothing accepted is lost meanwhile:
 a dead worker's prompts are run again by the rest of the fleet (apps.gateway.worker),
 and pages reconnect to a restarted web process and catch up from the ledger. Only
-Ctrl-C or SIGTERM stops everything.
+Ctrl-C or SIGTERM stops everything — sent to `up` or to the `make` that runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -68,6 +69,39 @@ class Child:
     started: float  # monotonic
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None  # set while it waits to be started again
+
+
+# What runs `up` for `make up`: make, and the shell of its recipe.
+_LAUNCHERS = {"make", "gmake", "sh", "dash", "bash"}
+_STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def launcher_interrupted() -> bool:
+    """Whether the `make` that started us was sent SIGINT, SIGTERM or SIGHUP.
+
+    Ctrl-C reaches every process of the terminal's group, but `kill -INT <make's pid>`
+    reaches make alone: GNU make then waits for its recipe to end without passing the
+    signal on, and nothing would ever stop. make handles the signal in a handler that
+    it does not leave until we exit, so while it waits the signal shows as blocked in
+    /proc/<pid>/status (SigBlk). Linux only; elsewhere this says no."""
+    pid = os.getppid()
+    for _ in range(3):  # make, maybe its shell between
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        if comm not in _LAUNCHERS:
+            return False
+        if comm in ("make", "gmake"):
+            blocked = int(
+                next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1],
+                16,
+            )
+            return any(blocked & (1 << (sig - 1)) for sig in _STOPPING_SIGNALS)
+        ppid = next(line for line in status.splitlines() if line.startswith("PPid:"))
+        pid = int(ppid.split()[1])
+    return False
 
 
 class Command(BaseCommand):
@@ -168,6 +202,9 @@ class Command(BaseCommand):
             "  pids: " + ", ".join(f"{child.label} {child.process.pid}" for child in self.children)
         )
         while True:
+            if launcher_interrupted():
+                self.stdout.write("make was interrupted: stopping")
+                raise KeyboardInterrupt
             self._check_redis()
             for child in self.children:
                 self._check(child)
