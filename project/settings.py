@@ -299,7 +299,12 @@ BARISTA_MAX_PROMPT_CHARS = envint("BARISTA_MAX_PROMPT_CHARS", 32_000, minimum=1)
 # each time. The prompt itself always goes (it has its own bound above).
 BARISTA_CHAT_HISTORY_MESSAGES = envint("BARISTA_CHAT_HISTORY_MESSAGES", 40, minimum=0)
 BARISTA_CHAT_HISTORY_CHARS = envint("BARISTA_CHAT_HISTORY_CHARS", 64_000, minimum=0)
-BARISTA_MAX_SOCKET_MESSAGE_BYTES = envint("BARISTA_MAX_SOCKET_MESSAGE_BYTES", 256_000, minimum=1)
+# One socket message: a prompt with its images (daphne's own cap is 1 MiB).
+BARISTA_MAX_SOCKET_MESSAGE_BYTES = envint("BARISTA_MAX_SOCKET_MESSAGE_BYTES", 1_000_000, minimum=1)
+# Images attached to a chat prompt (apps/chat/images.py), on models that read them.
+BARISTA_CHAT_IMAGES_PER_PROMPT = envint("BARISTA_CHAT_IMAGES_PER_PROMPT", 3, minimum=0)
+BARISTA_CHAT_IMAGE_BYTES = envint("BARISTA_CHAT_IMAGE_BYTES", 500_000, minimum=1)
+BARISTA_CHAT_IMAGES_BYTES = envint("BARISTA_CHAT_IMAGES_BYTES", 700_000, minimum=1)
 BARISTA_JOB_TIMEOUT = envint("BARISTA_JOB_TIMEOUT", 300, minimum=1)
 # The worker: prompts in flight per process, heartbeats, and how fast the jobs of a dead
 # worker are picked up again (about heartbeat TTL + maintenance interval).
@@ -397,6 +402,21 @@ BARISTA_API_MAX_TOKENS = envint("BARISTA_API_MAX_TOKENS", 32_768, minimum=1)
 BARISTA_MAX_KEYS_PER_PERSON = envint("BARISTA_MAX_KEYS_PER_PERSON", 20, minimum=1)
 # Most choices one chat completion may ask for (``n``).
 BARISTA_API_MAX_N = envint("BARISTA_API_MAX_N", 8, minimum=1)
+# A stream waiting (in line, or for a slow first token) sends an SSE comment after this
+# many seconds without a byte, so clients and proxies with idle timeouts keep it open.
+BARISTA_API_KEEPALIVE_SECONDS = envfloat("BARISTA_API_KEEPALIVE_SECONDS", 15.0, minimum=0.1)
+# Web pages on these origins may call /v1/ from the browser (CORS), e.g.
+# "https://app.example.com,http://localhost:3000". Empty, the default: none may.
+BARISTA_API_CORS_ORIGINS = [
+    origin.rstrip("/").lower() for origin in envlist("BARISTA_API_CORS_ORIGINS", [])
+]
+for _origin in BARISTA_API_CORS_ORIGINS:
+    _scheme, _, _host = _origin.partition("://")
+    if _scheme not in ("http", "https") or not _host or "/" in _host or "*" in _host:
+        raise ImproperlyConfigured(
+            "BARISTA_API_CORS_ORIGINS lists origins, each scheme://host[:port] "
+            f"(e.g. https://app.example.com), got {_origin!r}"
+        )
 # API traffic waits behind chat prompts: the last queue unless set.
 BARISTA_API_QUEUE = envstr("BARISTA_API_QUEUE") or BARISTA_QUEUES[-1]
 if BARISTA_API_QUEUE not in BARISTA_QUEUES:

@@ -40,6 +40,7 @@ class BackendForm(forms.ModelForm[Backend]):
             "api_key_env",
             "drop_params",
             "share_answers",
+            "accepts_images",
             "state",
             "simulated",
         ]

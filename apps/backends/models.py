@@ -115,6 +115,12 @@ class Backend(models.Model):
         "deterministic, FAQ-style models; applies to every backend of the alias. Off: each "
         "person's answers are theirs alone.",
     )
+    accepts_images = models.BooleanField(
+        "reads images",
+        default=False,
+        help_text="Its model reads images in prompts (vision). The chat page offers to attach "
+        "images on a model only when every enabled backend of it reads them.",
+    )
     simulated = models.BooleanField(
         default=False, help_text="Barista's own simulator; labelled 'simulated' in the UI."
     )

@@ -49,7 +49,7 @@ def alias_health(connection: Any) -> list[dict[str, object]]:
     backends = list(
         backend_list_enabled()
         .filter(kind=Backend.Kind.CHAT)
-        .only("pk", "alias", "simulated", "name")
+        .only("pk", "alias", "simulated", "name", "accepts_images")
     )
     try:
         states = live.snapshot_sync(connection, [b.pk for b in backends])
@@ -59,9 +59,10 @@ def alias_health(connection: Any) -> list[dict[str, object]]:
     for backend in backends:
         entry = aliases.setdefault(
             backend.alias,
-            {"alias": backend.alias, "simulated": True, "up": False, "reasons": []},
+            {"alias": backend.alias, "simulated": True, "up": False, "images": True, "reasons": []},
         )
         entry["simulated"] = entry["simulated"] and backend.simulated
+        entry["images"] = entry["images"] and backend.accepts_images
         state = states.get(backend.pk)
         if state is None or (state.usable and state.up is not False):
             entry["up"] = True
@@ -80,3 +81,10 @@ def alias_health(connection: Any) -> list[dict[str, object]]:
         )
         result.append(entry)
     return result
+
+
+def alias_reads_images(alias: str) -> bool:
+    """Whether every enabled chat backend of ``alias`` reads images (so a prompt with
+    images may go to any of them)."""
+    backends = list(backend_list_enabled().filter(kind=Backend.Kind.CHAT, alias=alias))
+    return bool(backends) and all(backend.accepts_images for backend in backends)

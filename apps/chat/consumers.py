@@ -17,8 +17,9 @@ from django.contrib.auth.models import User
 from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
-from apps.backends.selectors import alias_exists
+from apps.backends.selectors import alias_exists, alias_reads_images
 from apps.chat import markdown
+from apps.chat.images import ImageRefused, checked_images
 from apps.chat.services import (
     SYSTEM_PROMPT_MAX,
     ConversationBusy,
@@ -117,7 +118,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def handle_prompt(self, payload: dict[str, Any]) -> None:
         prompt = _prompt(payload)
-        signed_in, exists, is_shared = await database_sync_to_async(_prompt_checks)(
+        signed_in, exists, is_shared, reads_images = await database_sync_to_async(_prompt_checks)(
             self.scope, prompt["model"]
         )
         if not signed_in:
@@ -127,6 +128,8 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             return
         if not exists:
             raise InvalidInput("Unknown or unavailable model.", "unknown_model")
+        if prompt["images"] and not reads_images:
+            raise InvalidInput(f"{prompt['model']} does not read images.", "images_not_read")
         # Join the request's group before the job exists, so no early token is missed.
         request_id = uuid.uuid4()
         if not is_shared:
@@ -166,7 +169,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         if request is None:
             raise InvalidInput("Request not found.", "not_found")
-        signed_in, _, is_shared = await database_sync_to_async(_prompt_checks)(
+        signed_in, _, is_shared, _ = await database_sync_to_async(_prompt_checks)(
             self.scope, request.model
         )
         if not signed_in:
@@ -303,7 +306,15 @@ def _prompt(payload: dict[str, Any]) -> dict[str, Any]:
         "params": _params(payload.get("params")),
         "replace_last": replace_last,
         "system_prompt": system,
+        "images": _images(payload.get("images")),
     }
+
+
+def _images(value: Any) -> list[str]:
+    try:
+        return checked_images(value)
+    except ImageRefused as exc:
+        raise InvalidInput(str(exc), "invalid_images") from None
 
 
 def _params(value: Any) -> dict[str, Any] | None:
@@ -320,15 +331,16 @@ def _params(value: Any) -> dict[str, Any] | None:
     return params
 
 
-def _model_state(alias: str) -> tuple[bool, bool]:
-    """Whether the chat model exists, and whether its answers are shared between people."""
-    return alias_exists(alias), shared(alias)
+def _model_state(alias: str) -> tuple[bool, bool, bool]:
+    """Whether the chat model exists, whether its answers are shared between people, and
+    whether it reads images."""
+    return alias_exists(alias), shared(alias), alias_reads_images(alias)
 
 
-def _prompt_checks(scope: dict[str, Any], alias: str) -> tuple[bool, bool, bool]:
+def _prompt_checks(scope: dict[str, Any], alias: str) -> tuple[bool, bool, bool, bool]:
     """Before each prompt: is the socket's person still signed in (their session not
     ended, their account active, their password unchanged since), does the model exist,
-    and does it share answers. One trip to the database thread."""
+    does it share answers, does it read images. One trip to the database thread."""
     return (_still_signed_in(scope), *_model_state(alias))
 
 

@@ -38,6 +38,8 @@ class Message(models.Model):
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
     content = models.TextField()
+    # Images attached to the prompt, as the data: URLs the page sent (apps/chat/images.py).
+    images = models.JSONField(default=list, blank=True)
     request = models.OneToOneField(
         "gateway.PromptRequest",
         null=True,

@@ -42,6 +42,7 @@ class Line:
     role: str
     content: str
     request: PromptRequest | None
+    images: tuple[str, ...] = ()
 
     @property
     def request_id(self) -> Any:
@@ -53,19 +54,24 @@ class Line:
         return self.request is not None and self.request.status == PromptRequest.Status.CANCELLED
 
 
-def message_list(*, conversation: Conversation, latest: int | None = None) -> list[Line]:
+def message_list(
+    *, conversation: Conversation, latest: int | None = None, images: bool = True
+) -> list[Line]:
     """The conversation in order: each prompt, then its answer once there is one — or
-    only its ``latest`` prompts and their answers."""
+    only its ``latest`` prompts and their answers; without their images if not ``images``."""
     lines: list[Line] = []
     messages = conversation.messages.select_related("request").defer(
         "request__messages", "request__params", "request__error"
     )
+    if not images:
+        messages = messages.defer("images")
     if latest is not None:
         newest_first = messages.order_by("-created_at", "-id")[:latest]
         messages = messages.filter(pk__in=[m.pk for m in newest_first])
     for message in messages:
         request = message.request
-        lines.append(Line("user", message.content, request))
+        attached = tuple(message.images) if images else ()
+        lines.append(Line("user", message.content, request, attached))
         if request is not None and request.status == PromptRequest.Status.DONE:
             lines.append(Line("assistant", request.answer, request))
         elif request is not None and request.status == Status.CANCELLED and request.answer:
@@ -118,10 +124,11 @@ def conversation_history(
     *, conversation: Conversation, latest: int | None = None
 ) -> list[dict[str, str]]:
     """The conversation as chat messages for the model: prompts and their answers (of
-    the ``latest`` prompts only, if given)."""
+    the ``latest`` prompts only, if given). Text only: an image goes with its own prompt,
+    not with every later one."""
     return [
         {"role": line.role, "content": line.content}
-        for line in message_list(conversation=conversation, latest=latest)
+        for line in message_list(conversation=conversation, latest=latest, images=False)
     ]
 
 

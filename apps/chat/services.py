@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from apps.chat.images import content_with
 from apps.chat.models import Conversation, Message
 from apps.chat.selectors import conversation_history, request_list_pending
 from apps.gateway.admission import Principal
@@ -65,6 +66,7 @@ def chat_prompt_submit(
     params: dict[str, Any] | None = None,
     replace_last: bool = False,
     system_prompt: str | None = None,
+    images: list[str] | None = None,
 ) -> ChatPrompt:
     """Send a prompt in a conversation (a new one when ``conversation_id`` is None).
 
@@ -72,7 +74,8 @@ def chat_prompt_submit(
     later prompts. ``replace_last`` swaps the conversation's last prompt and everything
     after it for this one: "regenerate" sends the same text, "edit" a new one.
     ``system_prompt`` is a new conversation's (set later with
-    ``conversation_set_system_prompt``)."""
+    ``conversation_set_system_prompt``). ``images`` (checked by ``apps.chat.images``) go
+    with this prompt; later prompts carry its text only."""
     if conversation_id is None:
         conversation = Conversation.objects.create(
             owner=user,
@@ -96,10 +99,12 @@ def chat_prompt_submit(
             _drop_last_exchange(conversation)
     # Read no more prompts than the bound could send (each is at least one message).
     latest = settings.BARISTA_CHAT_HISTORY_MESSAGES
-    history = _bounded(conversation_history(conversation=conversation, latest=latest))
+    history: list[dict[str, Any]] = _bounded(
+        conversation_history(conversation=conversation, latest=latest)
+    )
     if conversation.system_prompt:
         history.insert(0, {"role": "system", "content": conversation.system_prompt})
-    history.append({"role": "user", "content": content})
+    history.append({"role": "user", "content": content_with(content, images or [])})
     request = request_submit(
         principal=Principal(user.pk),
         model=model,
@@ -108,7 +113,9 @@ def chat_prompt_submit(
         request_id=request_id,
         bypass_cache=bypass_cache,
     )
-    Message.objects.create(conversation=conversation, content=content, request=request)
+    Message.objects.create(
+        conversation=conversation, content=content, images=images or [], request=request
+    )
     if request.status == PromptRequest.Status.DONE:
         request.backend  # noqa: B018 - a hit is replayed at once: load what it names here
     return ChatPrompt(request=request, conversation=conversation)

@@ -70,6 +70,11 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
             "health_label": health_label,
             "params": conversation.params if conversation else {},
             "max_tokens_limit": settings.BARISTA_API_MAX_TOKENS,
+            "image_limits": {
+                "each": settings.BARISTA_CHAT_IMAGE_BYTES,
+                "total": settings.BARISTA_CHAT_IMAGES_BYTES,
+                "most": settings.BARISTA_CHAT_IMAGES_PER_PROMPT,
+            },
             # Models whose answers are shared between people: said so, and badges shown.
             "shared_models": {str(m["alias"]) for m in models if shared(str(m["alias"]))},
         },

@@ -62,7 +62,11 @@ MAX_CHOICES = 16
 
 def text_of(content: Any) -> str:
     if isinstance(content, list):  # OpenAI content parts
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
     return "" if content is None else str(content)
 
 
@@ -71,6 +75,22 @@ def last_user_message(messages: list[dict[str, Any]]) -> str:
         if message.get("role") == "user":
             return text_of(message.get("content", ""))
     return ""
+
+
+def _images_in_last_user_message(messages: list[dict[str, Any]]) -> list[str]:
+    """The media types of the image parts the last user message carries."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if not isinstance(content, list):
+                return []
+            kinds = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    url = str((part.get("image_url") or {}).get("url", ""))
+                    kinds.append(url[5:].split(";", 1)[0] if url.startswith("data:") else "a link")
+            return kinds
+    return []
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -111,6 +131,10 @@ def compose_answer(request: dict[str, Any], length: int, choice: int = 0) -> lis
     else:
         quoted = last_user_message(messages)
         opening = f'You said: "{quoted}". Here is a simulated answer. '
+        images = _images_in_last_user_message(messages)
+        if images:
+            kinds = ", ".join(images)
+            opening += f"I see {len(images)} image{'s' if len(images) > 1 else ''} ({kinds}). "
         if "markdown" in quoted.lower():  # something for the chat page to render
             opening += MARKDOWN_SAMPLE
     if choice:

@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 from apps.chat.models import Conversation
 from apps.gateway.models import PromptRequest
 from tests.browser.test_chat_experience import ask, barista, open_chat, shoot  # noqa: F401
+from tests.chat.test_images import png
 from tests.conftest import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -130,4 +131,41 @@ def test_a_system_prompt_goes_first_and_a_conversation_exports(browser, barista)
     document = json.loads(open(exported.value.path(), encoding="utf-8").read())
     assert [m["role"] for m in document["messages"]] == ["user", "assistant"] * 2
     assert document["system_prompt"] == "Answer in one line."
+    page.close()
+
+
+def test_an_image_attached_to_a_prompt_reaches_the_model_and_stays_in_the_thread(
+    browser, start_simulator, start_worker, start_web
+):
+    sim = start_simulator("--ttft", "0.1", "--tps", "80", "--tokens", "30")
+    sim.register(alias="sim-chat", accepts_images=True)
+    start_simulator().register(alias="sim-text", name="text-only")
+    start_worker()
+    url = start_web()
+    make_user("ivy")
+    page = open_chat(browser, url, "ivy")
+    attach = page.get_by_role("button", name="Image")
+    page.get_by_label("Model").select_option("sim-text")
+    expect(attach).to_be_hidden()  # this model does not read images
+    page.get_by_label("Model").select_option("sim-chat")
+    expect(attach).to_be_visible()
+
+    # A small PNG goes as it is; a big photo-like one is shrunk to fit the limit.
+    page.locator("#attach-input").set_input_files(
+        [
+            {"name": "small.png", "mimeType": "image/png", "buffer": png()},
+            {"name": "big.png", "mimeType": "image/png", "buffer": png(700, 700, noise=True)},
+        ]
+    )
+    expect(page.locator("#attached img")).to_have_count(2)
+    answer = ask(page, "what do you see?")
+    expect(answer).to_contain_text("I see 2 images (image/png, image/jpeg)")
+    expect(page.locator(".message.user .attachments img")).to_have_count(2)
+    expect(page.locator("#attached img")).to_have_count(0)  # sent: the tray is empty
+    row = PromptRequest.objects.get()
+    sizes = [len(part["image_url"]["url"]) for part in row.messages[-1]["content"][1:]]
+    assert max(sizes) < 500_000 * 4 / 3 + 100  # the big one was shrunk below the limit
+    page.reload()
+    expect(page.locator(".message.user .attachments img")).to_have_count(2)
+    shoot(page, "chat-desktop-image")
     page.close()

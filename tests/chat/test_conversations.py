@@ -297,7 +297,7 @@ def test_sign_up_is_off_by_default_and_works_when_on(settings):
 def test_model_health_says_when_every_backend_of_a_model_is_down(alice, chat_backend):
     client = signed_in(alice)
     assert client.get("/models.json").json()["models"] == [
-        {"alias": "sim-chat", "simulated": True, "up": True, "reason": ""}
+        {"alias": "sim-chat", "simulated": True, "up": True, "images": False, "reason": ""}
     ]
     from asgiref.sync import async_to_sync
 

@@ -3,6 +3,7 @@
 // socket lives in socket.js, its frames are handled in frames.js, the answers in flight
 // are tracked in answers.js, and view.js draws it all.
 import { answers, answerView, busy, onChange } from "./answers.js";
+import { offerFor, takeAttached } from "./images.js";
 import { connect, dropConnection, send } from "./socket.js";
 import {
   addCodeCopyButtons, addMessage, keepScrolled, lastPrompt, removeLastExchange, showActions,
@@ -64,9 +65,11 @@ function submit(content, options) {
   // A new chat's system prompt goes with its first prompt (then it is the conversation's).
   if (!answers.conversation && systemText.value.trim()) payload.system = systemText.value.trim();
   if (freshBox.checked || options.fresh) payload.fresh = true;
+  const images = options.images || takeAttached();
+  if (images.length) payload.images = images;
   if (options.replaceLast) { payload.replace_last = true; removeLastExchange(); }
   send(payload);
-  addMessage("user", content);
+  addMessage("user", content, images);
   const view = addMessage("assistant", "");
   showWaiting(view, "Sending…");
   answers.byRef.set(ref, view);
@@ -76,7 +79,9 @@ function submit(content, options) {
 
 function regenerate() {
   const lastUser = lastPrompt();
-  if (lastUser) submit(lastUser.dataset.raw, { replaceLast: true, fresh: true });
+  if (!lastUser) return;
+  const images = Array.from(lastUser.querySelectorAll(".attachments img"), function (img) { return img.src; });
+  submit(lastUser.dataset.raw, { replaceLast: true, fresh: true, images: images });
 }
 
 function startEdit() {
@@ -110,6 +115,7 @@ function showModelHealth() {
   modelDown.hidden = !option || up;
   modelDown.textContent = option && !up ? modelSelect.value + ": " + option.dataset.reason : "";
   modelShared.hidden = !option || option.dataset.shared !== "1";
+  offerFor(option);
 }
 
 async function pollModels() {
@@ -122,6 +128,7 @@ async function pollModels() {
       if (!option) continue;
       option.dataset.up = model.up ? "1" : "0";
       option.dataset.reason = model.reason;
+      option.dataset.images = model.images ? "1" : "0";
       option.disabled = !model.up && option !== modelSelect.selectedOptions[0];
       option.textContent = model.alias + (model.simulated ? " (simulated)" : "") + (model.up ? "" : " — down");
     }

@@ -18,13 +18,14 @@ export function keepScrolled(wasAtBottom) { if (wasAtBottom) list.scrollTop = li
 
 // --- Messages ---------------------------------------------------------------------
 
-export function addMessage(role, text) {
+export function addMessage(role, text, images) {
   const welcome = document.getElementById("welcome");
   if (welcome) welcome.remove();
   const stick = atBottom();
   const item = document.createElement("li");
   item.className = "message " + role;
   item.dataset.raw = text;
+  if (images && images.length) item.appendChild(thumbnails(images));
   const bubble = document.createElement("div");
   bubble.className = "bubble";
   bubble.textContent = text;
@@ -35,6 +36,19 @@ export function addMessage(role, text) {
   list.appendChild(item);
   keepScrolled(stick);
   return { item, bubble, meta, text: "" };
+}
+
+// The images a prompt carried, above its text (data: URLs the page itself made).
+export function thumbnails(images) {
+  const row = document.createElement("div");
+  row.className = "attachments";
+  for (const url of images) {
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = "Attached image";
+    row.appendChild(img);
+  }
+  return row;
 }
 
 export function lastPrompt() {

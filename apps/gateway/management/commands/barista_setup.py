@@ -63,6 +63,7 @@ class Command(BaseCommand):
                     base_url=f"http://127.0.0.1:{base + offset}/v1",
                     weight=2 if name == "sim-fast" else 1,
                     simulated=True,
+                    accepts_images=alias == "sim-chat",  # the simulator says what it saw
                 )
             self.stdout.write(
                 "Registered three simulated backends (sim-fast, sim-medium, sim-slow)."
