@@ -193,6 +193,14 @@ CACHES = {
     }
 }
 
+# The channel layer may have Redis servers of its own, and shard over several: its
+# traffic (every token batch, to every socket) is the largest and needs no other key.
+# Everything else — RQ's queues and the fair lane, the answer cache, merging identical
+# requests, backends' live state, limits' counters — stays on REDIS_URL: Lua scripts
+# change several of them in one step (an answer is stored as its key closes to new
+# followers; a job is queued with its place in line), which needs one server.
+CHANNELS_REDIS_URLS = envlist("BARISTA_CHANNELS_REDIS_URLS", []) or [REDIS_URL]
+_CHANNEL_MAX_CONNECTIONS = envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1)
 CHANNEL_LAYERS = {
     "default": {
         # Redis pub/sub: a frame is one PUBLISH, and each web process reads every frame
@@ -202,10 +210,12 @@ CHANNEL_LAYERS = {
         # Both are at-most-once; Barista never relies on a frame arriving (DESIGN.md, 2).
         "BACKEND": "apps.core.channel_layer.PubSubChannelLayer",
         "CONFIG": {
+            # Several hosts: each channel (a request's group, a socket) lives on one, by a
+            # hash of its name; a web process subscribes on each host it needs.
             "hosts": [
                 {
-                    "address": REDIS_URL,
-                    "max_connections": envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1),
+                    "address": address,
+                    "max_connections": _CHANNEL_MAX_CONNECTIONS,
                     # Longer than the reader's 0.1 s poll, so a dead Redis is still noticed.
                     "socket_timeout": 15,
                     # A connection broken by a Redis restart fails once, then reconnects
@@ -213,6 +223,7 @@ CHANNEL_LAYERS = {
                     "retry": AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
                     "retry_on_error": [RedisConnectionError, RedisTimeoutError],
                 }
+                for address in CHANNELS_REDIS_URLS
             ],
             "prefix": "barista:asgi",
         },
