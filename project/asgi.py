@@ -29,7 +29,7 @@ application = ProtocolTypeRouter(
         # /v1/ is served by a Channels consumer: no sync middleware, no thread hops, and it
         # can stream events from the worker (DESIGN.md, decision 8). Everything else: Django.
         "http": URLRouter(
-            [re_path(r"^v1/", OpenAIConsumer.as_asgi()), re_path(r"", django_asgi_app)]  # type: ignore[arg-type]
+            [re_path(r"^v1(?:/|$)", OpenAIConsumer.as_asgi()), re_path(r"", django_asgi_app)]  # type: ignore[arg-type]
         ),
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }

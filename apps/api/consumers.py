@@ -3,9 +3,12 @@ translated to OpenAI's wire format.
 
 A chat completion takes the same path as a chat-page prompt: admission, cache, coalescing,
 queue, balancer, ledger, and the gateway's delivery ``Subscription``. Its events are
-answered as Server-Sent Events when ``stream`` is true (headers go out with the first
-token, so a failure before it is still a proper HTTP error), or as one JSON body at the
-end. A client that hangs up cancels its request (unless others follow it).
+answered as Server-Sent Events when ``stream`` is true, or as one JSON body at the end.
+A stream's headers go out as soon as the request is accepted: a refusal before that (a
+bad key or body, a limit) is a proper HTTP error, a failure after it an error event.
+While it waits, the stream carries SSE comments — its place in line when that changes,
+and keep-alives (``apps.api.http``) — so idle timeouts do not end it. A client that hangs
+up cancels its request (unless others follow it).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from apps.gateway.cache import CachedAnswer, shared
 from apps.gateway.embeddings import EmbeddingFailed, embeddings_create
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
+from apps.gateway.positions import PlaceInLine
 from apps.gateway.queues import connection
 from apps.gateway.selectors import cached_answer
 from apps.gateway.services import request_submit
@@ -64,6 +68,7 @@ COMPLETIONS = {
     "/v1/completions": "text",
     "/v1/responses": "responses",
 }
+ROUTES = {*COMPLETIONS, "/v1/embeddings", "/v1/models", "/v1/openapi.json"}
 
 
 class OpenAIConsumer(JsonHttpConsumer):
@@ -73,7 +78,9 @@ class OpenAIConsumer(JsonHttpConsumer):
         self.subscription: Subscription | None = None
         self.completion: Completion | ResponseWriter | None = None
         self.stream = False
+        self.answering = False  # a stream's answer has begun (its first chunk is out)
         self.cache_header = False
+        self.place = PlaceInLine(self._tell_place)
         # For tokens-per-minute limits when the client hangs up before the answer's
         # usage: what it sent and what it was sent, about four characters a token.
         self.body_chars = 0
@@ -81,6 +88,13 @@ class OpenAIConsumer(JsonHttpConsumer):
 
     async def route(self, body: bytes) -> None:
         method, path = self.scope["method"], self.scope["path"].rstrip("/")
+        if path not in ROUTES and not path.startswith("/v1/models/"):
+            # Whatever the key: a wrong base URL is the likelier mistake, and says so.
+            raise ApiError(
+                404,
+                f"Unknown route {method} {path}. The API's routes are listed at /v1/openapi.json.",
+                code="unknown_url",
+            )
         if path == "/v1/openapi.json" and method == "GET":
             await self.json(200, openapi_document())
             return
@@ -151,22 +165,28 @@ class OpenAIConsumer(JsonHttpConsumer):
             owner_id=self.key.owner_id,
             send=self._on_event,
         )
-        if row is None:
-            # Not answered yet: listen for the answer before the job exists (no token
-            # missed), then submit.
-            await self.subscription.join(request_id)
-            row = await database_sync_to_async(_submit)(
-                principal, authorized.request, request_id, bypass, None, kind
-            )
-            quota = principal.quota
+        if row is not None:
+            self.extra_headers += [
+                *quota_headers(quota),
+                (b"x-barista-request-id", str(request_id).encode()),
+            ]
+            await self.subscription.replay(row)  # from the cache: replayed like a live one
+            return
+        # Not answered yet: listen for the answer before the job exists (no token missed),
+        # then submit.
+        await self.subscription.join(request_id)
+        self.completion.cache_outcome = await database_sync_to_async(_accept)(
+            principal, authorized.request, request_id, bypass, kind, self.cache_header
+        )
         self.extra_headers += [
-            *quota_headers(quota),
+            *quota_headers(principal.quota),
             (b"x-barista-request-id", str(request_id).encode()),
         ]
-        if row.status == PromptRequest.Status.DONE:  # from the cache: replayed like a live one
-            await self.subscription.replay(row)
-            return
         self.subscription.expect(request_id)
+        if self.stream:
+            # Accepted: from here on the answer is a stream, even while it waits in line.
+            await self.start_events(self._cache_header())
+            self.place.watch(str(request_id))
 
     async def embeddings(self, token: str, raw: bytes) -> None:
         """``POST /v1/embeddings``: answered here, not by a worker (apps.gateway.embeddings)."""
@@ -229,6 +249,7 @@ class OpenAIConsumer(JsonHttpConsumer):
         await super().http_disconnect(message)
 
     async def stop(self) -> None:
+        self.place.close()
         if self.subscription is not None:
             await self.subscription.close()
 
@@ -249,6 +270,10 @@ class OpenAIConsumer(JsonHttpConsumer):
             return
         completion, kind = self.completion, event["event"]
         assert completion is not None
+        if self.stream and kind == "status" and event.get("status") == "queued":
+            self.place.watch(completion.request_id)  # put back in line by a worker
+        else:
+            self.place.forget(completion.request_id)
         if kind == "status" and event.get("cache"):  # merged, or replayed from the cache
             completion.cache_outcome = event["cache"]
         elif kind == "tokens":
@@ -267,10 +292,16 @@ class OpenAIConsumer(JsonHttpConsumer):
             await self.error(from_failed_event(event))
 
     async def _start_stream(self) -> None:
+        """The answer's first chunk, before its first text (and the headers, unless they
+        went out when the request was accepted: a replay's go out here)."""
         assert self.completion is not None
-        if not self.headers_sent:
+        if not self.answering:
+            self.answering = True
             await self.start_events(self._cache_header())
             await self.send_body(self.completion.first_chunk(), more_body=True)
+
+    async def _tell_place(self, request_id: str, position: int, eta: int) -> None:
+        await self.comment(f"queued position={position} eta={eta}s")
 
     def _cache_header(self) -> list[tuple[bytes, bytes]]:
         """``X-Barista-Cache``, only where the model's answers are shared between people
@@ -427,6 +458,27 @@ def _authorize(
     hit = _submit(principal, request, request_id, bypass, cached=stored, kind=kind)
     hit.backend  # noqa: B018 - loaded here, so the replay needs no second trip to this thread
     return Authorized(key, request, hit, principal.quota, shared(model))
+
+
+def _accept(
+    principal: Principal,
+    request: ChatRequest,
+    request_id: uuid.UUID,
+    bypass: bool,
+    kind: str,
+    tell_outcome: bool,
+) -> str:
+    """Submit a request with no stored answer; returns how it is being answered, as far as
+    is known at acceptance. With ``tell_outcome`` (its model's answers are shared, which
+    X-Barista-Cache tells) that is read back: submitting settles it after the row is
+    created — merged with an identical request in flight ("coalesced"), or, rarely,
+    answered by one that finished meanwhile ("hit"). A merged request whose leader fails is
+    answered on its own after all, but a stream's header has gone by then."""
+    row = _submit(principal, request, request_id, bypass, None, kind)
+    if not tell_outcome:
+        return row.cache_outcome
+    now = PromptRequest.objects.filter(id=row.id).values_list("cache_outcome", flat=True)
+    return now.first() or row.cache_outcome
 
 
 def _submit(

@@ -7,6 +7,10 @@ middleware, no thread hops on the hot path), so it enforces the body limit itsel
 Unlike a stock Channels consumer, it opens its channel-layer channel only when a request
 needs one (``open_channel``): listing models or answering from the cache then costs no
 channel, no receive loop and no Redis connection of the channel layer's.
+
+An event stream never goes quiet for long: after ``BARISTA_API_KEEPALIVE_SECONDS`` without
+a byte it sends an SSE comment, so clients and proxies with idle timeouts keep waiting.
+Answers carry the CORS headers of ``apps.api.cors``, and it answers preflights itself.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from channels.exceptions import StopConsumer
@@ -23,6 +28,7 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from apps.api import cors
 from apps.api.errors import REDIS_UNAVAILABLE, ApiError
 from apps.core.dispatch import DirectDispatch
 
@@ -35,9 +41,11 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.received = 0
-        self.finished = False  # the whole answer has been sent
+        self.finished = False  # the whole answer has been sent (or the client left)
         self.headers_sent = False  # an event stream has begun
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.last_sent = 0.0  # when the last bytes went out (monotonic)
+        self.keepalive: asyncio.Task[None] | None = None
 
     async def route(self, body: bytes) -> None:
         raise NotImplementedError
@@ -70,9 +78,12 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
         if message.get("more_body"):
             return
         try:
-            if not (self.is_secure() or _plain_http_allowed()):
+            if self.scope["method"] == "OPTIONS":
+                await self.preflight()
+            elif not (self.is_secure() or _plain_http_allowed()):
                 raise HTTPS_REQUIRED
-            await self.route(b"".join(self.body))
+            else:
+                await self.route(b"".join(self.body))
         except ApiError as exc:
             await self.error(exc)
         except RedisError:
@@ -102,6 +113,7 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
         self.scope = scope
         if self.is_secure():
             self.extra_headers.extend(_hsts())
+        self.extra_headers.extend(cors.answer_headers(self.header(b"origin")))
         self.channel_layer = get_channel_layer()
         self.base_send = send
         self._channel_open = asyncio.Event()
@@ -116,6 +128,8 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
             except Exception:  # the client is gone too: nothing left to tell
                 logger.info("API request: the client left as well")
         finally:
+            if self.keepalive is not None:
+                self.keepalive.cancel()
             if self._channel_open.is_set():
                 await self._close_channel()
 
@@ -174,6 +188,27 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
 
     # --- Answering -------------------------------------------------------------------
 
+    async def send_body(self, body: bytes, *, more_body: bool = False) -> None:
+        # Marked before the send: a keep-alive due meanwhile must not follow the last byte.
+        self.finished = self.finished or not more_body
+        self.last_sent = time.monotonic()
+        await super().send_body(body, more_body=more_body)
+
+    async def preflight(self) -> None:
+        """A browser asks whether a page may call the API (CORS): yes, for the origins
+        staff list; otherwise a 403, without CORS headers (the browser stops there)."""
+        origin = self.header(b"origin")
+        allowed = cors.preflight_headers(origin, self.header(b"access-control-request-headers"))
+        if allowed is None:
+            raise ApiError(
+                403,
+                f"Web pages on {origin or 'an unnamed origin'} may not call this API: the "
+                "origins that may are listed in BARISTA_API_CORS_ORIGINS.",
+                code="cors_origin_not_allowed",
+            )
+        await self.send_headers(status=204, headers=[*self.extra_headers, *allowed])
+        await self.send_body(b"")
+
     async def json(
         self, status: int, document: Any, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
@@ -201,7 +236,7 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
         await self.json(exc.status, exc.document(), exc.headers)
 
     async def start_events(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """Begin a Server-Sent Events answer (once)."""
+        """Begin a Server-Sent Events answer (once), kept alive until it ends."""
         if self.headers_sent:
             return
         await self.send_headers(
@@ -209,11 +244,31 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
             headers=[
                 (b"content-type", b"text/event-stream"),
                 (b"cache-control", b"no-cache"),
+                # nginx would otherwise hold the events back to fill its buffer.
+                (b"x-accel-buffering", b"no"),
                 *headers,
                 *self.extra_headers,
             ],
         )
         self.headers_sent = True
+        # A server may hold the headers until the first bytes of the body (ASGI): none yet.
+        await self.send_body(b"", more_body=True)
+        self.keepalive = asyncio.create_task(self._keep_alive())
+
+    async def comment(self, text: str) -> None:
+        """An SSE comment: clients skip it; it tells a person reading the raw stream (and
+        every proxy on the way) that the answer is still coming."""
+        if self.headers_sent and not self.finished:
+            await self.send_body(f": {text}\n\n".encode(), more_body=True)
+
+    async def _keep_alive(self) -> None:
+        interval = settings.BARISTA_API_KEEPALIVE_SECONDS
+        while not self.finished:
+            silent = time.monotonic() - self.last_sent
+            if silent >= interval:
+                await self.comment("keep-alive")
+            else:
+                await asyncio.sleep(interval - silent)
 
 
 # The API lives outside Django's middleware, so it applies SecurityMiddleware's two rules

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -28,11 +27,12 @@ from apps.chat.services import (
 )
 from apps.core.dispatch import DirectDispatch
 from apps.core.nesting import MAX_DEPTH, too_deep
-from apps.gateway.admission import UNAVAILABLE, Rejection, estimate_wait
+from apps.gateway.admission import UNAVAILABLE, Rejection
 from apps.gateway.cache import shared
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
-from apps.gateway.selectors import is_request_id, queue_position, request_get_owned
+from apps.gateway.positions import PlaceInLine
+from apps.gateway.selectors import is_request_id, request_get_owned
 from apps.gateway.subscription import Subscription
 from apps.gateway.validation import InvalidRequest, sampling_params
 
@@ -67,16 +67,15 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             owner_id=user.pk,
             send=self._send_event,
         )
-        # The owner's prompts still waiting in line: request id -> last (position, eta) sent.
-        self.waiting: dict[str, tuple[int, int] | None] = {}
+        # The owner's prompts still waiting in line, told where they stand.
+        self.in_line = PlaceInLine(self._tell_position)
         # Requests on models whose answers are not shared between people.
         self.private: set[str] = set()
-        self.position_task: asyncio.Task[None] | None = None
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "position_task", None) is not None:
-            self.position_task.cancel()  # type: ignore[union-attr]
+        if hasattr(self, "in_line"):
+            self.in_line.close()
         if hasattr(self, "subscription"):
             await self.subscription.close()
 
@@ -160,7 +159,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.subscription.replay(sent.request)
             return
         self.subscription.expect(sent.id)
-        self._watch_position(str(sent.id))
+        self.in_line.watch(str(sent.id))
 
     async def handle_follow(self, payload: dict[str, Any]) -> None:
         """Re-attach to an in-flight request after a reload or reconnect (owner only)."""
@@ -185,7 +184,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.send_json({"type": "status", "request": str(row.id), "status": row.status})
             self.subscription.expect(row.id)
             if row.status == PromptRequest.Status.QUEUED:
-                self._watch_position(str(row.id))
+                self.in_line.watch(str(row.id))
 
     async def handle_cancel(self, payload: dict[str, Any]) -> None:
         request = (
@@ -219,33 +218,15 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             source = markdown.answer_source(frame["content"], frame.get("extra"))
             frame["html"] = markdown.render(source)
         if frame["type"] == "status" and frame.get("status") == "queued":
-            self._watch_position(str(event["request"]))  # put back in line by a worker
+            self.in_line.watch(str(event["request"]))  # put back in line by a worker
         else:
-            self.waiting.pop(str(event["request"]), None)
+            self.in_line.forget(str(event["request"]))
         await self.send_json(frame)
 
-    def _watch_position(self, request_id: str) -> None:
-        self.waiting.setdefault(request_id, None)
-        if self.position_task is None or self.position_task.done():
-            self.position_task = asyncio.create_task(self._report_positions())
-
-    async def _report_positions(self) -> None:
-        """Every second, tell the owner where each of their waiting prompts stands."""
-        while self.waiting:
-            for request_id in list(self.waiting):
-                position = await database_sync_to_async(queue_position)(request_id=request_id)
-                if position is None or request_id not in self.waiting:
-                    self.waiting.pop(request_id, None)
-                    continue
-                eta = await database_sync_to_async(estimate_wait)(position)
-                if request_id not in self.waiting:
-                    continue  # it started, ended or was cancelled while we looked
-                if self.waiting.get(request_id) != (position, eta):
-                    self.waiting[request_id] = (position, eta)
-                    await self.send_json(
-                        {"type": "queue", "request": request_id, "position": position, "eta": eta}
-                    )
-            await asyncio.sleep(settings.BARISTA_QUEUE_POSITION_INTERVAL)
+    async def _tell_position(self, request_id: str, position: int, eta: int) -> None:
+        await self.send_json(
+            {"type": "queue", "request": request_id, "position": position, "eta": eta}
+        )
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content))

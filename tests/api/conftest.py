@@ -28,6 +28,17 @@ def api(request, alice, start_simulator, start_worker, start_web, lifted_limits)
     """Barista served by daphne on loopback, a real worker and a simulator process.
     ``@pytest.mark.web_env(NAME="value")`` sets environment for the web process,
     ``@pytest.mark.worker_env(...)`` for the worker."""
+    return serve(request, alice, start_simulator, start_web, start_worker)
+
+
+@pytest.fixture
+def api_without_worker(request, alice, start_simulator, start_web, lifted_limits) -> Api:
+    """As ``api``, with no worker yet: every request waits in line until the test starts
+    one (``start_worker``)."""
+    return serve(request, alice, start_simulator, start_web)
+
+
+def serve(request, alice, start_simulator, start_web, start_worker=None) -> Api:
     marker = request.node.get_closest_marker("web_env")
     web_env = dict(marker.kwargs) if marker else {}
     marker = request.node.get_closest_marker("worker_env")
@@ -36,7 +47,8 @@ def api(request, alice, start_simulator, start_worker, start_web, lifted_limits)
     # Its answers are shared between people (staff's choice), so the tests can see how
     # each request was answered (X-Barista-Cache); the default, private, has its own tests.
     simulator.register(alias="sim-chat", share_answers=True)
-    start_worker(**worker_env)
+    if start_worker is not None:
+        start_worker(**worker_env)
     # A small body limit, so the over-the-limit tests fit in the sockets' buffers.
     url = start_web(BARISTA_API_MAX_BODY_BYTES=str(BODY_LIMIT), **web_env)
     row, key = api_key_create(owner=alice, name="tests")

@@ -112,6 +112,17 @@ def test_unknown_model_404_and_unknown_route_404(api):
     assert no_backend_call(api)
 
 
+def test_every_path_under_v1_answers_json_with_or_without_a_key(api):
+    """A wrong base URL is the usual first mistake: it gets a JSON 404 that says where the
+    routes are, never Django's HTML page, nor a 401 for a route that does not exist."""
+    for path in ("/v1", "/v1/", "/v1/nonsense", "/v1/chat/completion", "/v1/v1/models"):
+        url = api.url.removesuffix("/v1") + path
+        for headers in (api.headers(), {}):
+            error = error_of(httpx.get(url, headers=headers, timeout=10), 404)
+            assert error["code"] == "unknown_url" and "/v1/openapi.json" in error["message"]
+    assert no_backend_call(api)
+
+
 def _raw(api, head: bytes, body_parts: list[bytes]) -> tuple[int, bytes]:
     """Talk HTTP/1.1 by hand (to send what httpx would not: chunked or lying bodies)."""
     url = urlparse(api.url)
