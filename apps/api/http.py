@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from apps.api import cors
 from apps.api.errors import REDIS_UNAVAILABLE, ApiError
 from apps.core.dispatch import DirectDispatch
+from apps.gateway.metrics import recorder
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
     async def error(self, exc: ApiError) -> None:
         if self.finished:
             return
+        recorder.api_error(status=exc.status, code=exc.code)
         if self.headers_sent:  # mid-stream: the error travels as an event
             await self.send_body(sse(exc.document()), more_body=True)
             await self.send_body(SSE_DONE)

@@ -29,6 +29,7 @@ from apps.core.dispatch import DirectDispatch
 from apps.core.nesting import MAX_DEPTH, too_deep
 from apps.gateway.admission import UNAVAILABLE, Rejection
 from apps.gateway.cache import shared
+from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.positions import PlaceInLine
@@ -110,6 +111,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self._refuse(payload, exc)
 
     async def _refuse(self, payload: Any, exc: InvalidInput) -> None:
+        recorder.socket_error(code=exc.code)  # a client error, unless a refusal
         frame = {"type": "error", "error": exc.message, "code": exc.code, "ref": _ref(payload)}
         if exc.retry_after is not None:
             frame["retry_after"] = exc.retry_after
@@ -237,7 +239,9 @@ def _refusal(exc: BaseException) -> InvalidInput | None:
     if isinstance(exc, ConversationNotFound):
         return InvalidInput("Conversation not found.", "not_found")
     if isinstance(exc, ConversationBusy):
-        return InvalidInput("The last answer is still on its way: stop it first.", "busy")
+        return InvalidInput(
+            "The last answer is still on its way: stop it first.", "conversation_busy"
+        )
     if isinstance(exc, Rejection):
         return InvalidInput(exc.message, exc.code, retry_after=exc.retry_after)
     return None

@@ -1,5 +1,9 @@
 """Snapshots for the live metrics page: one point per second from the metrics store, plus
-the gauges read at that moment (queue depth, in flight per backend, workers)."""
+the gauges read at that moment (queue depth, in flight per backend, workers).
+
+A second's counts keep arriving for a moment after it ends (each process adds its own at
+its next flush), so each snapshot carries the last few seconds again and the page replaces
+the points it has: a refusal counted late is drawn, not lost to a point read too early."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from apps.backends import live
 from apps.backends.selectors import backend_names_active
 from apps.core import clients
 from apps.core.loop import PerLoop
-from apps.gateway import cache, fairness, metrics
+from apps.gateway import fairness, metrics
 from apps.gateway.queues import queues
 
 HISTORY_SECONDS = 15 * 60
@@ -49,10 +53,17 @@ def point(second: int, raw: dict[Any, Any]) -> dict[str, Any]:
     backend_seconds: dict[str, float] = {}
     backend_ttft: dict[str, float] = {}
     answered: dict[str, float] = {}
+    refused: dict[str, float] = {}
+    client_errors: dict[str, float] = {}
     for field, value in counts.items():
         kind, _, label = field.partition("|")
         if kind in gauges:
             gauges[kind][label] = value
+        elif kind == "rej":
+            refused[label] = value
+        elif kind == "cerr":
+            door, _, what = label.partition("|")
+            client_errors[f"{door} {what}"] = value
         elif kind == "bsec":
             backend_seconds[label] = value
         elif kind == "bttft":
@@ -65,6 +76,9 @@ def point(second: int, raw: dict[Any, Any]) -> dict[str, Any]:
         "latency": {f"p{q}": percentile(counts, "lat", q / 100) for q in (50, 95, 99)},
         "ttft": {f"p{q}": percentile(counts, "ttft", q / 100) for q in (50, 95, 99)},
         "tokens_out": counts.get("tokens_out", 0.0),
+        # Refusals by reason; the client's errors by door and status (or code).
+        "refused": refused,
+        "client_errors": client_errors,
         # Gauges a worker wrote for this second (absent when no worker ran then).
         "queues": gauges["depth"] or None,
         "oldest": gauges["oldest"] or None,
@@ -97,16 +111,13 @@ async def gauges() -> dict[str, Any]:
         for rq_queue in queues():
             fairness.count_waiting(pipe, rq_queue)
         pipe.scard(REDIS_WORKER_KEYS)
-        pipe.hgetall(cache.COUNTERS_KEY)
-        *lanes, workers, counters = await pipe.execute()
-    counted = cache.counters_from(counters)
+        *lanes, workers = await pipe.execute()
     depths = fairness.waiting_counts(lanes)
     return {
         "queues": dict(zip(settings.BARISTA_QUEUES, depths, strict=True)),
         "inflight": {name: states[pk].in_flight for pk, name in backends},
         "circuits": {name: states[pk].circuit for pk, name in backends},
         "workers": workers,
-        "cache_ratio": counted["hit_ratio"] if counted["asked"] else None,
     }
 
 
@@ -115,9 +126,10 @@ _lock = PerLoop(asyncio.Lock)  # a lock belongs to one loop; a process serves fr
 
 
 async def snapshot() -> dict[str, Any]:
-    """The last complete second, and the gauges now. Read once per second per process,
-    however many metrics pages this process serves: a hundred open pages cost the same
-    Redis round trips as one."""
+    """The last ``SETTLE_SECONDS`` complete seconds (oldest first; the page replaces the
+    points it has), and the gauges now. Read once per second per process, however many
+    metrics pages this process serves: a hundred open pages cost the same Redis round
+    trips as one."""
     global _latest
     second = int(time.time()) - 1
     if _latest is not None and _latest[0] == second:
@@ -125,8 +137,15 @@ async def snapshot() -> dict[str, Any]:
     async with _lock():
         if _latest is not None and _latest[0] == second:
             return _latest[1]
-        raw = await clients.redis().hgetall(metrics.SECOND_KEY.format(second=second))
-        taken = {"point": point(second, raw), "gauges": await gauges()}
+        span = range(second - metrics.SETTLE_SECONDS + 1, second + 1)
+        async with clients.redis().pipeline(transaction=False) as pipe:
+            for each in span:
+                pipe.hgetall(metrics.SECOND_KEY.format(second=each))
+            replies = await pipe.execute()
+        taken = {
+            "points": [point(each, raw) for each, raw in zip(span, replies, strict=True)],
+            "gauges": await gauges(),
+        }
         _latest = (second, taken)
         return taken
 
@@ -138,7 +157,7 @@ async def snapshot_frame() -> str:
     """The snapshot as the websocket frame every page is sent, encoded once per second."""
     global _frame
     taken = await snapshot()
-    second = taken["point"]["t"]
+    second = taken["points"][-1]["t"]
     if _frame is None or _frame[0] != second:
         _frame = (second, json.dumps({"type": "snapshot", **taken}))
     return _frame[1]

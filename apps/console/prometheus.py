@@ -50,15 +50,35 @@ class BaristaCollector:
             labels=["backend", "model", "status"],
         )
         tokens = CounterMetricFamily("barista_tokens", "Tokens in and out.", labels=["direction"])
+        refused = CounterMetricFamily(
+            "barista_refused_requests",
+            "Requests admission refused, by reason (rate_limited, busy, too_many_pending, "
+            "rate_limit_exceeded, model_not_allowed). Also in barista_requests{outcome="
+            '"rejected"}, by model.',
+            labels=["reason"],
+        )
+        client_errors = CounterMetricFamily(
+            "barista_client_errors",
+            "Requests a door answered with the client's error: the HTTP status on the API "
+            "(4xx), the error code on the chat socket. Refusals and cancellations are not "
+            "among them.",
+            labels=["door", "status"],
+        )
         for field, value in sorted(totals.items()):
             kind, _, rest = field.partition("|")
             if kind == "req":
                 requests.add_metric(rest.split("|", 1), value)
             elif kind == "breq":
                 calls.add_metric(rest.split("|", 2), value)
+            elif kind == "rej":
+                refused.add_metric([rest], value)
+            elif kind == "cerr":
+                client_errors.add_metric(rest.split("|", 1), value)
         for direction in ("in", "out"):
             tokens.add_metric([direction], totals.get(f"tokens_{direction}", 0.0))
         yield requests
+        yield refused
+        yield client_errors
         yield calls
         yield tokens
         yield CounterMetricFamily(

@@ -14,8 +14,8 @@ from django.db import connection as db_connection
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
-from rq.job import Job
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 
 from apps.backends import live
 from apps.backends.models import Backend
@@ -123,8 +123,65 @@ class QueueRow:
     depth: int
     oldest_wait: float | None  # seconds the job at the head has waited
     running: int
-    failed: int
+    failed: int  # in the last 24 hours
+    cancelled: int  # in the last 24 hours: not failures
     paused: bool
+
+
+# How far back the console looks for jobs that ended without an answer: as long as RQ
+# keeps a failed one (``failure_ttl`` in apps.gateway.services.request_enqueue).
+ENDED_WINDOW = 24 * 3600
+_CANCELLED = {JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A queue's jobs that ended without an answer in the last 24 hours, newest first,
+    each with the moment it ended (Unix seconds): those that failed, and those cancelled
+    — which are not failures, and cannot be retried."""
+
+    failed: list[tuple[str, float]]
+    cancelled: list[tuple[str, float]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _scored(reply: Any) -> list[tuple[str, float]]:
+    """A sorted set's members with their scores, as ``ZRANGE … WITHSCORES`` answers."""
+    return [(_text(member), float(score)) for member, score in reply]
+
+
+def ended_jobs(redis: Redis, name: str) -> Ended:
+    """A cancelled prompt's job is in one of two places: RQ's failed registry, marked
+    *stopped*, when it was running (RQ records a stopped job there, and so does
+    ``apps.gateway.runs``), or RQ's canceled registry when it was still waiting. So the
+    failed registry is told apart by each job's status. Two round trips; counted, never
+    cleaned up — RQ's clean-up reads (and may unpickle) job data, which is the worker's
+    business, not a page's."""
+    now = time.time()
+    failed_key = FailedJobRegistry(name, connection=redis).key
+    # A failed job's score is when it expires (it ended ``ENDED_WINDOW`` before); a
+    # cancelled one's is when it was cancelled (RQ gives it no expiry).
+    in_failed = _scored(redis.zrevrangebyscore(failed_key, "+inf", now, withscores=True))
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id, _ in in_failed:
+            pipe.hget(Job.key_for(job_id), "status")
+        pipe.zrevrangebyscore(
+            CanceledJobRegistry(name, connection=redis).key,
+            "+inf",
+            now - ENDED_WINDOW,
+            withscores=True,
+        )
+        *statuses, canceled = pipe.execute()
+    failed: list[tuple[str, float]] = []
+    stopped: list[tuple[str, float]] = []
+    for (job_id, expires), status in zip(in_failed, statuses, strict=True):
+        ended = (job_id, expires - ENDED_WINDOW)
+        (stopped if status and _text(status) in _CANCELLED else failed).append(ended)
+    cancelled = sorted(stopped + _scored(canceled), key=lambda pair: pair[1], reverse=True)
+    return Ended(failed=failed, cancelled=cancelled)
 
 
 def queue_rows(redis: Redis) -> list[QueueRow]:
@@ -135,15 +192,15 @@ def queue_rows(redis: Redis) -> list[QueueRow]:
         head = fairness.head(redis, rq_queue)
         stamp = redis.hget(Job.key_for(head), "enqueued_at") if head else None
         oldest = metrics.seconds_since(stamp, time.time()) if stamp else None
+        ended = ended_jobs(redis, name)
         rows.append(
             QueueRow(
                 name=name,
                 depth=fairness.depths(redis, [rq_queue])[0],
                 oldest_wait=oldest,
-                # Counted, not cleaned up: RQ's clean-up reads (and may unpickle) job
-                # data, which is the worker's business, not a page's.
                 running=int(redis.zcard(StartedJobRegistry(name, connection=redis).key)),
-                failed=int(redis.zcard(FailedJobRegistry(name, connection=redis).key)),
+                failed=len(ended.failed),
+                cancelled=len(ended.cancelled),
                 paused=name in paused,
             )
         )
@@ -159,48 +216,69 @@ class JobRow:
     error: str
     request: PromptRequest | None
 
+    @property
+    def can_retry(self) -> bool:
+        """Only a failed prompt can be retried (``request_retry``): not a cancelled one,
+        nor one whose job failed after its owner cancelled it."""
+        return self.request is not None and self.request.status == PromptRequest.Status.FAILED
+
 
 def _last_line(text: str | None) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
 
 
+JOB_KINDS = ("failed", "cancelled", "waiting")
+
+
 def job_rows(redis: Redis, *, kind: str, limit: int = 100) -> list[JobRow]:
-    """``failed`` jobs (newest first) or ``waiting`` ones (head of each queue first),
-    with the ledger rows they answer."""
-    found: list[tuple[str, str]] = []
+    """``failed`` or ``cancelled`` jobs of the last 24 hours (newest first), or
+    ``waiting`` ones (head of each queue first), with the ledger rows they answer."""
+    found: list[tuple[str, str, float | None]] = []
     for name in settings.BARISTA_QUEUES:
-        if kind == "failed":
-            ids = FailedJobRegistry(name, connection=redis, serializer=SERIALIZER).get_job_ids(
-                0, limit - 1, desc=True, cleanup=False
-            )
+        if kind == "waiting":
+            found += [
+                (name, job_id, None) for job_id in fairness.waiting_ids(redis, queue(name), limit)
+            ]
         else:
-            ids = fairness.waiting_ids(redis, queue(name), limit)
-        found += [(name, job_id) for job_id in ids]
+            ended = ended_jobs(redis, name)
+            found += [
+                (name, job_id, at)
+                for job_id, at in (ended.cancelled if kind == "cancelled" else ended.failed)
+            ]
+    if kind != "waiting":
+        found.sort(key=lambda each: each[2] or 0.0, reverse=True)
     found = found[:limit]
-    jobs = Job.fetch_many([job_id for _, job_id in found], connection=redis, serializer=SERIALIZER)
+    jobs = Job.fetch_many(
+        [job_id for _, job_id, _ in found], connection=redis, serializer=SERIALIZER
+    )
     rows_by_id = {
         str(row.id): row
         for row in PromptRequest.objects.select_related("owner").filter(
-            id__in=[job_id for _, job_id in found if is_request_id(job_id)]
+            id__in=[job_id for _, job_id, _ in found if is_request_id(job_id)]
         )
     }
     rows = []
-    for (name, job_id), job in zip(found, jobs, strict=True):
+    for (name, job_id, ended_at), job in zip(found, jobs, strict=True):
         request = rows_by_id.get(job_id)
+        when = datetime.datetime.fromtimestamp(ended_at, tz=datetime.UTC) if ended_at else None
         if job is None:
-            rows.append(JobRow(job_id, name, "gone", None, "", request))
+            rows.append(JobRow(job_id, name, "gone", when, "", request))
             continue
+        state = job.get_status(refresh=False)
+        status = state.value if state is not None else "unknown"
         error = ""
-        if kind == "failed":
+        if status == JobStatus.CANCELED.value:
+            error = "Cancelled while it waited in its queue."
+        elif kind != "waiting":
             result = job.latest_result()
             error = _last_line(result.exc_string if result else None)
         rows.append(
             JobRow(
                 id=job_id,
                 queue=name,
-                status=str(job.get_status(refresh=False)),
-                when=job.ended_at if kind == "failed" else job.enqueued_at,
+                status=status,
+                when=when if kind != "waiting" else job.enqueued_at,
                 error=error,
                 request=request,
             )

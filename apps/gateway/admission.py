@@ -145,8 +145,8 @@ def admit(
     slot."""
     try:
         _admit(principal, model, queues, cache_key, queues if holds_slot is None else holds_slot)
-    except Rejection:
-        recorder.request(outcome="rejected", model=model)
+    except Rejection as exc:
+        recorder.rejected(model=model, reason=exc.code)
         raise
 
 

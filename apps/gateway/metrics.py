@@ -10,6 +10,10 @@ dictionary updates per prompt, not Redis commands:
 
 Field names are ``kind|label|label…``. Latencies are histograms with fixed buckets; each
 bucket is stored on its own and made cumulative when read.
+
+A second's hash keeps filling for up to a flush interval after the second ends (each
+process adds its counts when its next flush comes): readers of the live page read the
+last ``SETTLE_SECONDS`` again (``apps.console.live_metrics``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ SECOND_KEY = "barista:metrics:s:{second}"
 KEEP_SECONDS = 24 * 3600
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, float("inf"))
 OUTCOMES = ("hit", "miss", "coalesced", "failed", "cancelled", "rejected")
+FLUSH_INTERVAL = 1.0
+# How many of the last seconds the live page reads again: a second's hash is complete a
+# flush interval after the second ends, give or take the flush's own round trip and
+# clocks a little apart.
+SETTLE_SECONDS = int(FLUSH_INTERVAL) + 2
+
+# The codes of admission's refusals (``apps.gateway.admission.Rejection``): counted there,
+# by reason, so a door that answers one with an error must not count it again as the
+# client's. (A test keeps this list in step with admission's.)
+REFUSALS = frozenset(
+    {"busy", "rate_limited", "rate_limit_exceeded", "too_many_pending", "model_not_allowed"}
+)
+# Not the client's mistake either: a cancelled request (counted as cancelled) and Redis
+# not answering.
+NOT_CLIENT_ERRORS = REFUSALS | {"cancelled", "unavailable"}
 
 
 def bucket(seconds: float) -> str:
@@ -50,7 +69,7 @@ def bucket(seconds: float) -> str:
 class Recorder:
     """Counts of this process since its last flush; a daemon thread flushes every second."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = FLUSH_INTERVAL) -> None:
         self.interval = interval
         self._lock = threading.Lock()
         self._total: Counter[str] = Counter()
@@ -90,6 +109,34 @@ class Recorder:
             self._add("tokens_in", tokens_in)
         if tokens_out:
             self._add("tokens_out", tokens_out)
+
+    def rejected(self, *, model: str, reason: str) -> None:
+        """Admission refused a request: an outcome of its model, and a count by ``reason``
+        (the refusal's code: ``rate_limited``, ``busy``, ``too_many_pending``…)."""
+        if not settings.BARISTA_METRICS_ENABLED:
+            return
+        self.request(outcome="rejected", model=model)
+        self._add(f"rej|{reason}", 1)
+
+    def client_error(self, *, door: str, kind: str) -> None:
+        """A door answered a request with an error that is the client's: a 4xx on the API
+        (``kind`` its status), an error frame on the chat socket (``kind`` its code).
+        Refusals are not among them: admission counts those (``rejected``)."""
+        if not settings.BARISTA_METRICS_ENABLED:
+            return
+        self._add(f"cerr|{door}|{kind}", 1)
+
+    def api_error(self, *, status: int, code: str | None) -> None:
+        """The API answered with an error (every one passes here): a 4xx counts as a
+        client error by status, unless it is a refusal or a cancellation."""
+        if 400 <= status < 500 and code not in NOT_CLIENT_ERRORS:
+            self.client_error(door="api", kind=str(status))
+
+    def socket_error(self, *, code: str) -> None:
+        """The chat socket answered a frame with an error: the client's, by code, unless
+        it is a refusal or Redis not answering."""
+        if code not in NOT_CLIENT_ERRORS:
+            self.client_error(door="chat", kind=code)
 
     def backend_call(
         self,

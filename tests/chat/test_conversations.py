@@ -249,7 +249,7 @@ async def test_replacing_while_an_answer_is_on_its_way_is_refused(alice, chat_ba
     }
     await communicator.send_to(text_data=json.dumps(frame))
     reply = await communicator.receive_json_from(timeout=5)
-    assert reply["code"] == "busy"
+    assert reply["code"] == "conversation_busy"
     await communicator.disconnect()
     assert await database_sync_to_async(PromptRequest.objects.count)() == 1
 

@@ -55,8 +55,6 @@ def queue_pause(request: HttpRequest, name: str) -> HttpResponse:
     return redirect("console:queues")
 
 
-JOB_KINDS = ("failed", "waiting")
-
 # The jobs page's buttons: the service each calls, what to say when that service finds
 # nothing to act on, and what to say when it acted.
 JOB_ACTIONS: dict[str, tuple[Callable[..., PromptRequest | None], str, str]] = {
@@ -70,13 +68,19 @@ JOB_ACTIONS: dict[str, tuple[Callable[..., PromptRequest | None], str, str]] = {
         "No prompt has that id.",
         "Cancelled the job for {owner}'s prompt.",
     ),
+    # A cancelled prompt's job: only taken off the list (the prompt stays cancelled).
+    "remove": (
+        gateway_operations.request_discard_job,
+        "No prompt has that id.",
+        "Removed the job of {owner}'s cancelled prompt from the list.",
+    ),
 }
 
 
 @staff_required
 def job_list(request: HttpRequest) -> HttpResponse:
     kind = request.GET.get("kind", "failed")
-    if kind not in JOB_KINDS:
+    if kind not in selectors.JOB_KINDS:
         kind = "failed"
     try:
         rows: list[selectors.JobRow] | None = selectors.job_rows(redis_connection(), kind=kind)
@@ -85,7 +89,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "console/jobs.html",
-        {"jobs": rows, "kind": kind, "kinds": JOB_KINDS, "section": "jobs"},
+        {"jobs": rows, "kind": kind, "kinds": selectors.JOB_KINDS, "section": "jobs"},
     )
 
 
@@ -94,7 +98,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_action(request: HttpRequest, job_id: str) -> HttpResponse:
     action = request.POST.get("action", "")
     kind = request.POST.get("kind", "failed")
-    back = redirect(f"{reverse('console:jobs')}?kind={kind if kind in JOB_KINDS else 'failed'}")
+    back = redirect(
+        f"{reverse('console:jobs')}?kind={kind if kind in selectors.JOB_KINDS else 'failed'}"
+    )
     try:
         request_id = uuid.UUID(job_id)
     except ValueError:
