@@ -91,10 +91,16 @@ def test_on_a_desktop_names_say_what_they_are_and_nothing_is_cut(browser, barist
     page.close()
 
 
-def test_a_system_prompt_goes_first_and_a_conversation_exports(browser, barista):  # noqa: F811
+SIZES = pytest.mark.parametrize(
+    "viewport", [{"width": 1280, "height": 860}, PHONE], ids=["desktop", "phone"]
+)
+
+
+@SIZES
+def test_a_system_prompt_goes_first_and_a_conversation_exports(browser, barista, viewport):  # noqa: F811
     _, url = barista
     make_user("hal")
-    page = open_chat(browser, url, "hal")
+    page = open_chat(browser, url, "hal", viewport=viewport)
     # Set before the first prompt: it goes with it, and becomes the conversation's.
     page.get_by_role("button", name="System prompt").click()
     dialog = page.get_by_role("dialog", name="System prompt")
@@ -134,8 +140,9 @@ def test_a_system_prompt_goes_first_and_a_conversation_exports(browser, barista)
     page.close()
 
 
+@SIZES
 def test_an_image_attached_to_a_prompt_reaches_the_model_and_stays_in_the_thread(
-    browser, start_simulator, start_worker, start_web
+    browser, start_simulator, start_worker, start_web, viewport
 ):
     sim = start_simulator("--ttft", "0.1", "--tps", "80", "--tokens", "30")
     sim.register(alias="sim-chat", accepts_images=True)
@@ -143,7 +150,7 @@ def test_an_image_attached_to_a_prompt_reaches_the_model_and_stays_in_the_thread
     start_worker()
     url = start_web()
     make_user("ivy")
-    page = open_chat(browser, url, "ivy")
+    page = open_chat(browser, url, "ivy", viewport=viewport)
     attach = page.get_by_role("button", name="Image")
     page.get_by_label("Model").select_option("sim-text")
     expect(attach).to_be_hidden()  # this model does not read images
@@ -167,5 +174,5 @@ def test_an_image_attached_to_a_prompt_reaches_the_model_and_stays_in_the_thread
     assert max(sizes) < 500_000 * 4 / 3 + 100  # the big one was shrunk below the limit
     page.reload()
     expect(page.locator(".message.user .attachments img")).to_have_count(2)
-    shoot(page, "chat-desktop-image")
+    shoot(page, f"chat-{'phone' if viewport is PHONE else 'desktop'}-image")
     page.close()

@@ -62,8 +62,13 @@ def test_sign_in_send_a_prompt_and_watch_the_answer_stream(
     page.close()
 
 
+@pytest.mark.parametrize(
+    "viewport",
+    [{"width": 1280, "height": 800}, {"width": 390, "height": 844}],
+    ids=["desktop", "phone"],
+)
 def test_stop_button_cancels_an_answer_mid_stream(
-    browser, start_simulator, start_worker, start_web
+    browser, start_simulator, start_worker, start_web, viewport
 ):
     from apps.gateway.models import PromptRequest
 
@@ -72,7 +77,7 @@ def test_stop_button_cancels_an_answer_mid_stream(
     make_user("dave")
     start_worker()
     url = start_web()
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = browser.new_page(viewport=viewport)
     page.goto(f"{url}/accounts/login/")
     sign_in(page, "dave")
     page.get_by_label("Your prompt").fill("tell me a very long story")
