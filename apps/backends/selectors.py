@@ -32,11 +32,6 @@ def alias_list() -> list[dict[str, object]]:
     return sorted(aliases.values(), key=lambda entry: str(entry["alias"]))
 
 
-def alias_exists(alias: str) -> bool:
-    """A chat model of that name can take prompts (the chat page's check)."""
-    return backend_list_enabled(alias=alias).filter(kind=Backend.Kind.CHAT).exists()
-
-
 def backend_names_active() -> list[tuple[int, str]]:
     """(id, name) of the enabled and draining backends, by name: the metrics' labels."""
     return list(backend_list_active().order_by("name").values_list("pk", "name"))
@@ -81,10 +76,3 @@ def alias_health(connection: Any) -> list[dict[str, object]]:
         )
         result.append(entry)
     return result
-
-
-def alias_reads_images(alias: str) -> bool:
-    """Whether every enabled chat backend of ``alias`` reads images (so a prompt with
-    images may go to any of them)."""
-    backends = list(backend_list_enabled().filter(kind=Backend.Kind.CHAT, alias=alias))
-    return bool(backends) and all(backend.accepts_images for backend in backends)

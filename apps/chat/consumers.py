@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
-from apps.backends.selectors import alias_exists, alias_reads_images
+from apps.backends.enabled import enabled_backends
 from apps.chat import markdown
 from apps.chat.images import ImageRefused, checked_images
 from apps.chat.services import (
@@ -318,8 +318,11 @@ def _params(value: Any) -> dict[str, Any] | None:
 
 def _model_state(alias: str) -> tuple[bool, bool, bool]:
     """Whether the chat model exists, whether its answers are shared between people, and
-    whether it reads images."""
-    return alias_exists(alias), shared(alias), alias_reads_images(alias)
+    whether it reads images (every enabled backend of it does) — from the process's copy
+    of the backend table, not a query per prompt."""
+    backends = enabled_backends.for_alias_sync(alias)
+    reads_images = bool(backends) and all(backend.accepts_images for backend in backends)
+    return bool(backends), shared(alias), reads_images
 
 
 def _prompt_checks(scope: dict[str, Any], alias: str) -> tuple[bool, bool, bool, bool]:
