@@ -10,14 +10,10 @@ from apps.api.services import api_key_create
 from apps.backends.selectors import alias_list
 
 
-class ApiKeyForm(forms.Form):
-    name = forms.CharField(max_length=100, help_text="What will use it, e.g. 'reporting script'.")
-    models = forms.MultipleChoiceField(
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        help_text="Leave all unticked to allow every model.",
-    )
-    # Bounded: a number past the database's integer was a server error (issue 18).
+class LimitFields(forms.Form):
+    """Requests and tokens per minute and requests at once, blank for none. Bounded: a
+    number past the database's integer was a server error (issue 18)."""
+
     requests_per_minute = forms.IntegerField(
         required=False, min_value=1, max_value=1_000_000, label="Requests/min"
     )
@@ -27,6 +23,17 @@ class ApiKeyForm(forms.Form):
     max_concurrent = forms.IntegerField(
         required=False, min_value=1, max_value=100_000, label="At once"
     )
+
+
+class ApiKeyForm(LimitFields):
+    name = forms.CharField(max_length=100, help_text="What will use it, e.g. 'reporting script'.")
+    models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked to allow every model.",
+    )
+
+    field_order = ["name", "models"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,18 +61,11 @@ class StaffApiKeyForm(ApiKeyForm):
     field_order = ["owner", "name", "models"]
 
 
-class PersonLimitsForm(forms.Form):
+class PersonLimitsForm(LimitFields):
     """Staff's limits on all of one person's keys together (blank: none)."""
 
     owner = forms.ModelChoiceField(
         queryset=User.objects.filter(is_active=True).order_by("username"), label="Person"
     )
-    requests_per_minute = forms.IntegerField(
-        required=False, min_value=1, max_value=1_000_000, label="Requests/min"
-    )
-    tokens_per_minute = forms.IntegerField(
-        required=False, min_value=1, max_value=1_000_000_000, label="Tokens/min"
-    )
-    max_concurrent = forms.IntegerField(
-        required=False, min_value=1, max_value=100_000, label="At once"
-    )
+
+    field_order = ["owner"]
