@@ -261,7 +261,7 @@ def _slots(rows: PromptRequestQuerySet, cache_key: str) -> int | None:
 
 
 @contextmanager
-def admission_lock(principal: Principal) -> Iterator[None]:
+def admission_lock(principal: Principal, *, model: str) -> Iterator[None]:
     """Admit and record a prompt as one step where a cap on requests at once applies:
     otherwise two prompts, in two processes, could both count the last free slot. Held
     until the row is committed (the caller's transaction, if any); no cap, no lock."""
@@ -272,6 +272,7 @@ def admission_lock(principal: Principal) -> Iterator[None]:
         ADMIT_LOCK_KEY.format(user_id=principal.user_id), timeout=10, blocking_timeout=10
     )
     if not lock.acquire():
+        recorder.rejected(model=model, reason="busy")
         raise Rejection("Too many prompts arriving at once. Try again.", "busy", 1)
 
     def release() -> None:

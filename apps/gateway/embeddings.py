@@ -140,7 +140,7 @@ def _admit(
 ) -> tuple[list[str], bool, PromptRequest]:
     """Admission and the ledger row (one step, as for a prompt), then each input's cache
     key, and whether the alias shares answers."""
-    with admission_lock(principal):
+    with admission_lock(principal, model=alias):
         admit(principal, model=alias, queues=False, holds_slot=True)
         row = _record_start(principal, alias, params, len(inputs))
     keys = [item_key(alias, item, params, principal.user_id) for item in inputs]

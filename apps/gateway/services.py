@@ -66,7 +66,7 @@ def request_submit(
     )
     hit = cached if cached is not None or looked_up or not key else cache.lookup(key)
     # Counted and recorded as one step where a cap on requests at once applies.
-    with admission_lock(principal):
+    with admission_lock(principal, model=model):
         # A hit queues nothing: only the limits on the person and the key apply to it.
         admit(principal, model=model, queues=hit is None, cache_key=key or "")
         fields: dict[str, Any] = {
