@@ -32,7 +32,7 @@ chromium:
 	  fi; }
 
 test: $(STAMP) chromium
-	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not chaos and not cluster" $(PYTEST_ARGS)
 
 # The proving suite: isolation under cancellation, worker/Redis/backend faults, hostile
 # input, secrets, hygiene. Figures go to test-output/chaos-figures.json.
@@ -56,3 +56,28 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var/test-db.sqlite3* .pytest_cache .mypy_cache .ruff_cache
+
+# Barista as several hosts on this machine (issue 20, docs/deploy.md): network namespaces
+# for PostgreSQL, Redis, two web, two worker, the simulator and HAProxy. Needs root, `ip
+# netns`, haproxy and postgresql (apt-get install haproxy postgresql). Runs until Ctrl-C,
+# then stops what it started and removes every namespace, veth and bridge it made.
+.PHONY: cluster cluster-test cluster-clean haproxy
+cluster: $(STAMP) haproxy
+	$(PY) -m cluster up
+
+# The tests on the cluster; they skip, saying why, where root or `ip netns` are missing.
+cluster-test: $(STAMP) haproxy
+	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
+
+# The cluster's load balancer: Debian's HAProxy, installed when missing (root + apt only;
+# elsewhere the cluster refuses, saying what is missing).
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's haproxy for the cluster"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null); \
+	  fi; }
+
+# Remove what a killed cluster left behind (its processes, namespaces, veths, bridge).
+cluster-clean:
+	$(PY) -m cluster clean

@@ -117,6 +117,7 @@ def test_every_path_under_v1_answers_json_with_or_without_a_key(api):
     routes are, never Django's HTML page, nor a 401 for a route that does not exist."""
     for path in ("/v1", "/v1/", "/v1/nonsense", "/v1/chat/completion", "/v1/v1/models"):
         url = api.url.removesuffix("/v1") + path
+        headers: dict[str, str]
         for headers in (api.headers(), {}):
             error = error_of(httpx.get(url, headers=headers, timeout=10), 404)
             assert error["code"] == "unknown_url" and "/v1/openapi.json" in error["message"]

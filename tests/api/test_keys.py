@@ -138,7 +138,8 @@ def test_staff_set_limits_on_a_person_audited(staff, alice, chat_backend):
         2,
     )
     key, _ = api_key_create(owner=alice, name="new")
-    assert key.principal().person.requests_per_minute == 30
+    person = key.principal().person
+    assert person is not None and person.requests_per_minute == 30
     entry = AuditEntry.objects.get(action="person.limits")
     assert entry.target == "alice" and "requests_per_minute=30" in entry.detail
     assert signed_in(alice).post("/console/keys/limits/", {"owner": alice.pk}).status_code == 403

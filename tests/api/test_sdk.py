@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import openai
 import pytest
@@ -153,7 +154,7 @@ def test_limits_staff_set_on_a_person_hold_across_all_their_keys(api, alice, bob
     person_limits_set(
         owner=alice, requests_per_minute=2, tokens_per_minute=None, max_concurrent=None
     )
-    ask = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
+    ask: dict[str, Any] = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
     client(api).chat.completions.create(**ask)
     client(api).chat.completions.create(**ask)
     # A new key does not escape them.

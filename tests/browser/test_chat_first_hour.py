@@ -119,7 +119,7 @@ def test_a_system_prompt_goes_first_and_a_conversation_exports(browser, barista,
     dialog.get_by_role("button", name="Save").click()
     expect(page.get_by_text("System prompt saved")).to_be_visible()
     ask(page, "and a flat white?")
-    latest = PromptRequest.objects.order_by("queued_at").last()
+    latest = PromptRequest.objects.latest("queued_at")
     assert latest.messages[0] == {"role": "system", "content": "Answer in one line."}
     assert [m["role"] for m in latest.messages] == ["system", "user", "assistant", "user"]
 

@@ -103,7 +103,7 @@ def test_stop_button_cancels_an_answer_mid_stream(
     page.get_by_label("Your prompt").fill("go on")
     page.get_by_label("Your prompt").press("Enter")
     wait_for(lambda: PromptRequest.objects.count() == 2, timeout=10)
-    history = PromptRequest.objects.order_by("queued_at").last().messages
+    history = PromptRequest.objects.latest("queued_at").messages
     assert [m["role"] for m in history] == ["user", "assistant", "user"]
     assert history[1]["content"].startswith(shown.strip()[:40])
     page.close()

@@ -328,7 +328,8 @@ def test_a_long_conversation_sends_and_stores_only_its_newest_turns(alice, setti
             f"a{turn} " + "y" * 1000,
             conversation and conversation.pk,
         )
-    sent = PromptRequest.objects.order_by("-queued_at").first().messages
+    assert conversation is not None
+    sent = PromptRequest.objects.latest("queued_at").messages
     # The last prompt: 6 messages of history (3 exchanges, oldest first) and itself.
     assert [m["content"][:3] for m in sent] == ["q8 ", "a8 ", "q9 ", "a9 ", "q10", "a10", "q11"]
 

@@ -97,7 +97,7 @@ def test_refusals_and_client_errors_are_counted_apart_in_metrics_and_on_the_page
     refused = {"rate_limit_exceeded": 2, "model_not_allowed": 1}
     client_errors = {"404": 2, "400": 1, "401": 1}
 
-    def counted() -> tuple[dict[str, float], dict[str, float]]:
+    def counted() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         samples = scraped("barista_refused_requests", "barista_client_errors")
         by_reason = {
             dict(labels)["reason"]: value

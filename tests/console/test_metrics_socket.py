@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -67,7 +68,7 @@ async def test_a_count_flushed_after_its_second_was_sent_still_reaches_the_page(
         if int(time.time()) == second:
             break
 
-    async def sent_with(newest: int) -> dict[int, dict]:
+    async def sent_with(newest: int) -> dict[int, dict[str, Any]]:
         while True:
             frame = await communicator.receive_json_from(timeout=5)
             if frame["type"] == "snapshot" and frame["points"][-1]["t"] >= newest:
