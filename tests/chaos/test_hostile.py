@@ -110,7 +110,8 @@ def test_hostile_input_on_the_socket_and_the_api(web, alice):
     nasty: list[str | bytes] = [
         b"\xff\xfe not utf-8",
         "[" * 100_000 + "]" * 100_000,
-        json.dumps({"type": "prompt", "model": "sim-chat", "content": "x" * 300_000}),
+        # Past the socket's bound (1 MB) and within daphne's own (1 MiB): ours refuses it.
+        json.dumps({"type": "prompt", "model": "sim-chat", "content": "x" * 1_020_000}),
         json.dumps({"type": "prompt", "model": "sim-chat", "content": "\x00\x01\x1b[31m\u202e"}),
         json.dumps({"type": "prompt", "model": "sim-chat", "content": "<script>alert(1)</script>"}),
     ]

@@ -477,6 +477,8 @@ class ApiPerson(Person):
                 if not line:
                     continue
                 self.watch.saw(self, line, "api stream")
+                if line.startswith(":"):
+                    continue  # an SSE comment: place in line, keep-alive
                 if line == "data: [DONE]":
                     break
                 chunk = json.loads(line.removeprefix("data: "))
