@@ -41,7 +41,7 @@ from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
 from apps.backends.models import Backend
 from apps.backends.recovery import all_down
-from apps.core.nesting import MAX_DEPTH, too_deep
+from apps.core.nesting import MAX_DEPTH, NUL, TOO_DEEP, shape_refusal
 from apps.gateway import extras
 from apps.gateway.admission import Principal, Quota, Rejection, count_tokens
 from apps.gateway.cache import CachedAnswer, shared
@@ -389,11 +389,18 @@ def _json_body(raw: bytes) -> Any:
         raise ApiError(
             400, "We could not parse the JSON body of your request.", code="invalid_json"
         ) from None
-    if too_deep(body):
+    refusal = shape_refusal(body)
+    if refusal == TOO_DEEP:
         raise ApiError(
             400,
             f"The JSON body nests more than {MAX_DEPTH} levels deep.",
             code="invalid_json",
+        )
+    if refusal == NUL:
+        raise ApiError(
+            400,
+            "Text in the request may not contain NUL characters (\\u0000).",
+            code="invalid_text",
         )
     return body
 

@@ -26,7 +26,7 @@ from apps.chat.services import (
     chat_prompt_submit,
 )
 from apps.core.dispatch import DirectDispatch
-from apps.core.nesting import MAX_DEPTH, too_deep
+from apps.core.nesting import MAX_DEPTH, NUL, TOO_DEEP, shape_refusal
 from apps.gateway.admission import UNAVAILABLE, Rejection
 from apps.gateway.cache import shared
 from apps.gateway.metrics import recorder
@@ -91,10 +91,13 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 payload = json.loads(text_data)
             except (ValueError, RecursionError):  # too deeply nested is invalid too
                 raise InvalidInput("Message is not valid JSON.", "invalid_json") from None
-            if too_deep(payload):
+            refusal = shape_refusal(payload)
+            if refusal == TOO_DEEP:
                 raise InvalidInput(
                     f"Message nests more than {MAX_DEPTH} levels deep.", "invalid_json"
                 )
+            if refusal == NUL:
+                raise InvalidInput("Text may not contain NUL characters (\\u0000).", "invalid_text")
             if not isinstance(payload, dict):
                 raise InvalidInput("Message must be a JSON object.", "invalid_json")
             handler = self.HANDLERS.get(str(payload.get("type")))

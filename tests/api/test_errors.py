@@ -325,3 +325,15 @@ def test_with_debug_off_plain_http_is_refused_and_https_answers_carry_hsts(api):
     assert models.status_code == 200 and models.headers["strict-transport-security"] == hsts
     # A proxy saying "http" is plain HTTP.
     error_of(post(api, HELLO, **{"X-Forwarded-Proto": "http"}), 403)
+
+
+def test_a_nul_character_anywhere_is_a_400_and_changes_nothing(api):
+    """PostgreSQL stores no NUL in text or JSON: refused at the door on every database,
+    rather than a server error when the ledger row is written."""
+    for body in (
+        {**HELLO, "messages": [{"role": "user", "content": "a\u0000b"}]},
+        {**HELLO, "user": "\u0000"},
+        {**HELLO, "metadata": {"k\u0000": "v"}},
+    ):
+        assert error_of(post(api, body), 400)["code"] == "invalid_text"
+    assert no_backend_call(api) and not PromptRequest.objects.exists()

@@ -50,6 +50,7 @@ ALLOWED_CODES = {
     "invalid_json", "message_too_large", "unknown_type", "empty_prompt", "prompt_too_long",
     "unknown_model", "invalid_conversation", "invalid_fresh", "invalid_replace",
     "invalid_params", "not_found", "busy", "rate_limited", "queue_full", "too_many_pending",
+    "invalid_text", "invalid_system", "invalid_images", "conversation_busy",
 }  # fmt: skip
 
 
@@ -112,7 +113,9 @@ def test_hostile_input_on_the_socket_and_the_api(web, alice):
         "[" * 100_000 + "]" * 100_000,
         # Past the socket's bound (1 MB) and within daphne's own (1 MiB): ours refuses it.
         json.dumps({"type": "prompt", "model": "sim-chat", "content": "x" * 1_020_000}),
+        # A NUL is refused (PostgreSQL stores none); other control characters are text.
         json.dumps({"type": "prompt", "model": "sim-chat", "content": "\x00\x01\x1b[31m\u202e"}),
+        json.dumps({"type": "prompt", "model": "sim-chat", "content": "\x01\x1b[31m\u202e"}),
         json.dumps({"type": "prompt", "model": "sim-chat", "content": "<script>alert(1)</script>"}),
     ]
     replies = asyncio.run(socket_barrage(nasty))
@@ -120,6 +123,7 @@ def test_hostile_input_on_the_socket_and_the_api(web, alice):
         "invalid_json",
         "invalid_json",
         "message_too_large",
+        "invalid_text",
         "accepted",
         "accepted",
     ]
