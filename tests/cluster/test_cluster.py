@@ -180,21 +180,30 @@ async def test_a_web_host_killed_mid_stream_the_page_ends_with_the_ledger_answer
         cluster.wait_all_web_up()
 
 
+async def answering(
+    socket: ClientConnection, cluster_redis: redis.Redis, content: str
+) -> tuple[str, str]:
+    """Send a prompt and wait for its first tokens: its request id, and the worker host
+    answering it."""
+    await socket.send(json.dumps({"type": "prompt", "model": MODEL_ALIAS, "content": content}))
+    accepted = await next_frame(socket)
+    assert accepted["type"] == "accepted", accepted
+    request_id = accepted["request"]
+    while (frame := await next_frame(socket))["type"] != "tokens":
+        assert frame["type"] in ("status", "queue"), frame
+    worker = str(cluster_redis.hget(f"rq:job:{request_id}", "worker_name"))
+    host = worker.removeprefix("gateway-")
+    assert host in WORKER_HOSTS, worker
+    return request_id, host
+
+
 async def test_a_worker_host_drained_with_sigterm_finishes_its_answer_first(
     cluster: Cluster, ledger: psycopg.Connection[Any], cluster_redis: redis.Redis
 ) -> None:
     session = sign_in(cluster).cookies["sessionid"]
     socket, _ = await open_chat(cluster, session)
     async with socket:
-        await socket.send(json.dumps({"type": "prompt", "model": MODEL_ALIAS, "content": "go"}))
-        accepted = await next_frame(socket)
-        assert accepted["type"] == "accepted", accepted
-        request_id = accepted["request"]
-        while (frame := await next_frame(socket))["type"] != "tokens":
-            assert frame["type"] in ("status", "queue"), frame
-        worker = str(cluster_redis.hget(f"rq:job:{request_id}", "worker_name"))
-        host = worker.removeprefix("gateway-")
-        assert host in WORKER_HOSTS, worker
+        request_id, host = await answering(socket, cluster_redis, "go")
         # Drain: SIGTERM, as a process manager stops it for a release.
         drained = asyncio.create_task(asyncio.to_thread(cluster.kill, host, signal.SIGTERM))
         try:
@@ -224,15 +233,8 @@ async def test_a_worker_host_cut_off_mid_answer_its_prompt_is_answered_once_by_t
     session = sign_in(cluster).cookies["sessionid"]
     socket, _ = await open_chat(cluster, session)
     async with socket:
-        await socket.send(json.dumps({"type": "prompt", "model": MODEL_ALIAS, "content": "cut"}))
-        accepted = await next_frame(socket)
-        assert accepted["type"] == "accepted", accepted
-        request_id = accepted["request"]
-        while (frame := await next_frame(socket))["type"] != "tokens":
-            assert frame["type"] in ("status", "queue"), frame
-        worker = str(cluster_redis.hget(f"rq:job:{request_id}", "worker_name"))
-        host = worker.removeprefix("gateway-")
-        assert host in WORKER_HOSTS, worker
+        request_id, host = await answering(socket, cluster_redis, "cut")
+        worker = f"gateway-{host}"
         cluster.cut(host)
         try:
             status, _, _ = ledger_row(ledger, request_id)
