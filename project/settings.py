@@ -115,6 +115,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees what views raise: Redis or the database away is a 503, not a 500.
+    "apps.core.outages.OutageMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -155,7 +157,9 @@ if DATABASE_POOL and not _sqlite:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": envint("DATABASE_POOL_SIZE", 4, minimum=1),
-        "timeout": 30,
+        # How long a request waits for a connection: when PostgreSQL is away, the pool
+        # has none to lend and the request gets its 503 after this (apps.core.outages).
+        "timeout": envint("DATABASE_POOL_TIMEOUT", 5, minimum=1),
     }
 if _sqlite:
     # Web and worker processes write the same file: WAL lets readers run beside a
@@ -344,6 +348,10 @@ BARISTA_JOB_RETRIES = envint("BARISTA_JOB_RETRIES", 3, minimum=0)
 # is answering.
 BARISTA_RECONCILE_INTERVAL = envint("BARISTA_RECONCILE_INTERVAL", 10, minimum=1)
 BARISTA_RECONCILE_AFTER = envint("BARISTA_RECONCILE_AFTER", 30, minimum=1)
+# While the database is away, a worker holds the answers it has and keeps trying to record
+# them for this many seconds (apps/gateway/group_commit.py), rather than give them up to
+# be run again from the start.
+BARISTA_DATABASE_OUTAGE_WAIT = envfloat("BARISTA_DATABASE_OUTAGE_WAIT", 120.0, minimum=0.0)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
 # Whether backends may be at private or loopback addresses (10/8, 192.168/16, 127/8, fc00::/7

@@ -8,7 +8,8 @@ import math
 from typing import Any
 
 from apps.backends import recovery
-from apps.gateway.admission import UNAVAILABLE, Quota, Rejection
+from apps.core.outages import RETRY_AFTER, outage_message
+from apps.gateway.admission import Quota, Rejection
 
 
 class ApiError(Exception):
@@ -36,9 +37,16 @@ class ApiError(Exception):
         return json.dumps(self.document()).encode()
 
 
-REDIS_UNAVAILABLE = ApiError(
-    503, UNAVAILABLE, "server_error", code="unavailable", headers=[(b"retry-after", b"5")]
-)
+def unavailable(exc: BaseException) -> ApiError:
+    """Redis or the database is away (``apps.core.outages``): 503, naming which."""
+    return ApiError(
+        503,
+        outage_message(exc),
+        "server_error",
+        code="unavailable",
+        headers=[(b"retry-after", str(RETRY_AFTER).encode())],
+    )
+
 
 # A failed event's code → HTTP status, when nothing was streamed yet.
 FAILURE_STATUS = {"timeout": 504, "unavailable": 503}

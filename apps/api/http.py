@@ -29,8 +29,9 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.api import cors
-from apps.api.errors import REDIS_UNAVAILABLE, ApiError
+from apps.api.errors import ApiError, unavailable
 from apps.core.dispatch import DirectDispatch
+from apps.core.outages import OUTAGES
 from apps.gateway.metrics import recorder
 
 logger = logging.getLogger(__name__)
@@ -87,9 +88,9 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
                 await self.route(b"".join(self.body))
         except ApiError as exc:
             await self.error(exc)
-        except RedisError:
-            logger.warning("API request refused: Redis is not answering")
-            await self.error(REDIS_UNAVAILABLE)
+        except OUTAGES as exc:
+            logger.warning("API request refused: %s", type(exc).__name__)
+            await self.error(unavailable(exc))
         except Exception:
             logger.exception("API request failed")
             await self.error(ApiError(500, "The server had an error.", "server_error"))
@@ -122,10 +123,10 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
             await await_many_dispatch([receive, self._channel_receive], self.dispatch)
         except StopConsumer:
             pass
-        except RedisError:
+        except RedisError as exc:
             logger.warning("API request: Redis stopped answering")
             try:
-                await self.error(REDIS_UNAVAILABLE)
+                await self.error(unavailable(exc))
             except Exception:  # the client is gone too: nothing left to tell
                 logger.info("API request: the client left as well")
         finally:

@@ -14,7 +14,6 @@ from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.models import User
 from django.utils.crypto import constant_time_compare
-from redis.exceptions import RedisError
 
 from apps.backends.enabled import enabled_backends
 from apps.chat import markdown
@@ -27,7 +26,8 @@ from apps.chat.services import (
 )
 from apps.core.dispatch import DirectDispatch
 from apps.core.nesting import MAX_DEPTH, NUL, TOO_DEEP, shape_refusal
-from apps.gateway.admission import UNAVAILABLE, Rejection
+from apps.core.outages import OUTAGES, RETRY_AFTER, outage_message
+from apps.gateway.admission import Rejection
 from apps.gateway.cache import shared
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
@@ -107,9 +107,11 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
                     "unknown_type",
                 )
             await handler(self, payload)
-        except RedisError:
-            logger.warning("chat frame refused: Redis is not answering")
-            await self._refuse(payload, InvalidInput(UNAVAILABLE, "unavailable", retry_after=5))
+        except OUTAGES as exc:
+            logger.warning("chat frame refused: %s", type(exc).__name__)
+            await self._refuse(
+                payload, InvalidInput(outage_message(exc), "unavailable", retry_after=RETRY_AFTER)
+            )
         except InvalidInput as exc:
             await self._refuse(payload, exc)
 

@@ -52,12 +52,6 @@ API_TOKENS_KEY = "barista:api:{scope}:{id}:tpm:{window}"
 ADMIT_LOCK_KEY = "barista:admit-lock:{user_id}"
 COMPLETED_KEY = "barista:completed:{second}"
 
-# What either door says when Redis, which holds the queues, does not answer.
-UNAVAILABLE = (
-    "Barista is temporarily unavailable: its queue (Redis) is not answering. "
-    "Try again in a few seconds."
-)
-
 
 @dataclass(frozen=True, slots=True)
 class KeyLimits:

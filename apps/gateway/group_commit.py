@@ -6,19 +6,31 @@ bottleneck. Here each write is queued with a future; one flusher task writes eve
 queued while the previous batch was being written, in one hop and one transaction per
 kind. Nothing is delayed on purpose: an idle worker writes a lone prompt at once. The
 services do the locking and status checks, so batching changes no guarantee.
+
+When the database is away (restarting, failing over), a batch is written again and again,
+with a growing pause, for up to ``BARISTA_DATABASE_OUTAGE_WAIT`` seconds: the answers in
+hand are recorded when it is back, instead of their prompts being run again from the
+start by the reconciler. Each write is one transaction, so a failed one left nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from apps.core.loop import PerLoop
 from apps.gateway import services
 from apps.gateway.models import PromptRequest
 
+logger = logging.getLogger(__name__)
+
 Started = tuple[PromptRequest, bool] | None
+Written = tuple[dict[str, Started], dict[str, bool]]
 
 
 class GroupCommit:
@@ -48,7 +60,7 @@ class GroupCommit:
             starts, self._starts = self._starts, []
             completes, self._completes = self._completes, []
             try:
-                started, completed = await database_sync_to_async(_write)(
+                started, completed = await _write_through_outages(
                     [key for key, _ in starts], [c for c, _ in completes]
                 )
             except Exception as exc:  # every waiter hears about it; the loop goes on
@@ -69,9 +81,30 @@ class GroupCommit:
                     )
 
 
-def _write(
+async def _write_through_outages(
     start_ids: list[str], completions: list[services.Completion]
-) -> tuple[dict[str, Started], dict[str, bool]]:
+) -> Written:
+    deadline = time.monotonic() + settings.BARISTA_DATABASE_OUTAGE_WAIT
+    pause = 0.1
+    while True:
+        try:
+            return await database_sync_to_async(_write)(start_ids, completions)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning(
+                "the database is not answering (%s): %d starts and %d answers wait to be "
+                "recorded; trying again in %.1f s",
+                type(exc).__name__,
+                len(start_ids),
+                len(completions),
+                pause,
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _write(start_ids: list[str], completions: list[services.Completion]) -> Written:
     started = services.request_start_many(request_ids=start_ids) if start_ids else {}
     completed = services.request_complete_many(completions=completions) if completions else {}
     return started, completed

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from apps.backends import live
+from apps.gateway.localrun import free_port
 from apps.gateway.models import PromptRequest
 from tests.api.conftest import BODY_LIMIT, no_backend_call
 from tests.conftest import wait_for
@@ -337,3 +338,28 @@ def test_a_nul_character_anywhere_is_a_400_and_changes_nothing(api):
     ):
         assert error_of(post(api, body), 400)["code"] == "invalid_text"
     assert no_backend_call(api) and not PromptRequest.objects.exists()
+
+
+def test_a_database_that_does_not_answer_is_a_clear_503_on_the_api_and_on_pages(start_web):
+    # A web process whose PostgreSQL is away (nothing listens on the port): the API says
+    # so in OpenAI's shape, a page with a 503 page, each within the pool's wait, not a 500.
+    url = start_web(
+        DATABASE_URL=f"postgres://barista@127.0.0.1:{free_port()}/barista",
+        DATABASE_POOL_TIMEOUT="1",
+    )
+    started = time.monotonic()
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        json=HELLO,
+        headers={"Authorization": "Bearer bar-" + "k" * 43},
+        timeout=30,
+    )
+    error = error_of(response, 503)
+    assert error["code"] == "unavailable" and "database" in error["message"], error
+    assert response.headers["retry-after"] == "5"
+    assert time.monotonic() - started < 10
+    # A signed-in page reads its session from the database.
+    page = httpx.get(f"{url}/", cookies={"sessionid": "x" * 32}, timeout=30)
+    assert page.status_code == 503, page.text[:300]
+    assert "database is not answering" in page.text and page.headers["retry-after"] == "5"
+    assert "Traceback" not in page.text
