@@ -59,6 +59,8 @@ LB_HOST_NAME = "barista.cluster"
 # iproute2's `ip`, by its full path (root's PATH has it; /sbin or /usr/sbin by distribution).
 IP = shutil.which("ip") or "/usr/sbin/ip"
 STATE_FILE = Path("/run/barista-cluster.json")  # what `clean` removes after a killed run
+# PostgreSQL refuses to run as root: its programs run as Debian's `postgres` user.
+AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
 
 
 class ClusterUnavailable(RuntimeError):
@@ -281,10 +283,9 @@ class Cluster:
         data = self.run_dir / "pgdata"
         data.mkdir(mode=0o700)
         shutil.chown(data, "postgres", "postgres")
-        as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
         initdb = subprocess.run(  # noqa: S603
             [
-                *as_postgres,
+                *AS_POSTGRES,
                 str(bin_dir / "initdb"),
                 "-D",
                 str(data),
@@ -305,12 +306,21 @@ class Cluster:
             # Only this cluster's subnet, and it is trusted: a test fixture, not a template.
             hba.write(f"host all all {SUBNET}.0/24 trust\n")
         self._say(f"• PostgreSQL {bin_dir.parent.name} on {address('db')}:{PG_PORT}")
+        self._run_postgres()
+        connect = ["-h", address("db"), "-p", str(PG_PORT), "-U", "postgres"]
+        _run(str(bin_dir / "createuser"), *connect, "barista")
+        _run(str(bin_dir / "createdb"), *connect, "-O", "barista", "barista")
+
+    def _run_postgres(self) -> None:
+        """Start PostgreSQL on its data directory and wait until it takes connections."""
+        bin_dir = _postgres_bin()
+        data = self.run_dir / "pgdata"
         self._spawn(
             "db",
             "db",
             "postgres",
             [
-                *as_postgres,
+                *AS_POSTGRES,
                 str(bin_dir / "postgres"),
                 "-D",
                 str(data),
@@ -338,13 +348,12 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError("PostgreSQL did not start; see " + str(self.services["db"].log))
             time.sleep(0.2)
-        connect = ["-h", address("db"), "-p", str(PG_PORT), "-U", "postgres"]
-        _run(str(bin_dir / "createuser"), *connect, "barista")
-        _run(str(bin_dir / "createdb"), *connect, "-O", "barista", "barista")
 
     def _start_redis(self) -> None:
+        """Redis without persistence, as the cluster runs it: started again after a stop,
+        it comes back empty (what the outage tests rely on)."""
         data = self.run_dir / "redis"
-        data.mkdir()
+        data.mkdir(exist_ok=True)
         self._say(f"• Redis on {address('redis')}:{REDIS_PORT} (password in secrets/)")
         log = self.run_dir / "logs" / "redis.log"
         process = subprocess.Popen(  # noqa: S603
@@ -596,6 +605,22 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"HAProxy does not see every web host up: {states}")
             time.sleep(0.2)
+
+    def stop_redis(self) -> None:
+        """Stop Redis (SIGTERM, without saving: it has no persistence)."""
+        self.kill("redis", signal.SIGTERM)
+
+    def start_redis(self) -> None:
+        """Start Redis again after ``stop_redis``: same address and password, no data."""
+        self._start_redis()
+
+    def stop_postgres(self) -> None:
+        """Stop PostgreSQL with its fast shutdown (SIGINT): open sessions are ended."""
+        self.kill("db", signal.SIGINT)
+
+    def start_postgres(self) -> None:
+        """Start PostgreSQL again after ``stop_postgres``, on the same data."""
+        self._run_postgres()
 
     def cut(self, host: str) -> None:
         """Cut a host off the network (its link down), its processes left running."""
