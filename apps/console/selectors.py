@@ -22,7 +22,7 @@ from apps.backends.models import Backend
 from apps.console.models import AuditEntry
 from apps.gateway import cache, fairness, metrics
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import SERIALIZER, connection, paused_queues, queue
+from apps.gateway.queues import ENDED_JOB_TTL, SERIALIZER, connection, paused_queues, queue
 from apps.gateway.selectors import is_request_id
 
 
@@ -129,8 +129,8 @@ class QueueRow:
 
 
 # How far back the console looks for jobs that ended without an answer: as long as RQ
-# keeps a failed one (``failure_ttl`` in apps.gateway.services.request_enqueue).
-ENDED_WINDOW = 24 * 3600
+# keeps them (apps.gateway.queues).
+ENDED_WINDOW = ENDED_JOB_TTL
 _CANCELLED = {JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
@@ -163,7 +163,8 @@ def ended_jobs(redis: Redis, name: str) -> Ended:
     now = time.time()
     failed_key = FailedJobRegistry(name, connection=redis).key
     # A failed job's score is when it expires (it ended ``ENDED_WINDOW`` before); a
-    # cancelled one's is when it was cancelled (RQ gives it no expiry).
+    # cancelled one's is when it was cancelled (RQ gives it no expiry; the fleet's chores
+    # trim them after ``ENDED_WINDOW``).
     in_failed = _scored(redis.zrevrangebyscore(failed_key, "+inf", now, withscores=True))
     with redis.pipeline(transaction=False) as pipe:
         for job_id, _ in in_failed:

@@ -5,7 +5,8 @@ one worker of the fleet takes the turn (``apps.core.turns.claim_turn``) and does
   backend, workers alive, for the metrics store (``apps.gateway.metrics``);
 * **RQ maintenance** — every ``BARISTA_WORKER_MAINTENANCE_INTERVAL`` s: RQ cleans its
   registries, so the jobs of a worker that died (their heartbeats expired) are enqueued
-  again, and dead workers are unregistered;
+  again, and dead workers are unregistered; cancelled jobs a day old are dropped (RQ's
+  clean-up leaves those for ever);
 * **reconcile** — every ``BARISTA_RECONCILE_INTERVAL`` s: ledger rows Redis lost track
   of (``apps.gateway.reconciler``);
 * **health checks** — every ``BARISTA_HEALTH_INTERVAL`` s: every backend is asked how it
@@ -26,7 +27,7 @@ from apps.backends import health
 from apps.backends.selectors import backend_list_active, backend_names_active
 from apps.core import clients
 from apps.core.turns import claim_turn
-from apps.gateway import metrics, reconciler
+from apps.gateway import metrics, queues, reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class Chores:
             await self._record_gauges(second)
         if self._turn("rq-maintenance", self.worker.maintenance_interval):
             await asyncio.get_running_loop().run_in_executor(None, self.worker.clean_registries)
+            await asyncio.get_running_loop().run_in_executor(
+                None, queues.canceled_trim, self.worker.connection
+            )
         if self._turn("reconcile", settings.BARISTA_RECONCILE_INTERVAL):
             await database_sync_to_async(reconciler.reconcile)(self.worker.connection)
 

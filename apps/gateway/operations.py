@@ -60,7 +60,7 @@ def request_cancel(*, owner_id: int, request_id: uuid.UUID | str) -> PromptReque
                 return request  # answered for its followers; they are not stopped
             send_stop_job_command(connection, job.id)
         else:
-            job.cancel()
+            queues.job_cancel(job)
             fairness.remove(connection, queues.queue(job.origin), key)
             if request.cache_key:
                 request_hand_over(leader_id=key, cache_key=request.cache_key)

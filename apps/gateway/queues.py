@@ -8,15 +8,21 @@ changing the settings (as tests do) still takes effect.
 
 from __future__ import annotations
 
+import time
+
 import django_rq
 from django.conf import settings
 from redis import Redis
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
 # Jobs are stored as JSON (settings.RQ_QUEUES): whatever reads one must say so.
 SERIALIZER = JSONSerializer
+# How long RQ keeps a job that ended without an answer (failed, stopped or cancelled),
+# for the console's jobs pages; the ledger keeps the prompt itself for good.
+ENDED_JOB_TTL = 24 * 3600
 
 
 class BaristaJob(Job):
@@ -73,3 +79,42 @@ def queue_pause(connection: Redis, name: str, *, paused: bool) -> None:
         connection.sadd(PAUSED_KEY, name)
     else:
         connection.srem(PAUSED_KEY, name)
+
+
+def job_cancel(job: Job) -> None:
+    """Cancel a job that is waiting, as RQ does, and let its record go after
+    ``ENDED_JOB_TTL``: RQ keeps a cancelled job, and its entry in the canceled registry,
+    for ever (``canceled_trim`` takes the entries)."""
+    with job.connection.pipeline() as pipe:
+        job.cancel(pipeline=pipe)
+        pipe.expire(job.key, ENDED_JOB_TTL)
+        pipe.execute()
+
+
+def canceled_trim(connection: Redis, *, now: float | None = None, batch: int = 1000) -> int:
+    """Remove canceled-registry entries older than ``ENDED_JOB_TTL`` from every queue,
+    with their job records if still cancelled (those of older releases had no expiry).
+    RQ's own clean-up skips this registry. Returns how many entries went."""
+    cutoff = (time.time() if now is None else now) - ENDED_JOB_TTL
+    removed = 0
+    for name in settings.BARISTA_QUEUES:
+        key = CanceledJobRegistry(name, connection=connection).key
+        ids = [
+            member.decode() if isinstance(member, bytes) else member
+            for member in connection.zrangebyscore(key, 0, cutoff, start=0, num=batch)
+        ]
+        if not ids:
+            continue
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(Job.key_for(job_id), "status")
+            statuses = pipe.execute()
+        with connection.pipeline() as pipe:
+            for job_id, status in zip(ids, statuses, strict=True):
+                text = status.decode() if isinstance(status, bytes) else status
+                if text == JobStatus.CANCELED.value:
+                    pipe.delete(Job.key_for(job_id))
+            pipe.zrem(key, *ids)
+            pipe.execute()
+        removed += len(ids)
+    return removed

@@ -182,7 +182,7 @@ def request_enqueue(
         job_id=str(request_id),
         timeout=settings.BARISTA_JOB_TIMEOUT,
         result_ttl=60,
-        failure_ttl=24 * 3600,
+        failure_ttl=queues.ENDED_JOB_TTL,
         # Re-run only when a worker dies holding the job (RQ's abandoned-job cleanup), at
         # the front of the queue: it already waited its turn. The job function records
         # backend failures itself and never raises for them.

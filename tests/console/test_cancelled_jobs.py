@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -15,7 +16,7 @@ from django.test import Client
 from apps.api.services import api_key_create
 from apps.chat.services import chat_prompt_submit
 from apps.console.models import AuditEntry
-from apps.gateway import operations
+from apps.gateway import operations, queues
 from apps.gateway.models import PromptRequest
 from tests.conftest import wait_for
 
@@ -121,3 +122,29 @@ def test_cancelled_prompts_are_counted_and_listed_apart_from_failed_ones(
     assert list(AuditEntry.objects.values_list("action", "target")) == [
         ("job.remove", str(hung_up.id))
     ]
+
+
+def test_a_cancelled_job_is_kept_a_day_then_trimmed_with_its_registry_entry(
+    alice, chat_backend, redis_conn
+):
+    # RQ keeps a cancelled job and its canceled-registry entry for ever; Barista keeps
+    # them as long as a failed one (the console's day), then the fleet's chores drop them.
+    waiting = chat_prompt_submit(user=alice, model="sim-chat", content="never mind")
+    operations.request_cancel(owner_id=alice.pk, request_id=waiting.id)
+    job_key = f"rq:job:{waiting.id}"
+    assert job_status(redis_conn, waiting.id) == "canceled"
+    assert 0 < redis_conn.ttl(job_key) <= queues.ENDED_JOB_TTL
+    registry = "rq:canceled:interactive"
+    assert redis_conn.zscore(registry, str(waiting.id)) is not None
+    # One left by an older release: no expiry on its record, cancelled two days ago.
+    redis_conn.hset("rq:job:old", mapping={"status": "canceled"})
+    redis_conn.zadd(registry, {"old": time.time() - 2 * 24 * 3600})
+
+    assert queues.canceled_trim(redis_conn) == 1
+    assert not redis_conn.exists("rq:job:old")
+    assert redis_conn.zscore(registry, "old") is None
+    assert redis_conn.zscore(registry, str(waiting.id)) is not None  # still in its day
+
+    # A day on, it goes too.
+    assert queues.canceled_trim(redis_conn, now=time.time() + queues.ENDED_JOB_TTL + 1) == 1
+    assert redis_conn.zcard(registry) == 0 and not redis_conn.exists(job_key)
