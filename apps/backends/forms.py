@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from django import forms
 
 from apps.backends.models import Backend
+from apps.backends.validators import key_variable_refusal, origin
 
 
 class BackendForm(forms.ModelForm[Backend]):
@@ -57,6 +57,9 @@ class BackendForm(forms.ModelForm[Backend]):
         cleaned = super().clean() or {}
         if cleaned.get("api_key") and cleaned.get("api_key_env"):
             self.add_error("api_key", "Give either a key or a variable name, not both.")
+        variable, base_url = cleaned.get("api_key_env"), cleaned.get("base_url")
+        if variable and base_url and (refusal := key_variable_refusal(variable, base_url)):
+            self.add_error("api_key_env", refusal)
         self._keep_the_key_where_it_was_saved_for(cleaned)
         return cleaned
 
@@ -69,7 +72,7 @@ class BackendForm(forms.ModelForm[Backend]):
         new_url = cleaned.get("base_url")
         if not saved or not new_url or cleaned.get("api_key") or cleaned.get("clear_api_key"):
             return
-        if _origin(new_url) != _origin(self.initial.get("base_url", "")):
+        if origin(new_url) != origin(self.initial.get("base_url", "")):
             self.add_error(
                 "api_key",
                 "The URL now points at another server (scheme, host or port): type the "
@@ -101,13 +104,3 @@ class BackendForm(forms.ModelForm[Backend]):
 # Fields whose old and new values the audit log keeps: where a backend's requests (and its
 # key) go, and under which alias and state it serves.
 AUDITED_VALUES = ("base_url", "api_key_env", "alias", "state", "share_answers")
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or "").lower().rstrip("."), port

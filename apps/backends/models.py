@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,9 @@ from django.core.validators import (
 from django.db import models
 
 from apps.backends import secrets
-from apps.backends.validators import validate_backend_url
+from apps.backends.validators import key_variable_refusal, validate_backend_url
+
+logger = logging.getLogger(__name__)
 
 # Backend keys may be read only from variables named so: never SECRET_KEY, DATABASE_URL…
 KEY_VARIABLE_PREFIX = "BARISTA_BACKEND_KEY_"
@@ -63,7 +66,9 @@ class Backend(models.Model):
             )
         ],
         help_text="Name of the environment variable holding this backend's API key (the key "
-        f"is then never stored in the database); it starts with {KEY_VARIABLE_PREFIX}.",
+        f"is then never stored in the database); it starts with {KEY_VARIABLE_PREFIX}. Set "
+        "NAME_ORIGIN beside it (e.g. https://api.openai.com) to send the key to that server "
+        "only.",
     )
     # Or typed in the console: kept encrypted (apps.backends.secrets), never shown again.
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
@@ -152,4 +157,8 @@ class Backend(models.Model):
             return secrets.decrypt(self.api_key_encrypted)
         if not self.api_key_env.startswith(KEY_VARIABLE_PREFIX):
             return ""  # (a row saved before the prefix was required: never SECRET_KEY…)
+        refusal = key_variable_refusal(self.api_key_env, self.base_url)
+        if refusal is not None:  # (a row saved before the variable's origin was set)
+            logger.warning("backend %s: no key sent: %s", self.name, refusal)
+            return ""
         return os.environ.get(self.api_key_env, "")

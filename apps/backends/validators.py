@@ -10,6 +10,7 @@ resolves to.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from urllib.parse import urlsplit
 
@@ -17,6 +18,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from apps.core import egress
+
+# A key variable's companion naming the one server its key may go to.
+KEY_ORIGIN_SUFFIX = "_ORIGIN"
 
 # Cloud instance-metadata endpoints by name (their addresses are refused by egress).
 METADATA_HOSTS = {
@@ -65,3 +69,33 @@ def _literal_address(host: str) -> egress.Address | None:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a URL (the port its scheme implies when none is written):
+    what a key is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower().rstrip("."), port
+
+
+def key_variable_origin(variable: str) -> str:
+    """Where the operator allows the key in ``variable`` to be sent: the URL in
+    ``<variable>_ORIGIN`` (e.g. ``BARISTA_BACKEND_KEY_OPENAI_ORIGIN=https://api.openai.com``),
+    or "" when they set none."""
+    return os.environ.get(f"{variable}{KEY_ORIGIN_SUFFIX}", "").strip()
+
+
+def key_variable_refusal(variable: str, base_url: str) -> str | None:
+    """Why the key in ``variable`` may not be sent to ``base_url``, or None when it may."""
+    allowed = key_variable_origin(variable)
+    if allowed and origin(allowed) != origin(base_url):
+        return (
+            f"{variable} may only be sent to {allowed} (its {variable}{KEY_ORIGIN_SUFFIX} "
+            "variable): this URL points at another server."
+        )
+    return None

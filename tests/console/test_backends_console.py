@@ -267,3 +267,27 @@ def test_a_stored_key_goes_only_to_the_server_it_was_saved_for(staff, start_simu
     entry = AuditEntry.objects.filter(action="backend.edit").get()
     assert f"base_url: {simulator.base_url} → {elsewhere.base_url}" in entry.detail
     assert "key replaced" in entry.detail and "sk-other" not in entry.detail
+
+
+def test_a_key_variable_with_an_origin_goes_to_that_server_only(staff, monkeypatch):
+    """The operator binds a variable's key to one server (``…_ORIGIN``): staff cannot
+    point a backend carrying it, new or edited, anywhere else."""
+    monkeypatch.setenv("BARISTA_BACKEND_KEY_GPU", "sk-from-env")
+    monkeypatch.setenv("BARISTA_BACKEND_KEY_GPU_ORIGIN", "http://127.0.0.1:9")
+    client = signed_in(staff)
+    elsewhere = form_data("http://127.0.0.1:8/v1", api_key_env="BARISTA_BACKEND_KEY_GPU")
+    response = client.post("/console/backends/add/", elsewhere)
+    assert response.status_code == 200
+    assert "may only be sent to http://127.0.0.1:9" in response.content.decode()
+    assert not Backend.objects.exists()
+    there = form_data("http://127.0.0.1:9/v1", api_key_env="BARISTA_BACKEND_KEY_GPU")
+    assert client.post("/console/backends/add/", there).status_code == 302
+    backend = Backend.objects.get()
+    assert backend.api_key() == "sk-from-env"
+    response = client.post(f"/console/backends/{backend.pk}/", elsewhere)
+    assert "may only be sent to" in response.content.decode()
+    backend.refresh_from_db()
+    assert backend.base_url == "http://127.0.0.1:9/v1"
+    # Moved some other way (straight in the database): nothing is sent.
+    Backend.objects.update(base_url="http://127.0.0.1:8/v1")
+    assert Backend.objects.get().api_key() == ""
