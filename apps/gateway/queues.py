@@ -99,10 +99,8 @@ def canceled_trim(connection: Redis, *, now: float | None = None, batch: int = 1
     removed = 0
     for name in settings.BARISTA_QUEUES:
         key = CanceledJobRegistry(name, connection=connection).key
-        ids = [
-            member.decode() if isinstance(member, bytes) else member
-            for member in connection.zrangebyscore(key, 0, cutoff, start=0, num=batch)
-        ]
+        members = connection.zrangebyscore(key, 0, cutoff, start=0, num=batch)
+        ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         if not ids:
             continue
         with connection.pipeline(transaction=False) as pipe:
