@@ -51,7 +51,7 @@ lint: $(STAMP)
 	DEBUG=$${DEBUG:-1} $(VENV)/bin/mypy  # django-stubs loads the settings
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP)
+bench: $(STAMP) haproxy
 	$(PY) -m bench
 
 clean:

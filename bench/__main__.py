@@ -15,6 +15,7 @@ BENCHMARKS = [
     "metrics_cost",
     "streams",
     "fairness",
+    "capacity",
 ]
 
 

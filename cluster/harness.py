@@ -352,10 +352,15 @@ class Cluster:
     def _start_redis(self) -> None:
         """Redis without persistence, as the cluster runs it: started again after a stop,
         it comes back empty (what the outage tests rely on)."""
-        data = self.run_dir / "redis"
-        data.mkdir(exist_ok=True)
         self._say(f"• Redis on {address('redis')}:{REDIS_PORT} (password in secrets/)")
-        log = self.run_dir / "logs" / "redis.log"
+        self.start_redis_server("redis", REDIS_PORT, self.redis_password)
+
+    def start_redis_server(self, key: str, port: int, password: str) -> str:
+        """A redis-server on the ``redis`` host, listed as service ``key`` (so ``clean``
+        stops it by PID); returns its URL once it answers."""
+        data = self.run_dir / key
+        data.mkdir(exist_ok=True)
+        log = self.run_dir / "logs" / f"{key}.log"
         process = subprocess.Popen(  # noqa: S603
             [
                 IP,
@@ -364,7 +369,7 @@ class Cluster:
                 netns("redis"),
                 _redis_server(),
                 "--port",
-                str(REDIS_PORT),
+                str(port),
                 "--bind",
                 address("redis"),
                 "--dir",
@@ -388,21 +393,22 @@ class Cluster:
         )
         assert process.stdin is not None
         # The password on stdin, not the command line (ps would show it).
-        process.stdin.write(f'requirepass "{self.redis_password}"\n'.encode())
+        process.stdin.write(f'requirepass "{password}"\n'.encode())
         process.stdin.close()
-        self.services["redis"] = Service("redis", "redis", process, log)
+        self.services[key] = Service("redis", "redis", process, log)
         self._write_state()
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.5)
+        url = f"redis://:{password}@{address('redis')}:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 15
         while True:
             try:
                 if client.ping():
-                    return
+                    return url
             except redis.RedisError:
                 pass
-            self._check_alive("redis")
+            self._check_alive(key)
             if time.monotonic() > deadline:
-                raise RuntimeError("Redis did not start; see " + str(log))
+                raise RuntimeError(f"Redis ({key}) did not start; see {log}")
             time.sleep(0.1)
 
     def manage(
@@ -452,6 +458,11 @@ class Cluster:
 
     def _start_simulator(self) -> None:
         self._say(f"• simulator on {address('sim')}:{SIM_PORT}")
+        # About 2.5 s an answer: long enough to act mid-stream.
+        self.start_simulator(ttft=0.2, tps=20)
+
+    def start_simulator(self, *, ttft: float, tps: float, tokens: int = 50) -> None:
+        """The simulator on the ``sim`` host (``tps=0``: every token at once)."""
         self._spawn(
             "sim",
             "sim",
@@ -467,12 +478,11 @@ class Cluster:
                 "--model",
                 "sim-cluster-model",
                 "--ttft",
-                "0.2",
-                # About 2.5 s an answer: long enough to act mid-stream.
+                str(ttft),
                 "--tps",
-                "20",
+                str(tps),
                 "--tokens",
-                "50",
+                str(tokens),
             ],
             self._base_env(),
         )
