@@ -152,6 +152,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's own, failing fast while the database is known to be away.
+    DATABASES["default"]["ENGINE"] = "apps.core.postgresql"
 DATABASE_POOL = envbool("DATABASE_POOL", not _sqlite)
 if DATABASE_POOL and not _sqlite:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -200,9 +203,10 @@ CACHES = {
 # The channel layer may have Redis servers of its own, and shard over several: its
 # traffic (every token batch, to every socket) is the largest and needs no other key.
 # Everything else — RQ's queues and the fair lane, the answer cache, merging identical
-# requests, backends' live state, limits' counters — stays on REDIS_URL: Lua scripts
-# change several of them in one step (an answer is stored as its key closes to new
-# followers; a job is queued with its place in line), which needs one server.
+# requests, backends' live state, limits' counters — stays on REDIS_URL. The cache and
+# merging must share a server (an answer is stored as its key closes to new followers, in
+# one script); the queues could have their own, but queues.connection() also serves
+# most of the rest today (docs/scaling.md).
 CHANNELS_REDIS_URLS = envlist("BARISTA_CHANNELS_REDIS_URLS", []) or [REDIS_URL]
 _CHANNEL_MAX_CONNECTIONS = envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1)
 CHANNEL_LAYERS = {
@@ -352,6 +356,10 @@ BARISTA_RECONCILE_AFTER = envint("BARISTA_RECONCILE_AFTER", 30, minimum=1)
 # them for this many seconds (apps/gateway/group_commit.py), rather than give them up to
 # be run again from the start.
 BARISTA_DATABASE_OUTAGE_WAIT = envfloat("BARISTA_DATABASE_OUTAGE_WAIT", 120.0, minimum=0.0)
+# After PostgreSQL could not be reached, a process refuses at once for this many seconds
+# before trying again, instead of every request waiting DATABASE_POOL_TIMEOUT in turn
+# (apps/core/postgresql/base.py).
+BARISTA_DATABASE_RETRY = envfloat("BARISTA_DATABASE_RETRY", 1.0, minimum=0.0)
 BARISTA_BACKEND_CONNECT_TIMEOUT = envfloat("BARISTA_BACKEND_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 BARISTA_BACKEND_READ_TIMEOUT = envfloat("BARISTA_BACKEND_READ_TIMEOUT", 120.0, minimum=0.1)
 # Whether backends may be at private or loopback addresses (10/8, 192.168/16, 127/8, fc00::/7
