@@ -99,6 +99,7 @@ KIND_ORDER = [
     "machine (all)",
 ]
 ROLES = ("main", "channels")
+ROLE_NAMES = {"main": "main Redis", "channels": "channel Redis"}
 
 # One of Barista's Lua scripts as it is: the kind of command the main Redis mostly runs,
 # for redis-benchmark's EVALSHA test.
@@ -183,6 +184,9 @@ class Snapshot:
 
 
 def snapshot(cluster: Cluster, clients: dict[str, redis.Redis]) -> Snapshot:
+    """Every reading at once, as nearly as can be; ``at`` is the middle of the readings,
+    which the window's prompts are counted against."""
+    started = time.monotonic()
     cpu = {}
     mine = {os.getpid()}
     for key, service in cluster.services.items():
@@ -192,14 +196,16 @@ def snapshot(cluster: Cluster, clients: dict[str, redis.Redis]) -> Snapshot:
             mine |= pids
     own = psutil.Process().cpu_times()
     busy, steal = machine_busy()
+    others = others_cpu(mine)
+    counters = {role: redis_counters(client) for role, client in clients.items()}
     return Snapshot(
-        at=time.monotonic(),
+        at=(started + time.monotonic()) / 2,
         cpu=cpu,
         loadgen=own.user + own.system,
-        others=others_cpu(mine),
+        others=others,
         busy=busy,
         steal=steal,
-        redis={role: redis_counters(client) for role, client in clients.items()},
+        redis=counters,
     )
 
 
@@ -208,10 +214,10 @@ class RoleCost:
     commands: float = 0.0  # per prompt, as INFO commandstats counts (Lua's inner calls too)
     scripts: float = 0.0  # EVALSHA + EVAL per prompt
     publishes: float = 0.0
-    usec: float = 0.0  # µs inside commands per prompt
+    usec: float = 0.0  # µs in commands per prompt (a script's inner calls counted twice)
     bytes_in: float = 0.0
     bytes_out: float = 0.0
-    top: list[tuple[str, float]] = field(default_factory=list)
+    calls: dict[str, float] = field(default_factory=dict)  # per prompt, by command
 
 
 @dataclass
@@ -236,9 +242,12 @@ class Window:
         return self.prompts / self.seconds if self.seconds else 0.0
 
 
-def costs(before: Snapshot, after: Snapshot, prompts: int, window: Window) -> None:
-    """Fill ``window`` with what happened between two snapshots, per prompt."""
-    per = max(prompts, 1)
+def costs(
+    before: Snapshot, after: Snapshot, prompts: int, window: Window, per_second: bool = False
+) -> None:
+    """Fill ``window`` with what happened between two snapshots, per prompt (or, with
+    ``per_second``, per second of the window)."""
+    per = (after.at - before.at) if per_second else max(prompts, 1)
     window.seconds = after.at - before.at
     kinds: dict[str, float] = dict.fromkeys(KINDS.values(), 0.0)
     for key, (pid, seconds) in after.cpu.items():
@@ -273,7 +282,7 @@ def costs(before: Snapshot, after: Snapshot, prompts: int, window: Window) -> No
             usec=(sum(usec.values()) - usec["info"]) / per,
             bytes_in=(b.net_in - a.net_in) / per,
             bytes_out=(b.net_out - a.net_out) / per,
-            top=[(name, n / per) for name, n in calls.most_common(8)],
+            calls={name: n / per for name, n in calls.items()},
         )
 
 
@@ -357,9 +366,10 @@ async def load(
 ) -> Window:
     """CLIENTS clients asking in a loop; after ``ramp`` s, ``window`` s are measured."""
     result = Window(pairs=pairs, stream=stream)
-    latencies: list[float] = []
-    by_web: Counter[str] = Counter()
-    counting = False
+    # (finished at, seconds taken, web host or None if it failed), counted afterwards
+    # against the instants of the two snapshots, so prompts, CPU and Redis counters
+    # cover one and the same interval.
+    answers: list[tuple[float, float, str | None]] = []
     stop = asyncio.Event()
     head = (
         "POST /v1/chat/completions HTTP/1.1\r\n"
@@ -373,27 +383,36 @@ async def load(
         connection = Connection(head, address("lb"), 80)
         try:
             while not stop.is_set():
-                started = time.perf_counter()
+                started = time.monotonic()
                 ok, web = await ask(connection, stream)
-                if counting:
-                    if ok:
-                        result.prompts += 1
-                        latencies.append(time.perf_counter() - started)
-                        by_web[web] += 1
-                    else:
-                        result.failed += 1
+                finished = time.monotonic()
+                answers.append((finished, finished - started, web if ok else None))
         finally:
             connection.close()
 
     tasks = [asyncio.create_task(one_client()) for _ in range(CLIENTS)]
     await asyncio.sleep(ramp)
+    opened = time.monotonic()
     before = await asyncio.to_thread(snapshot, cluster, clients) if measure else None
-    counting = True
     await asyncio.sleep(window)
-    counting = False
     after = await asyncio.to_thread(snapshot, cluster, clients) if measure else None
+    closed = time.monotonic()
     stop.set()
     await asyncio.gather(*tasks)
+    if before is not None and after is not None:
+        opened, closed = before.at, after.at
+    latencies: list[float] = []
+    by_web: Counter[str] = Counter()
+    for finished, took, web in answers:
+        if not opened <= finished < closed:
+            continue
+        if web is None:
+            result.failed += 1
+        else:
+            result.prompts += 1
+            latencies.append(took)
+            by_web[web] += 1
+    result.seconds = closed - opened
     if before is not None and after is not None:
         costs(before, after, result.prompts, result)
     if latencies:
@@ -538,25 +557,24 @@ def redis_ceiling() -> list[Ceiling]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        tests: list[tuple[str, list[str], int]] = [
-            (name, ["-t", name.lower()], 1) for name in ("SET", "GET", "INCR", "LPUSH", "RPOP")
+        tests: list[tuple[str, list[str]]] = [
+            (name, ["-t", name.lower()]) for name in ("SET", "GET", "INCR", "LPUSH", "RPOP")
         ]
         tests += [
             (
                 f"PUBLISH {PUBLISH_PAYLOAD} B, 1 subscriber",
                 ["publish", "bench:frames", "x" * PUBLISH_PAYLOAD],
-                1,
             ),
             (
                 "EVALSHA lease script (5 calls inside)",
                 ["-r", "100000", "evalsha", sha, "1", "bench:lease:__rand_int__", "1000000"]
                 + ["60", "m:__rand_int__"],
-                6,
             ),
         ]
         rows = []
         redis_process = psutil.Process(server.pid)
-        for name, args, counted in tests:
+        for name, args in tests:
+            calls = sum(int(v["calls"]) for v in client.info("commandstats").values())
             cpu = redis_process.cpu_times()
             # The password on the command line: a throwaway server on loopback, gone in a
             # minute (redis-benchmark reads no password from the environment).
@@ -569,6 +587,8 @@ def redis_ceiling() -> list[Ceiling]:
             )
             after = redis_process.cpu_times()
             used = after.user + after.system - cpu.user - cpu.system
+            calls = sum(int(v["calls"]) for v in client.info("commandstats").values()) - calls
+            counted = round(calls / BENCH_REQUESTS)  # INFO commandstats' count per operation
             ops = 0.0
             for row in csv.reader(done.stdout.splitlines()):
                 try:
@@ -610,8 +630,7 @@ async def rounds(
     await asyncio.sleep(IDLE_WINDOW)
     after = snapshot(cluster, clients)
     run.idle = Window(pairs=2, stream=False)
-    # Per second instead of per prompt: one "prompt" a second.
-    costs(before, after, round(IDLE_WINDOW), run.idle)
+    costs(before, after, 0, run.idle, per_second=True)
     for round_ in range(ROUNDS):
         for pairs in (1, 2):
             configure(cluster, pairs, env, main)
@@ -638,9 +657,10 @@ async def rounds(
 
 def measure_cluster(run: Run) -> None:
     cluster = Cluster(log=say)
+    # Refused (another cluster is here): nothing of ours to stop, and theirs is left alone.
+    cluster.start()
     failed = True
     try:
-        cluster.start()
         say("• instant simulator, backend cap lifted, channel layer on its own Redis")
         start_fast_simulator(cluster)
         lift_backend_cap(cluster)
@@ -658,7 +678,8 @@ def measure_cluster(run: Run) -> None:
         failed = False
     finally:
         say("• stopping the cluster")
-        # After a failure, its logs stay for reading (everything else goes).
+        # After a failure its run directory stays for reading (logs; also its data and
+        # secrets, which a throwaway cluster's are); `make cluster-clean` removes it.
         cluster.stop(remove_files=not failed)
         if failed:
             say(f"! logs kept in {cluster.run_dir / 'logs'}")
@@ -670,11 +691,21 @@ def main() -> None:
     except ClusterUnavailable as exc:
         print(f"capacity: no cluster on this machine ({exc}); nothing measured")
         return
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so that every `finally` stops what it started
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     started = time.monotonic()
     run = Run()
     say("• the ceiling of one Redis server (redis-benchmark, loopback)")
     run.ceiling = redis_ceiling()
-    measure_cluster(run)
+    try:
+        measure_cluster(run)
+    except ClusterUnavailable as exc:
+        print(f"capacity: {exc}; nothing measured")
+        return
     say(f"• done in {time.monotonic() - started:.0f} s")
     markdown = report(run)
     print(markdown)
@@ -711,13 +742,13 @@ class Costs:
         for role in ROLES:
             cost = roles[role] = RoleCost()
             for n in RoleCost.__dataclass_fields__:
-                if n != "top":
+                if n != "calls":
                     setattr(cost, n, median([getattr(w.redis[role], n) for w in windows] or [0]))
-            tops: dict[str, float] = {}
-            for w in windows:
-                for name, count in w.redis[role].top:
-                    tops[name] = tops.get(name, 0.0) + count / len(windows)
-            cost.top = sorted(tops.items(), key=lambda item: -item[1])[:6]
+            names = {name for w in windows for name in w.redis[role].calls}
+            cost.calls = {
+                name: median([w.redis[role].calls.get(name, 0.0) for w in windows])
+                for name in names
+            }
         return cls(
             rps=med_cost(windows, lambda w: w.rps),
             cpu=cpu,
@@ -743,7 +774,7 @@ def box_prediction(c: Costs, pairs: int, cores: float) -> tuple[float, str]:
         f"{processes} web, 1 core each": pairs * 1000 / c.cpu["web"],
         f"{processes} worker, 1 core each": pairs * 1000 / c.cpu["worker"],
         "main Redis, 1 core": 1000 / c.cpu["redis-main"],
-        f"the {cores:.2f} cores left by others": cores * 1000 / c.cpu["machine (all)"],
+        f"the {cores:.3f} cores left by others": cores * 1000 / c.cpu["machine (all)"],
     }
     binding = min(bounds, key=lambda k: bounds[k])
     return bounds[binding], binding
@@ -786,7 +817,8 @@ def report(run: Run) -> str:
             "kernel CPU, ms",
             lambda c: c.cpu["kernel"],
             2,
-            "busy time no process accounts for (mostly charged to processes already: ≈ 0)",
+            "busy time no process accounts for: ≈ 0, as the kernel's work is charged to the "
+            "processes; slightly below 0 when readings taken a moment apart disagree",
         ),
         row(
             "**all of the above**, ms",
@@ -813,8 +845,18 @@ def report(run: Run) -> str:
             1,
             "INFO commandstats Δ calls (calls inside Lua scripts included)",
         ),
-        row("main Redis: of which EVALSHA", lambda c: c.redis["main"].scripts, 1, "the same"),
-        row("main Redis: µs inside commands", lambda c: c.redis["main"].usec, 0, "Δ usec"),
+        row(
+            "main Redis: of which EVALSHA/EVAL",
+            lambda c: c.redis["main"].scripts,
+            1,
+            "the same",
+        ),
+        row(
+            "main Redis: µs in commands",
+            lambda c: c.redis["main"].usec,
+            0,
+            "Δ usec (a script's inner calls counted in it and again on their own)",
+        ),
         row(
             "main Redis: bytes in",
             lambda c: c.redis["main"].bytes_in,
@@ -842,8 +884,9 @@ def report(run: Run) -> str:
         split.append(f"| {name} | {cells} |")
     tops = []
     for role in ROLES:
-        listed = ", ".join(f"{name} {n:.1f}" for name, n in one.redis[role].top)
-        tops.append(f"- {role} Redis: {listed}")
+        most = sorted(one.redis[role].calls.items(), key=lambda item: -item[1])[:6]
+        listed = ", ".join(f"{name} {n:.1f}" for name, n in most)
+        tops.append(f"- {ROLE_NAMES[role]}: {listed}")
     idle_line = ""
     if run.idle is not None:
         idle = run.idle
@@ -875,11 +918,12 @@ def report(run: Run) -> str:
     ceiling_notes = ""
     if evalsha is not None and publish is not None:
         ceiling_notes = (
-            f"An EVALSHA of Barista's lease script counts as {evalsha.counted} commands in INFO "
-            f"commandstats (the script and the 5 calls in it) and cost {evalsha.cpu_us:.1f} µs "
+            f"An EVALSHA of Barista's lease script counted as {evalsha.counted} commands in "
+            f"INFO commandstats (the script and the calls in it) and cost {evalsha.cpu_us:.1f} µs "
             f"of Redis CPU, against {simple_us:.1f} µs for a simple command and "
-            f"{publish.cpu_us:.1f} µs for a PUBLISH to one subscriber (the channel layer's "
-            f"frames measured {frame} on average). redis-benchmark shares this machine's "
+            f"{publish.cpu_us:.1f} µs for a PUBLISH to one subscriber (the channel Redis took "
+            f"{frame} in per PUBLISH of the cluster's frames, framing, channel names and "
+            "subscriptions included). redis-benchmark shares this machine's "
             f"{cores} cores with the server, so its ops/s is what it could push; the last "
             "column is what one Redis core would do."
         )
@@ -912,11 +956,16 @@ def report(run: Run) -> str:
         f"| **main Redis** | {main_cpu:.2f} CPU-ms, {main_cmds:.0f} commands, "
         f"{fmt(main_bytes)} B | **{fmt(main_cap)} prompts/s for the whole deployment** | "
         "1 core ÷ redis-server CPU per prompt: single-threaded, one server (Lua, RQ) |",
-        f"| main Redis, by command count | {main_cmds:.0f} commands ({us_per_command:.1f} µs "
-        f"each) | {fmt(simple_core / main_cmds)} prompts/s | simple commands per Redis core "
-        f"({fmt(simple_core)}/s, redis-benchmark) ÷ commands per prompt; Barista's "
-        f"average command cost {us_per_command:.1f} µs of Redis CPU, a simple one "
-        f"{simple_us:.1f} |",
+    ]
+    if simple_core:  # redis-benchmark ran
+        model_rows.append(
+            f"| main Redis, by command count | {main_cmds:.0f} commands ({us_per_command:.1f} "
+            f"µs each) | {fmt(simple_core / main_cmds)} prompts/s | simple commands per Redis "
+            f"core ({fmt(simple_core)}/s, redis-benchmark) ÷ commands per prompt; Barista's "
+            f"average command cost {us_per_command:.1f} µs of Redis CPU, a simple one "
+            f"{simple_us:.1f} |"
+        )
+    model_rows += [
         f"| main Redis, network | {fmt(main_bytes)} B in + out | "
         f"{fmt(NETWORK_BYTES_PER_SECOND / main_bytes)} prompts/s | 1 Gbit/s ÷ bytes |",
         f"| channel Redis | {chan_cpu:.2f} CPU-ms (streamed {ms.cpu['redis-channels']:.2f}), "
@@ -935,6 +984,7 @@ def report(run: Run) -> str:
             "channel Redis": shards * chan_cap,
             "PostgreSQL": HOST_CORES * per_pg_core,
             "HAProxy": HOST_CORES * lb_per_core,
+            "main Redis's network": NETWORK_BYTES_PER_SECOND / main_bytes,
         }
         binding = min(bounds, key=lambda k: bounds[k])
         return bounds[binding], binding
@@ -982,7 +1032,7 @@ process tree over the window, ÷ prompts answered in it. Redis rows: Δ of `INFO
 commandstats` and `INFO stats` over the same window, ÷ the same prompts.
 
 Main Redis's and the channel Redis's commands per prompt, most frequent (1 pair, whole
-answers): {"; ".join(t.removeprefix("- ") for t in tops)}.
+answers, medians of the rounds): {"; ".join(t.removeprefix("- ") for t in tops)}.
 
 How the work spread over the processes (CPU-ms of each process ÷ all prompts answered):
 

@@ -148,6 +148,7 @@ class Cluster:
     redis_password: str = ""
     _made_netns: list[str] = field(default_factory=list)
     _made_bridge: bool = False
+    _wrote_state: bool = False
 
     # --- Addresses ----------------------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Cluster:
             raise
 
     def _write_state(self) -> None:
+        self._wrote_state = True
         pids = {name: s.process.pid for name, s in self.services.items()}
         STATE_FILE.write_text(
             json.dumps({"run_dir": str(self.run_dir), "pids": pids, "netns": self._made_netns})
@@ -356,8 +358,8 @@ class Cluster:
         self.start_redis_server("redis", REDIS_PORT, self.redis_password)
 
     def start_redis_server(self, key: str, port: int, password: str) -> str:
-        """A redis-server on the ``redis`` host, listed as service ``key`` (so ``clean``
-        stops it by PID); returns its URL once it answers."""
+        """A redis-server on the ``redis`` host, listed as service ``key`` (``stop`` ends
+        it by PID, before the main Redis); returns its URL once it answers."""
         data = self.run_dir / key
         data.mkdir(exist_ok=True)
         log = self.run_dir / "logs" / f"{key}.log"
@@ -650,7 +652,10 @@ class Cluster:
     def stop(self, *, remove_files: bool = True) -> None:
         """Stop every process started (by PID), then remove namespaces, veths and bridge,
         and (unless told to keep them) the run's files: data, secrets, logs."""
-        order = ["lb", *WEB_HOSTS, *WORKER_HOSTS, "sim", "redis", "db"]
+        # Services added after start (a bench's second Redis) stop before Redis and PostgreSQL.
+        fixed = ["lb", *WEB_HOSTS, *WORKER_HOSTS, "sim", "redis", "db"]
+        added = [key for key in self.services if key not in fixed]
+        order = [*fixed[:-2], *added, *fixed[-2:]]
         for key in order:
             service = self.services.get(key)
             if service is None or service.process.poll() is not None:
@@ -678,7 +683,9 @@ class Cluster:
         if self._made_bridge:
             _run("ip", "link", "delete", BRIDGE, check=False)
             self._made_bridge = False
-        STATE_FILE.unlink(missing_ok=True)
+        if self._wrote_state:  # not another cluster's, when this one was refused
+            STATE_FILE.unlink(missing_ok=True)
+            self._wrote_state = False
         if remove_files:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
