@@ -34,7 +34,16 @@ from typing import Any
 import httpx
 import redis
 
-from bench.harness import BASE_DIR, Fleet, fleet, median, percentile, record, setup_django
+from bench.harness import (
+    BASE_DIR,
+    Fleet,
+    command_calls,
+    fleet,
+    median,
+    percentile,
+    record,
+    setup_django,
+)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 SEQUENTIAL = 100
@@ -95,8 +104,7 @@ def cpu_seconds(pids: list[int]) -> float:
 def redis_calls(url: str | None) -> int:
     if url is None:
         return 0
-    stats = redis.Redis.from_url(url).info("commandstats")
-    return sum(int(entry["calls"]) for entry in stats.values())
+    return sum(command_calls(redis.Redis.from_url(url)).values())
 
 
 def sequential(target: Target) -> list[float]:

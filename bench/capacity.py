@@ -46,7 +46,15 @@ import psutil
 import redis
 
 from apps.backends.live.leases import _ACQUIRE
-from bench.harness import BASE_DIR, machine, median, percentile, record
+from bench.harness import (
+    BASE_DIR,
+    command_calls,
+    command_stats,
+    machine,
+    median,
+    percentile,
+    record,
+)
 from cluster.harness import (
     LB_HOST_NAME,
     MODEL_ALIAS,
@@ -162,11 +170,11 @@ class RedisCounters:
 
 
 def redis_counters(client: redis.Redis) -> RedisCounters:
-    stats = client.info("commandstats")
+    calls, usec = command_stats(client)
     net = client.info("stats")
     return RedisCounters(
-        calls=Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}),
-        usec=Counter({k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in stats.items()}),
+        calls=calls,
+        usec=usec,
         net_in=int(net["total_net_input_bytes"]),
         net_out=int(net["total_net_output_bytes"]),
     )
@@ -446,36 +454,31 @@ def wait_worker(cluster: Cluster, host: str, main: redis.Redis) -> None:
         time.sleep(0.2)
 
 
-def start_worker(cluster: Cluster, host: str, env: dict[str, str], main: redis.Redis) -> None:
+def start_worker(cluster: Cluster, host: str, main: redis.Redis) -> None:
     # RQ refuses a second worker of the same name while the first is still registered.
     deadline = time.monotonic() + 30
     while main.sismember("rq:workers", f"rq:worker:gateway-{host}"):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the stopped worker on {host} is still registered")
         time.sleep(0.2)
-    cluster._spawn(host, host, "worker", cluster.worker_argv(host), env)
+    cluster.start_worker(host)
     wait_worker(cluster, host, main)
 
 
-def restart_all(cluster: Cluster, extra: dict[str, str], main: redis.Redis) -> dict[str, str]:
-    """Web and worker processes again, with ``extra`` in their environment; returns the
-    workers' environment (for starting worker2 again between rounds)."""
-    web_env = cluster.role_env("web") | extra
-    worker_env = cluster.role_env("worker") | extra
+def restart_all(cluster: Cluster, extra: dict[str, str], main: redis.Redis) -> None:
+    """Web and worker processes again, with ``extra`` in their environment (and in that
+    of any started later)."""
+    cluster.env_overrides.update(extra)
     for host in ("web1", "web2", "worker1", "worker2"):
         cluster.kill(host, signal.SIGTERM)
     for host in ("worker1", "worker2"):
-        start_worker(cluster, host, worker_env, main)
+        start_worker(cluster, host, main)
     for host in ("web1", "web2"):
-        cluster._spawn(host, host, "web", cluster.web_argv(host), web_env)
-        cluster._wait_http(
-            f"http://{address(host)}:8000/readyz", host, headers={"Host": LB_HOST_NAME}, want=200
-        )
+        cluster.start_web(host)  # waits until its /readyz says ready
     cluster.wait_all_web_up(timeout=60)
-    return worker_env
 
 
-def configure(cluster: Cluster, pairs: int, worker_env: dict[str, str], main: redis.Redis) -> None:
+def configure(cluster: Cluster, pairs: int, main: redis.Redis) -> None:
     """1 pair: web2 drained at the load balancer, worker2 stopped. 2 pairs: both back."""
     if pairs == 1:
         cluster.lb_command("disable server web/web2")
@@ -484,7 +487,7 @@ def configure(cluster: Cluster, pairs: int, worker_env: dict[str, str], main: re
         assert state.startswith("MAINT"), f"web2 is {state}, not drained"
     else:
         if cluster.services["worker2"].process.poll() is not None:
-            start_worker(cluster, "worker2", worker_env, main)
+            start_worker(cluster, "worker2", main)
         cluster.lb_command("enable server web/web2")
         cluster.wait_all_web_up(timeout=60)
 
@@ -574,7 +577,7 @@ def redis_ceiling() -> list[Ceiling]:
         rows = []
         redis_process = psutil.Process(server.pid)
         for name, args in tests:
-            calls = sum(int(v["calls"]) for v in client.info("commandstats").values())
+            calls = command_calls(client).total()
             cpu = redis_process.cpu_times()
             # The password on the command line: a throwaway server on loopback, gone in a
             # minute (redis-benchmark reads no password from the environment).
@@ -587,7 +590,7 @@ def redis_ceiling() -> list[Ceiling]:
             )
             after = redis_process.cpu_times()
             used = after.user + after.system - cpu.user - cpu.system
-            calls = sum(int(v["calls"]) for v in client.info("commandstats").values()) - calls
+            calls = command_calls(client).total() - calls
             counted = round(calls / BENCH_REQUESTS)  # INFO commandstats' count per operation
             ops = 0.0
             for row in csv.reader(done.stdout.splitlines()):
@@ -617,9 +620,7 @@ class Run:
     frame_bytes: float = 0.0
 
 
-async def rounds(
-    cluster: Cluster, clients: dict[str, redis.Redis], run: Run, env: dict[str, str]
-) -> None:
+async def rounds(cluster: Cluster, clients: dict[str, redis.Redis], run: Run) -> None:
     main = clients["main"]
     say("• warm-up: both pairs, both kinds of request")
     for stream in (False, True):
@@ -633,7 +634,7 @@ async def rounds(
     costs(before, after, 0, run.idle, per_second=True)
     for round_ in range(ROUNDS):
         for pairs in (1, 2):
-            configure(cluster, pairs, env, main)
+            configure(cluster, pairs, main)
             for stream in (False, True):
                 window = await load(cluster, clients, pairs=pairs, stream=stream)
                 run.windows.append(window)
@@ -669,8 +670,8 @@ def measure_cluster(run: Run) -> None:
             "main": redis.Redis.from_url(cluster.redis_url),
             "channels": redis.Redis.from_url(channels_url),
         }
-        env = restart_all(cluster, {"BARISTA_CHANNELS_REDIS_URLS": channels_url}, clients["main"])
-        asyncio.run(rounds(cluster, clients, run, env))
+        restart_all(cluster, {"BARISTA_CHANNELS_REDIS_URLS": channels_url}, clients["main"])
+        asyncio.run(rounds(cluster, clients, run))
         publishes = sum(w.redis["channels"].publishes for w in run.windows if not w.stream)
         if publishes:
             ins = [w.redis["channels"] for w in run.windows if not w.stream]

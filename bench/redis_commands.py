@@ -14,14 +14,13 @@ import httpx
 import redis
 
 from bench.api_overhead import Target, _as_hit, barista
-from bench.harness import fleet, setup_django
+from bench.harness import command_calls, fleet, setup_django
 
 COUNT = int(os.environ.get("BENCH_COUNT", 200))
 
 
 def calls(url: str) -> Counter[str]:
-    stats = redis.Redis.from_url(url).info("commandstats")
-    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+    return command_calls(redis.Redis.from_url(url))
 
 
 def per_request(target: Target) -> Counter[str]:

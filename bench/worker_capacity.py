@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.harness import BASE_DIR, fleet, record, setup_django
+from bench.harness import BASE_DIR, command_stats, fleet, record, setup_django
 
 IN_FLIGHT = 600
 CAPACITY_CONCURRENCY = 1000
@@ -35,10 +35,8 @@ def command_calls(conn: redis.Redis) -> int:
 
 def command_breakdown(conn: redis.Redis) -> dict[str, int]:
     """Calls per command so far (commands run inside scripts count one by one)."""
-    stats = conn.info("commandstats")
-    return {
-        k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"
-    }
+    calls, _ = command_stats(conn)
+    return {name: n for name, n in calls.items() if name != "info"}
 
 
 def simple_worker_seconds(env: dict[str, str], queues_code: str) -> float:

@@ -149,6 +149,9 @@ class Cluster:
     _made_netns: list[str] = field(default_factory=list)
     _made_bridge: bool = False
     _wrote_state: bool = False
+    # Added to every role's environment, for processes started after it is set (a bench
+    # moving the channel layer to a Redis of its own, say).
+    env_overrides: dict[str, str] = field(default_factory=dict)
 
     # --- Addresses ----------------------------------------------------------------------
 
@@ -278,6 +281,7 @@ class Cluster:
         env = self._base_env()
         env.update(read_env("common", secrets_dir=self.secrets_dir, release_dir=self.release_dir))
         env.update(read_env(role, secrets_dir=self.secrets_dir, release_dir=self.release_dir))
+        env.update(self.env_overrides)
         return env
 
     def _start_postgres(self) -> None:
