@@ -11,7 +11,6 @@ database that is back is used again within that second.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -20,25 +19,23 @@ from django.db.backends.postgresql import base
 
 
 class Gate:
-    """When the last attempt to connect failed, and how long to refuse after it."""
+    """Until when to refuse, after the last attempt to connect failed. One float, read and
+    written whole (no lock on the path of every request): two threads racing can only
+    make one more or one fewer attempt."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._closed_until = 0.0
 
     def check(self, error: type[Exception]) -> None:
-        with self._lock:
-            left = self._closed_until - time.monotonic()
+        left = self._closed_until - time.monotonic()
         if left > 0:
             raise error(f"the database did not answer; trying again in {left:.1f} s")
 
     def failed(self) -> None:
-        with self._lock:
-            self._closed_until = time.monotonic() + settings.BARISTA_DATABASE_RETRY
+        self._closed_until = time.monotonic() + settings.BARISTA_DATABASE_RETRY
 
     def succeeded(self) -> None:
-        with self._lock:
-            self._closed_until = 0.0
+        self._closed_until = 0.0
 
 
 gate = Gate()
