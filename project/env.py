@@ -66,7 +66,7 @@ def envfloat(name: str, default: float, *, minimum: float | None = None) -> floa
 
 
 def envlist(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
+    value = envstr(name)  # or NAME_FILE: a list of Redis URLs carries passwords
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]

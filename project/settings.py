@@ -200,13 +200,16 @@ CACHES = {
     }
 }
 
-# The channel layer may have Redis servers of its own, and shard over several: its
-# traffic (every token batch, to every socket) is the largest and needs no other key.
-# Everything else — RQ's queues and the fair lane, the answer cache, merging identical
-# requests, backends' live state, limits' counters — stays on REDIS_URL. The cache and
-# merging must share a server (an answer is stored as its key closes to new followers, in
-# one script); the queues could have their own, but queues.connection() also serves
-# most of the rest today (docs/scaling.md).
+# Redis by role (docs/scaling.md), each defaulting to REDIS_URL:
+# * the queues — RQ's jobs, registries and workers, the fair lane, pauses, the fleet's
+#   chores — on BARISTA_QUEUE_REDIS_URL (apps.gateway.queues.connection());
+# * the channel layer on BARISTA_CHANNELS_REDIS_URLS, sharded over several: its traffic
+#   (every token batch, to every socket) is the largest and needs no other key;
+# * everything else on REDIS_URL: the answer cache with merging of identical requests
+#   (they must share a server: an answer is stored as its key closes to new followers, in
+#   one script), backends' live state, limits' counters, metrics, the sign-in throttle
+#   (apps.core.clients.redis() and sync_redis()).
+QUEUE_REDIS_URL: str = envstr("BARISTA_QUEUE_REDIS_URL") or REDIS_URL
 CHANNELS_REDIS_URLS = envlist("BARISTA_CHANNELS_REDIS_URLS", []) or [REDIS_URL]
 _CHANNEL_MAX_CONNECTIONS = envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1)
 CHANNEL_LAYERS = {
@@ -244,7 +247,11 @@ BARISTA_QUEUES = envlist("BARISTA_QUEUES", ["interactive", "bulk"])
 # and the callbacks a job record may name are never called (apps.gateway.queues).
 RQ = {"JOB_CLASS": "apps.gateway.queues.BaristaJob"}
 RQ_QUEUES = {
-    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SERIALIZER": "rq.serializers.JSONSerializer"}
+    name: {
+        "URL": QUEUE_REDIS_URL,
+        "DEFAULT_TIMEOUT": 600,
+        "SERIALIZER": "rq.serializers.JSONSerializer",
+    }
     for name in BARISTA_QUEUES
 }
 

@@ -38,12 +38,21 @@ OUTPUT_DIR = BASE_DIR / "test-output"
 @pytest.fixture(autouse=True)
 def _fast_and_clean(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    for url in {settings.REDIS_URL, settings.QUEUE_REDIS_URL}:
+        redis.Redis.from_url(url).flushdb()
 
 
 @pytest.fixture
 def redis_conn() -> redis.Redis:
+    """Live state's Redis (REDIS_URL): the cache, merging, backends, counters, metrics."""
     return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture
+def queue_conn() -> redis.Redis:
+    """The queues' Redis (BARISTA_QUEUE_REDIS_URL): RQ, the fair lane, pauses, workers.
+    Under `make test` another database of the same server than ``redis_conn``'s."""
+    return redis.Redis.from_url(settings.QUEUE_REDIS_URL)
 
 
 def make_user(username: str, *, staff: bool = False) -> User:

@@ -45,6 +45,14 @@ def test_envlist_splits_and_trims(monkeypatch):
     assert envlist("HOSTS", []) == ["a.example", "b.example"]
 
 
+def test_a_list_of_secrets_can_come_from_a_file(monkeypatch, tmp_path):
+    urls = tmp_path / "urls"
+    urls.write_text("redis://:a@10.0.0.1:6379/0,redis://:b@10.0.0.2:6379/0\n")
+    monkeypatch.delenv("SHARDS", raising=False)
+    monkeypatch.setenv("SHARDS_FILE", str(urls))
+    assert envlist("SHARDS", []) == ["redis://:a@10.0.0.1:6379/0", "redis://:b@10.0.0.2:6379/0"]
+
+
 def django_check(tmp_path, **env: str) -> subprocess.CompletedProcess[str]:
     """``manage.py check`` in a process of its own, with exactly this configuration."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "REDIS_URL")}

@@ -41,6 +41,7 @@ from apps.api.services import api_key_authenticate
 from apps.backends.enabled import enabled_backends
 from apps.backends.models import Backend
 from apps.backends.recovery import all_down
+from apps.core import clients
 from apps.core.nesting import MAX_DEPTH, NUL, TOO_DEEP, shape_refusal
 from apps.gateway import extras
 from apps.gateway.admission import Principal, Quota, Rejection, count_tokens
@@ -49,7 +50,6 @@ from apps.gateway.embeddings import EmbeddingFailed, embeddings_create
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.positions import PlaceInLine
-from apps.gateway.queues import connection
 from apps.gateway.selectors import cached_answer
 from apps.gateway.services import request_submit
 from apps.gateway.subscription import Subscription
@@ -458,7 +458,7 @@ def _authorize(
     )
     if stored is None:
         if no_wait:
-            down = all_down(connection(), enabled_backends.for_alias_sync(model))
+            down = all_down(clients.sync_redis(), enabled_backends.for_alias_sync(model))
             if down is not None:
                 raise backends_down(model, retry_after=down)
         return Authorized(key, request, shared=shared(model))

@@ -19,8 +19,8 @@ from django.views.decorators.http import require_POST
 
 from apps.backends.selectors import alias_health
 from apps.chat import selectors, services
+from apps.core import clients
 from apps.gateway.cache import shared
-from apps.gateway.queues import connection
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -41,7 +41,7 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
             {"id": str(r.id), "status": r.status}
             for r in selectors.request_list_pending(conversation=conversation)
         ]
-    models = alias_health(connection())
+    models = alias_health(clients.sync_redis())
     up = [str(m["alias"]) for m in models if m["up"]]
     selected = (
         conversation.model
@@ -85,7 +85,7 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
 @login_required
 def model_health(request: HttpRequest) -> JsonResponse:
     """The picker's health dots, polled by the chat page."""
-    return JsonResponse({"models": alias_health(connection())})
+    return JsonResponse({"models": alias_health(clients.sync_redis())})
 
 
 @require_POST

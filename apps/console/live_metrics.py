@@ -104,10 +104,9 @@ async def history(seconds: int = HISTORY_SECONDS) -> list[dict[str, Any]]:
 
 
 async def gauges() -> dict[str, Any]:
-    redis = clients.redis()
     backends = await database_sync_to_async(backend_names_active)()
     states = await live.snapshot([pk for pk, _ in backends])
-    async with redis.pipeline(transaction=False) as pipe:
+    async with clients.queue_redis().pipeline(transaction=False) as pipe:
         for rq_queue in queues():
             fairness.count_waiting(pipe, rq_queue)
         pipe.scard(REDIS_WORKER_KEYS)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import django_rq
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from rq import Worker
+
+from apps.core import clients
+from apps.gateway import queues
 
 
 @never_cache
@@ -17,21 +18,30 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    """200 only when Redis, the database and at least one worker are reachable."""
+    """200 only when Redis (each role's server), the database and at least one worker
+    are reachable."""
     checks: dict[str, object] = {}
     missing: list[str] = []
+    redis, queue_redis = clients.sync_redis(), queues.connection()
+    if queue_redis is not redis:
+        try:
+            redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure to talk to Redis means not ready
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            missing.append("redis")
+    name = "redis" if queue_redis is redis else "redis_queues"
     try:
-        redis = django_rq.get_connection(settings.BARISTA_QUEUES[0])
-        redis.ping()
-        checks["redis"] = "ok"
-        workers = Worker.count(connection=redis)
+        queue_redis.ping()
+        checks[name] = "ok"
+        workers = Worker.count(connection=queue_redis)
         checks["workers"] = workers
         if workers < 1:
             missing.append("workers")
     except Exception as exc:  # any failure to talk to Redis means not ready
-        checks["redis"] = f"unreachable ({type(exc).__name__})"
+        checks[name] = f"unreachable ({type(exc).__name__})"
         checks["workers"] = "unknown"
-        missing += ["redis", "workers"]
+        missing += [name, "workers"]
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

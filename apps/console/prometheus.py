@@ -20,6 +20,7 @@ from rq import Worker
 
 from apps.backends import live
 from apps.backends.models import Backend
+from apps.core import clients
 from apps.gateway import fairness, metrics
 from apps.gateway.queues import connection, queue
 
@@ -39,7 +40,7 @@ def _histogram(
 
 class BaristaCollector:
     def collect(self) -> Iterator[Metric]:
-        redis = connection()
+        redis, queue_redis = clients.sync_redis(), connection()
         totals = metrics.totals(redis)
         requests = CounterMetricFamily(
             "barista_requests", "Requests by how they ended.", labels=["outcome", "model"]
@@ -106,7 +107,7 @@ class BaristaCollector:
         )
         depth = GaugeMetricFamily("barista_queue_depth", "Prompts waiting.", labels=["queue"])
         lines = [queue(name) for name in settings.BARISTA_QUEUES]
-        for line, waiting in zip(lines, fairness.depths(redis, lines), strict=True):
+        for line, waiting in zip(lines, fairness.depths(queue_redis, lines), strict=True):
             depth.add_metric([line.name], waiting)
         yield depth
         backends = list(Backend.objects.exclude(state=Backend.State.DISABLED))
@@ -118,7 +119,7 @@ class BaristaCollector:
             inflight.add_metric([backend.name], states[backend.pk].in_flight)
         yield inflight
         yield GaugeMetricFamily(
-            "barista_workers", "Gateway workers alive.", value=Worker.count(connection=redis)
+            "barista_workers", "Gateway workers alive.", value=Worker.count(connection=queue_redis)
         )
 
 

@@ -20,6 +20,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegist
 from apps.backends import live
 from apps.backends.models import Backend
 from apps.console.models import AuditEntry
+from apps.core import clients
 from apps.gateway import cache, fairness, metrics
 from apps.gateway.models import PromptRequest
 from apps.gateway.queues import ENDED_JOB_TTL, SERIALIZER, connection, paused_queues, queue
@@ -40,16 +41,16 @@ def _ms(started: float) -> str:
     return f"{(time.perf_counter() - started) * 1000:.1f} ms"
 
 
-def check_redis(redis: Redis) -> Check:
+def check_redis(redis: Redis, name: str = "Redis") -> Check:
     started = time.perf_counter()
     try:
         redis.ping()
         took = _ms(started)
         info: dict[str, Any] = redis.info()
     except RedisError as exc:
-        return Check("Redis", False, f"unreachable ({type(exc).__name__})")
+        return Check(name, False, f"unreachable ({type(exc).__name__})")
     return Check(
-        "Redis",
+        name,
         True,
         f"answering in {took}",
         [
@@ -325,19 +326,25 @@ def worker_rows(redis: Redis) -> list[WorkerRow]:
 
 
 def overview() -> dict[str, Any]:
-    redis = connection()
+    redis, queue_redis = clients.sync_redis(), connection()
     redis_check = check_redis(redis)
+    redis_checks = [redis_check]
+    queue_check = redis_check
+    if queue_redis is not redis:
+        queue_check = check_redis(queue_redis, "Redis (queues)")
+        redis_checks.append(queue_check)
     workers: list[WorkerRow] | None = None
     queues: list[QueueRow] = []
     counters: dict[str, float] = {}
-    if redis_check.ok:
-        try:
-            workers = worker_rows(redis)
-            queues = queue_rows(redis)
+    try:
+        if queue_check.ok:
+            workers = worker_rows(queue_redis)
+            queues = queue_rows(queue_redis)
+        if redis_check.ok:
             counters = cache.counters(redis)
-        except RedisError:
-            pass
-    checks = [redis_check, check_database(), check_workers(workers)]
+    except RedisError:
+        pass
+    checks = [*redis_checks, check_database(), check_workers(workers)]
     if redis_check.ok:
         checks.append(check_backends(redis))
     return {

@@ -1,7 +1,11 @@
 """The process's network clients, one per event loop, made here and nowhere else.
 
 * ``redis()`` — the asyncio Redis client every layer uses for live state, the cache,
-  coalescing, metrics and per-key counters;
+  coalescing, metrics and per-key counters (REDIS_URL);
+* ``queue_redis()`` — the asyncio client for the queues' Redis, where it is another;
+* ``sync_redis()`` — live state's synchronous client, for code that runs in threads
+  (Django views, database work, the worker's bookkeeping); ``sync_redis(url)`` is the one
+  for another server, as the queues' (``apps.gateway.queues``);
 * ``http()`` — the HTTP client for backends (health checks and prompts);
 * ``backend_http_client()`` — a new one, for a one-off call (the console's test button).
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import httpx
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis import Redis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,19 +28,33 @@ from apps.core.egress import GuardedTransport
 from apps.core.loop import PerLoop
 
 
-def _make_redis() -> aioredis.Redis:
+def _make_redis(url: str | None = None) -> aioredis.Redis:
     # A blocking pool: with hundreds of prompts in flight, an operation waits for a free
     # connection instead of failing (redis-py's default pool raises past 100).
     # Connections broken by a Redis restart fail once, then reconnect: retried with a
     # short backoff, so the first prompts after Redis returns do not fail on them.
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL,
+        url or settings.REDIS_URL,
         max_connections=settings.BARISTA_LIVE_REDIS_CONNECTIONS,
         timeout=30,
         retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+_sync: dict[str, Redis] = {}
+
+
+def sync_redis(url: str | None = None) -> Redis:
+    """The process's synchronous client for ``url`` (REDIS_URL unless given): one per URL,
+    shared by every thread (its connection pool is thread-safe). When the queues use
+    REDIS_URL too, ``apps.gateway.queues.connection()`` is this very client."""
+    url = url or settings.REDIS_URL
+    client = _sync.get(url)
+    if client is None:
+        client = _sync.setdefault(url, Redis.from_url(url))
+    return client
 
 
 def backend_http_client(
@@ -68,4 +87,16 @@ def _make_http() -> httpx.AsyncClient:
 
 
 redis = PerLoop(_make_redis)
+_queue_redis = PerLoop(lambda: _make_redis(settings.QUEUE_REDIS_URL))
+
+
+def queue_redis() -> aioredis.Redis:
+    """The asyncio client for the queues' Redis (BARISTA_QUEUE_REDIS_URL), for the few
+    async readers of queue state (the live metrics page); ``redis()`` itself when the
+    queues share REDIS_URL."""
+    if settings.QUEUE_REDIS_URL == settings.REDIS_URL:
+        return redis()
+    return _queue_redis()
+
+
 http = PerLoop(_make_http)

@@ -50,6 +50,7 @@ API_TOKENS_KEY = "barista:api:{scope}:{id}:tpm:{window}"
 # Held while a prompt that a cap on requests at once applies to is counted and recorded,
 # so two prompts of one person, in any processes, cannot both see the last free slot.
 ADMIT_LOCK_KEY = "barista:admit-lock:{user_id}"
+# Prompts finished per second, on the queues' Redis (the workers write it with RQ's records).
 COMPLETED_KEY = "barista:completed:{second}"
 
 
@@ -158,10 +159,12 @@ def _admit(
     lines = all_queues() if queues else []
     # Only the counters a limit needs: a key without a per-minute limit costs nothing here.
     per_minute = principal.api_limits
-    redis = connection()
+    redis, queue_redis = clients.sync_redis(), connection()
+    # One round trip when the queues share live state's Redis, else one to each.
     with redis.pipeline(transaction=False) as pipe:
+        lane = pipe if queue_redis is redis else queue_redis.pipeline(transaction=False)
         for queue in lines:
-            fairness.count_waiting(pipe, queue)
+            fairness.count_waiting(lane, queue)
         if user_rpm:
             pipe.incr(rate_key)
             pipe.expire(rate_key, 61)
@@ -172,6 +175,8 @@ def _admit(
             if limits.tokens_per_minute:
                 pipe.get(limits.tokens_key(window))
         answered = pipe.execute()
+        if lane is not pipe:
+            answered = lane.execute() + answered
     queued = sum(fairness.waiting_counts(answered[: 2 * len(lines)]))
     replies = iter(answered[2 * len(lines) :])
     rate = 0
@@ -200,7 +205,7 @@ def _admit(
                 reset,
             )
     if queued >= settings.BARISTA_MAX_QUEUED and fairness.waiting_for(
-        redis, lines, principal.user_id
+        queue_redis, lines, principal.user_id
     ):
         # The bound is for the crowd: one person's backlog filling it must not lock
         # everyone else out, so a person with nothing waiting still gets their turn.
@@ -262,7 +267,7 @@ def admission_lock(principal: Principal, *, model: str) -> Iterator[None]:
     if not principal.capped:
         yield
         return
-    lock = connection().lock(
+    lock = clients.sync_redis().lock(
         ADMIT_LOCK_KEY.format(user_id=principal.user_id), timeout=10, blocking_timeout=10
     )
     if not lock.acquire():

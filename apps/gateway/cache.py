@@ -33,7 +33,7 @@ from django.core.cache import cache
 from redis import Redis
 
 from apps.backends.enabled import enabled_backends
-from apps.gateway.queues import connection
+from apps.core import clients
 
 # Parameters that do not change the answer: left out of the key.
 IGNORED_PARAMS = frozenset(
@@ -152,7 +152,7 @@ def count(connection: Redis, outcome: str, saved: CachedAnswer | None = None) ->
 def add_saved(saved: CachedAnswer, times: int) -> None:
     """``times`` followers were answered without a backend call of their own."""
     tokens = (saved.prompt_tokens or 0) + (saved.completion_tokens or 0)
-    with connection().pipeline(transaction=False) as pipe:
+    with clients.sync_redis().pipeline(transaction=False) as pipe:
         pipe.hincrby(COUNTERS_KEY, "tokens_saved", tokens * times)
         pipe.hincrbyfloat(COUNTERS_KEY, "cost_saved", float(saved.cost) * times)
         pipe.execute()

@@ -28,13 +28,14 @@ from collections import Counter
 from typing import Any
 
 from django.conf import settings
+from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.job import Job
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from apps.backends import live
+from apps.core import clients
 from apps.gateway import fairness
-from apps.gateway.queues import connection
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class Recorder:
         if not total:
             return
         try:
-            with connection().pipeline(transaction=False) as pipe:
+            with clients.sync_redis().pipeline(transaction=False) as pipe:
                 for field, amount in total.items():
                     _increment(pipe, TOTAL_KEY, field, amount)
                 for second, counts in seconds.items():
@@ -221,7 +222,8 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
     """Write this second's gauges — queue depth and oldest wait per queue, calls in
     flight per backend, workers alive — into the second's hash. One process of the fleet
     does it per second (the gauges are the same whoever reads them): see
-    ``apps.gateway.chores``. Four round trips."""
+    ``apps.gateway.chores``. Four round trips: two to the queues' Redis (``connection``),
+    two to live state's."""
     names = settings.BARISTA_QUEUES
     lines = [Queue(name, connection=connection) for name in names]
     with connection.pipeline(transaction=False) as pipe:
@@ -240,8 +242,9 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
         for head in heads:
             pipe.hget(Job.key_for(head), "enqueued_at") if head else pipe.echo("")
         enqueued = pipe.execute()
-    states = live.snapshot_sync(connection, [pk for pk, _ in backends])
-    fields: dict[str, float] = {"workers": int(replies[-1])}
+    redis = clients.sync_redis()
+    states = live.snapshot_sync(redis, [pk for pk, _ in backends])
+    fields: dict[FieldT, EncodableT] = {"workers": int(replies[-1])}
     wall = time.time()
     for index, name in enumerate(names):
         fields[f"depth|{name}"] = depths[index]
@@ -249,7 +252,7 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
     for pk, name in backends:
         fields[f"inflight|{name}"] = states[pk].in_flight
     key = SECOND_KEY.format(second=second)
-    with connection.pipeline(transaction=False) as pipe:
+    with redis.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, KEEP_SECONDS)
         pipe.execute()

@@ -19,6 +19,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.suspension import is_suspended, resume, suspend
 
+from apps.core import clients
 from apps.gateway import coalescing, delivery, fairness, queues
 from apps.gateway.metrics import recorder
 from apps.gateway.models import PromptRequest
@@ -48,15 +49,15 @@ def request_cancel(*, owner_id: int, request_id: uuid.UUID | str) -> PromptReque
         request.finished_at = timezone.now()
         request.save(update_fields=["status", "error", "finished_at"])
     recorder.request(outcome="cancelled", model=request.model)
-    connection = queues.connection()
+    connection, redis = queues.connection(), clients.sync_redis()
     key = request_key(request.id)
     if request.coalesced_with is not None:
-        coalescing.leave(connection, leader_id=str(request.coalesced_with), request_id=key)
+        coalescing.leave(redis, leader_id=str(request.coalesced_with), request_id=key)
         return request
     try:
         job = Job.fetch(key, connection=connection, serializer=queues.SERIALIZER)
         if job.get_status() == JobStatus.STARTED:
-            if request.cache_key and coalescing.has_followers(connection, leader_id=key):
+            if request.cache_key and coalescing.has_followers(redis, leader_id=key):
                 return request  # answered for its followers; they are not stopped
             send_stop_job_command(connection, job.id)
         else:

@@ -3,7 +3,8 @@
 ``django_rq.get_queue()`` builds a new Redis client (and connection pool) on every call, so
 every prompt opened fresh connections: about ten extra Redis commands per prompt (HELLO,
 CLIENT SETINFO, INFO for the server version) and a TCP handshake. Cached by URL, so
-changing the settings (as tests do) still takes effect.
+changing the settings (as tests do) still takes effect; the client is the process's one
+for that URL (``apps.core.clients.sync_redis``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
+
+from apps.core import clients
 
 # Jobs are stored as JSON (settings.RQ_QUEUES): whatever reads one must say so.
 SERIALIZER = JSONSerializer
@@ -47,10 +50,12 @@ _queues: dict[tuple[str, str], Queue] = {}
 
 
 def queue(name: str) -> Queue:
-    key = (name, str(settings.RQ_QUEUES[name].get("URL")))
-    cached = _queues.get(key)
+    url = str(settings.RQ_QUEUES[name]["URL"])
+    cached = _queues.get((name, url))
     if cached is None:
-        cached = _queues[key] = django_rq.get_queue(name)
+        cached = _queues[(name, url)] = django_rq.get_queue(
+            name, connection=clients.sync_redis(url)
+        )
     return cached
 
 
@@ -60,6 +65,10 @@ def queues() -> list[Queue]:
 
 
 def connection() -> Redis:
+    """The queues' Redis (BARISTA_QUEUE_REDIS_URL): RQ's jobs, registries and workers,
+    the fair lane, pauses, throughput, the fleet's chores — nothing else. The cache,
+    merging, live state and counters are on ``apps.core.clients.sync_redis()``, the
+    same client when both roles share one Redis."""
     return queue(settings.BARISTA_QUEUES[0]).connection
 
 

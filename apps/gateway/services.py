@@ -17,6 +17,7 @@ from rq import Retry
 from rq.job import JobStatus
 from rq.utils import now
 
+from apps.core import clients
 from apps.gateway import cache, coalescing, delivery, fairness, queues
 from apps.gateway.admission import Principal, admission_lock, admit
 from apps.gateway.metrics import recorder
@@ -95,7 +96,7 @@ def request_submit(
                 first_token_at=now,
                 finished_at=now,
             )
-            cache.count(queues.connection(), "hit", saved=hit)
+            cache.count(clients.sync_redis(), "hit", saved=hit)
             recorder.request(
                 outcome="hit",
                 model=model,
@@ -109,7 +110,7 @@ def request_submit(
         queue_name = queue or settings.BARISTA_QUEUES[0]
 
         def follow_or_enqueue() -> None:
-            connection = queues.connection()
+            connection = clients.sync_redis()
             if key:
                 leader = coalescing.join(connection, cache_key=key, request_id=str(request.id))
                 if leader == coalescing.CACHED and _answer_from_cache(request, key):
@@ -152,7 +153,7 @@ def _answer_from_cache(request: PromptRequest, key: str) -> bool:
             )
         ]
     )
-    cache.count(queues.connection(), "hit", saved=hit)
+    cache.count(clients.sync_redis(), "hit", saved=hit)
     recorder.request(outcome="hit", model=request.model, latency=0.0, ttft=0.0)
     if recorded.get(request_key(request.id)):
         row = PromptRequest.objects.select_related("backend").get(id=request.id)
@@ -208,7 +209,7 @@ def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | No
     follower leads now and gets a job; the others follow the new leader. Returns the new
     leader's id, or None when no one was following."""
     chain = coalescing.hand_over(
-        queues.connection(), cache_key=cache_key, leader_id=request_key(leader_id)
+        clients.sync_redis(), cache_key=cache_key, leader_id=request_key(leader_id)
     )
     if not chain:
         return None

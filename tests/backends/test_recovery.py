@@ -12,8 +12,8 @@ import pytest
 
 from apps.api.services import api_key_create
 from apps.backends import live
+from apps.core import clients
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,7 +47,7 @@ def test_a_backend_that_comes_back_is_used_at_once_and_the_prompts_that_waited_a
         )
 
     def circuit() -> str:
-        return live.snapshot_sync(connection(), [backend.pk])[backend.pk].circuit
+        return live.snapshot_sync(clients.sync_redis(), [backend.pk])[backend.pk].circuit
 
     assert ask("before").status_code == 200
     sim.process.kill()

@@ -28,12 +28,22 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
 
+    def via(self, url: str) -> str:
+        """The Redis URL ``url`` (a server on the target port) through the proxy: its
+        password and database kept."""
+        parts = urlsplit(url)
+        assert parts.port == self.target_port, "not the proxied server"
+        auth = f":{parts.password}@" if parts.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}{parts.path}"
+
     @property
-    def url(self) -> str:
-        """The Redis URL through the proxy (with the real one's password)."""
-        password = urlsplit(settings.REDIS_URL).password
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+    def env(self) -> dict[str, str]:
+        """The settings that send a process's every Redis role (but the channel layer's
+        own servers, if any) through the proxy."""
+        return {
+            "REDIS_URL": self.via(settings.REDIS_URL),
+            "BARISTA_QUEUE_REDIS_URL": self.via(settings.QUEUE_REDIS_URL),
+        }
 
     def start(self) -> TcpProxy:
         self._thread.start()

@@ -11,8 +11,8 @@ import pytest
 
 from apps.api.services import api_key_create
 from apps.backends import live
+from apps.core import clients
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection
 from tests.chaos.conftest import record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("lifted_limits")]
@@ -66,7 +66,7 @@ def test_misbehaving_backends_give_clean_errors_and_open_their_circuits(
                 assert error["message"] and error["type"]
                 assert "127.0.0.1" not in response.text  # no backend address
         assert worst[fault] < 12
-    circuits = live.snapshot_sync(connection(), [b.pk for b in backends.values()])
+    circuits = live.snapshot_sync(clients.sync_redis(), [b.pk for b in backends.values()])
     for fault, backend in backends.items():
         assert circuits[backend.pk].circuit in ("open", "half_open"), fault
         assert statuses[fault][503] >= 1, (fault, statuses[fault])  # refused fast once open

@@ -26,7 +26,7 @@ from django.db import connection as db_connection
 from rq.job import Job
 
 from apps.api.services import api_key_create
-from apps.gateway import coalescing
+from apps.gateway import coalescing, queues
 from apps.gateway.metrics import totals as metrics_totals
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import queue_pause
@@ -154,7 +154,7 @@ def test_no_frame_reaches_anyone_but_its_owner(
     try:
         sim = start_simulator("--ttft", "0.2", "--tps", "40", "--tokens", "24")
         sim.register(alias="sim-chat")
-        env = {**ENV, "REDIS_URL": proxy.url}
+        env = {**ENV, **proxy.env}
         for _ in range(2):
             start_worker(**env)
         url = start_web(**env)
@@ -533,7 +533,8 @@ def leads(redis_conn: redis.Redis, request_id: str) -> bool:
     if row is None or not row.cache_key or row.coalesced_with is not None:
         return False
     in_flight = redis_conn.get(coalescing.INFLIGHT + row.cache_key)
-    return in_flight == request_id.encode() and bool(redis_conn.exists(Job.key_for(request_id)))
+    job = queues.connection().exists(Job.key_for(request_id))  # on the queues' Redis
+    return in_flight == request_id.encode() and bool(job)
 
 
 def joined(redis_conn: redis.Redis, ask: Ask) -> bool:

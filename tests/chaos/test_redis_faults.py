@@ -42,7 +42,7 @@ def test_redis_restarted_mid_load(alice, start_simulator, start_worker, start_we
         sim = start_simulator("--ttft", "0.3", "--tps", "40", "--tokens", "20")
         sim.register(alias="sim-chat")
         _, key = api_key_create(owner=alice, name="load")
-        env = {**ENV, "REDIS_URL": proxy.url}
+        env = {**ENV, **proxy.env}
         workers = [start_worker(**env) for _ in range(2)]
         url = start_web(**env)
         headers = {"Authorization": f"Bearer {key}"}

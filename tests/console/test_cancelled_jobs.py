@@ -27,8 +27,8 @@ def status(request_id) -> str:
     return PromptRequest.objects.get(id=request_id).status
 
 
-def job_status(redis_conn, request_id) -> str:
-    return (redis_conn.hget(f"rq:job:{request_id}", "status") or b"").decode()
+def job_status(queue_conn, request_id) -> str:
+    return (queue_conn.hget(f"rq:job:{request_id}", "status") or b"").decode()
 
 
 def queue_row(page: str, name: str) -> list[str]:
@@ -59,7 +59,7 @@ def hang_up_mid_answer(url: str, key: str, ready, model: str = "sim-chat") -> No
 
 
 def test_cancelled_prompts_are_counted_and_listed_apart_from_failed_ones(
-    staff, alice, settings, start_simulator, start_worker, start_web, redis_conn
+    staff, alice, settings, start_simulator, start_worker, start_web, queue_conn
 ):
     sim = start_simulator("--ttft", "30")  # nothing is answered while we look
     sim.register(alias="sim-chat")
@@ -80,8 +80,8 @@ def test_cancelled_prompts_are_counted_and_listed_apart_from_failed_ones(
         return (
             status(failing.id),
             status(hung_up.id),
-            job_status(redis_conn, hung_up.id),
-            job_status(redis_conn, waiting.id),
+            job_status(queue_conn, hung_up.id),
+            job_status(queue_conn, waiting.id),
         )
 
     wait_for(
@@ -114,7 +114,7 @@ def test_cancelled_prompts_are_counted_and_listed_apart_from_failed_ones(
 
     # Nothing to retry, even when asked; removing only takes it off the list.
     client.post(f"/console/jobs/{hung_up.id}/", {"action": "retry", "kind": "cancelled"})
-    assert status(hung_up.id) == "cancelled" and job_status(redis_conn, hung_up.id) == "stopped"
+    assert status(hung_up.id) == "cancelled" and job_status(queue_conn, hung_up.id) == "stopped"
     client.post(f"/console/jobs/{hung_up.id}/", {"action": "remove", "kind": "cancelled"})
     assert status(hung_up.id) == "cancelled"
     cancelled = client.get("/console/jobs/?kind=cancelled").content.decode()
@@ -125,26 +125,26 @@ def test_cancelled_prompts_are_counted_and_listed_apart_from_failed_ones(
 
 
 def test_a_cancelled_job_is_kept_a_day_then_trimmed_with_its_registry_entry(
-    alice, chat_backend, redis_conn
+    alice, chat_backend, queue_conn
 ):
     # RQ keeps a cancelled job and its canceled-registry entry for ever; Barista keeps
     # them as long as a failed one (the console's day), then the fleet's chores drop them.
     waiting = chat_prompt_submit(user=alice, model="sim-chat", content="never mind")
     operations.request_cancel(owner_id=alice.pk, request_id=waiting.id)
     job_key = f"rq:job:{waiting.id}"
-    assert job_status(redis_conn, waiting.id) == "canceled"
-    assert 0 < redis_conn.ttl(job_key) <= queues.ENDED_JOB_TTL
+    assert job_status(queue_conn, waiting.id) == "canceled"
+    assert 0 < queue_conn.ttl(job_key) <= queues.ENDED_JOB_TTL
     registry = "rq:canceled:interactive"
-    assert redis_conn.zscore(registry, str(waiting.id)) is not None
+    assert queue_conn.zscore(registry, str(waiting.id)) is not None
     # One left by an older release: no expiry on its record, cancelled two days ago.
-    redis_conn.hset("rq:job:old", mapping={"status": "canceled"})
-    redis_conn.zadd(registry, {"old": time.time() - 2 * 24 * 3600})
+    queue_conn.hset("rq:job:old", mapping={"status": "canceled"})
+    queue_conn.zadd(registry, {"old": time.time() - 2 * 24 * 3600})
 
-    assert queues.canceled_trim(redis_conn) == 1
-    assert not redis_conn.exists("rq:job:old")
-    assert redis_conn.zscore(registry, "old") is None
-    assert redis_conn.zscore(registry, str(waiting.id)) is not None  # still in its day
+    assert queues.canceled_trim(queue_conn) == 1
+    assert not queue_conn.exists("rq:job:old")
+    assert queue_conn.zscore(registry, "old") is None
+    assert queue_conn.zscore(registry, str(waiting.id)) is not None  # still in its day
 
     # A day on, it goes too.
-    assert queues.canceled_trim(redis_conn, now=time.time() + queues.ENDED_JOB_TTL + 1) == 1
-    assert redis_conn.zcard(registry) == 0 and not redis_conn.exists(job_key)
+    assert queues.canceled_trim(queue_conn, now=time.time() + queues.ENDED_JOB_TTL + 1) == 1
+    assert queue_conn.zcard(registry) == 0 and not queue_conn.exists(job_key)

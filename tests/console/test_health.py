@@ -26,7 +26,22 @@ def test_readyz_says_what_is_missing_then_turns_ready_when_a_worker_runs(client,
 
 
 def test_readyz_is_503_when_redis_is_unreachable(client, settings):
-    settings.RQ_QUEUES = {name: {"URL": "redis://127.0.0.1:1/0"} for name in settings.RQ_QUEUES}
+    away = "redis://127.0.0.1:1/0"
+    settings.REDIS_URL = settings.QUEUE_REDIS_URL = away
+    settings.RQ_QUEUES = {name: {"URL": away} for name in settings.RQ_QUEUES}
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert "redis" in response.json()["missing"]
+    assert response.json()["missing"] == ["redis", "workers"]
+    assert response.json()["checks"]["redis"].startswith("unreachable")
+
+
+def test_readyz_names_the_queues_redis_when_only_it_is_away(client, settings):
+    # Redis by role: the queues on a server of their own, which is away.
+    settings.QUEUE_REDIS_URL = away = "redis://127.0.0.1:1/0"
+    settings.RQ_QUEUES = {name: {"URL": away} for name in settings.RQ_QUEUES}
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["missing"] == ["redis_queues", "workers"]
+    assert body["checks"]["redis"] == "ok"
+    assert body["checks"]["redis_queues"].startswith("unreachable")

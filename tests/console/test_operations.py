@@ -40,7 +40,7 @@ def status(request_id) -> str:
 
 
 def test_every_console_page_and_action_refuses_people_who_are_not_staff(
-    alice, chat_backend, redis_conn
+    alice, chat_backend, queue_conn
 ):
     """Every route the console declares — so a page added later cannot be forgotten."""
     request = chat_prompt_submit(user=alice, model="sim-chat", content="hello")
@@ -64,8 +64,8 @@ def test_every_console_page_and_action_refuses_people_who_are_not_staff(
                 if expected == 302:
                     assert response["Location"].startswith("/accounts/login/")
     assert not AuditEntry.objects.exists()
-    assert not redis_conn.exists(PAUSED_KEY)
-    assert not is_suspended(redis_conn)
+    assert not queue_conn.exists(PAUSED_KEY)
+    assert not is_suspended(queue_conn)
     assert status(request.id) == "queued"
     chat_backend.refresh_from_db()
     assert chat_backend.state == Backend.State.ENABLED
@@ -87,7 +87,7 @@ def test_overview_shows_the_health_of_each_part(staff, start_simulator, start_wo
 
 
 def test_a_paused_queue_keeps_its_prompts_until_resumed(
-    staff, alice, start_simulator, start_worker, redis_conn
+    staff, alice, start_simulator, start_worker, queue_conn
 ):
     sim = start_simulator()
     sim.register(alias="sim-chat")
@@ -95,12 +95,12 @@ def test_a_paused_queue_keeps_its_prompts_until_resumed(
     response = client.post("/console/queues/interactive/pause/", {"action": "pause"})
     assert response.status_code == 302
     start_worker()
-    wait_for(lambda: redis_conn.scard("rq:workers") == 1)
+    wait_for(lambda: queue_conn.scard("rq:workers") == 1)
     waiting = chat_prompt_submit(user=alice, model="sim-chat", content="wait for me")
     page = client.get("/console/queues/").content.decode()
     assert "paused" in page and "Resume" in page
     # The worker is running but leaves the paused queue alone.
-    wait_for(lambda: redis_conn.hget(f"rq:job:{waiting.id}", "status") == b"queued")
+    wait_for(lambda: queue_conn.hget(f"rq:job:{waiting.id}", "status") == b"queued")
     time.sleep(2.5)
     assert status(waiting.id) == "queued"
     assert sim.stats()["requests_total"] == 0
@@ -111,12 +111,12 @@ def test_a_paused_queue_keeps_its_prompts_until_resumed(
     wait_for(lambda: status(waiting.id) == "done", timeout=15)
     assert audited() == [("queue.pause", "interactive"), ("queue.resume", "interactive")]
     assert client.post("/console/queues/nope/pause/", {"action": "pause"}).status_code == 302
-    assert redis_conn.smembers(PAUSED_KEY) == set()
+    assert queue_conn.smembers(PAUSED_KEY) == set()
     assert len(audited()) == 2  # the unknown queue changed nothing
 
 
 def test_failed_jobs_can_be_retried_or_dropped(
-    staff, alice, start_simulator, start_worker, settings, redis_conn
+    staff, alice, start_simulator, start_worker, settings, queue_conn
 ):
     # A backend slower than the job timeout: both prompts fail with "took too long".
     settings.BARISTA_JOB_TIMEOUT = 1
@@ -125,7 +125,7 @@ def test_failed_jobs_can_be_retried_or_dropped(
     first = chat_prompt_submit(user=alice, model="sim-chat", content="first")
     second = chat_prompt_submit(user=alice, model="sim-chat", content="second")
     start_worker()
-    failed = FailedJobRegistry("interactive", connection=redis_conn)
+    failed = FailedJobRegistry("interactive", connection=queue_conn)
     wait_for(lambda: failed.count == 2, timeout=15)
     assert status(first.id) == status(second.id) == "failed"
 
@@ -151,17 +151,17 @@ def test_failed_jobs_can_be_retried_or_dropped(
     assert audited() == [("job.retry", str(first.id)), ("job.cancel", str(second.id))]
 
 
-def test_a_waiting_prompt_can_be_cancelled_from_the_jobs_page(staff, alice, redis_conn):
+def test_a_waiting_prompt_can_be_cancelled_from_the_jobs_page(staff, alice, queue_conn):
     waiting = chat_prompt_submit(user=alice, model="sim-chat", content="never mind")
     client = signed_in(staff)
     client.post(f"/console/jobs/{waiting.id}/", {"action": "cancel", "kind": "waiting"})
     assert status(waiting.id) == "cancelled"
-    assert fairness.depths(redis_conn, [queue("interactive")]) == [0]
+    assert fairness.depths(queue_conn, [queue("interactive")]) == [0]
     assert audited() == [("job.cancel", str(waiting.id))]
 
 
 def test_workers_page_shows_each_worker_and_controls_them(
-    staff, alice, start_simulator, start_worker, redis_conn
+    staff, alice, start_simulator, start_worker, queue_conn
 ):
     sim = start_simulator("--ttft", "30")
     sim.register(alias="sim-chat")
@@ -181,13 +181,13 @@ def test_workers_page_shows_each_worker_and_controls_them(
 
     try:
         client.post("/console/workers/action/", {"action": "suspend"})
-        assert is_suspended(redis_conn)
+        assert is_suspended(queue_conn)
         assert "Workers are suspended" in client.get("/console/workers/").content.decode()
         client.post("/console/workers/action/", {"action": "resume"})
-        assert not is_suspended(redis_conn)
+        assert not is_suspended(queue_conn)
     finally:
-        resume(redis_conn)
-    name = redis_conn.smembers("rq:workers").pop().decode().removeprefix("rq:worker:")
+        resume(queue_conn)
+    name = queue_conn.smembers("rq:workers").pop().decode().removeprefix("rq:worker:")
     client.post("/console/workers/action/", {"action": "shutdown", "name": "nobody"})
     client.post("/console/workers/action/", {"action": "shutdown", "name": name})
     # It stops taking prompts, waits for its grace period, then exits.

@@ -3,15 +3,17 @@ the whole deployment (a worker process's requests appear, read from Redis)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.chat.services import chat_prompt_submit
-from apps.gateway.admission import Rejection
+from apps.core import clients
+from apps.gateway.admission import RATE_KEY, Rejection
 from apps.gateway.metrics import TOTAL_KEY, recorder
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,6 +58,10 @@ def test_counts_from_every_process_in_prometheus_format(
     chat_prompt_submit(user=alice, model="sim-chat", content="count me")  # the same: merged
     wait_for(lambda: PromptRequest.objects.filter(status="done").count() == 2, timeout=20)
     settings.BARISTA_USER_RATE_PER_MINUTE = 1  # a limit staff set: she sent two already
+    # (and still has, should this minute end just now: the next window's count too)
+    window = int(time.time() // 60)
+    for each in (window, window + 1):
+        clients.sync_redis().set(RATE_KEY.format(user_id=alice.pk, window=each), 2, ex=120)
     with pytest.raises(Rejection):
         chat_prompt_submit(user=alice, model="sim-chat", content="refused")
     recorder.flush()  # this process's counts (the refusal); the worker flushes every second
@@ -91,6 +97,6 @@ def test_a_sum_of_seconds_that_is_zero_this_time_is_still_added(caplog):
     recorder.request(outcome="hit", model="m", latency=0.0)
     recorder.flush()
     assert "could not write metrics" not in caplog.text
-    total = connection().hgetall(TOTAL_KEY)
+    total = clients.sync_redis().hgetall(TOTAL_KEY)
     assert float(total[b"lat_sum"]) == pytest.approx(0.25)
     assert int(total[b"req|hit|m"]) == 1

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from apps.chat.models import Message
 from apps.chat.selectors import conversation_history
-from apps.gateway import cache, queues
+from apps.core import clients
+from apps.gateway import cache
 from apps.gateway.admission import Principal
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
@@ -73,7 +74,7 @@ def test_100_identical_prompts_cost_one_backend_call_late_joiners_included(
     hit = ask(make_user("late-comer"))
     assert hit.status == "done" and hit.cache_outcome == "hit" and hit.answer == rows[0].answer
     assert simulator.stats()["requests_total"] == 1
-    counted = cache.counters(queues.connection())
+    counted = cache.counters(clients.sync_redis())
     assert (counted["miss"], counted["coalesced"], counted["hit"]) == (1, 99, 1)
     assert counted["tokens_saved"] > 0
 

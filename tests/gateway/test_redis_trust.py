@@ -39,17 +39,19 @@ def test_a_worker_refuses_a_job_that_is_not_barista_s(redis_conn):
     assert callable(runs.Functions()(ours))
 
 
-def test_jobs_and_cached_answers_are_stored_as_json_and_a_pickle_is_not_loaded(redis_conn):
+def test_jobs_and_cached_answers_are_stored_as_json_and_a_pickle_is_not_loaded(
+    redis_conn, queue_conn
+):
     job = queue("interactive").create_job(runs.PROCESS_REQUEST_JOB, args=("req-1",))
     job.save()
-    stored = redis_conn.hget(f"rq:job:{job.id}", "data")
+    stored = queue_conn.hget(f"rq:job:{job.id}", "data")
     assert stored is not None
-    loaded = Job.fetch(job.id, connection=redis_conn, serializer=SERIALIZER)
+    loaded = Job.fetch(job.id, connection=queue_conn, serializer=SERIALIZER)
     assert loaded.args == ("req-1",) or list(loaded.args) == ["req-1"]
     # A pickle planted where a job's data goes is refused, not run.
-    redis_conn.hset(f"rq:job:{job.id}", "data", pickle.dumps(Boom()))
+    queue_conn.hset(f"rq:job:{job.id}", "data", pickle.dumps(Boom()))
     with pytest.raises(Exception):  # noqa: B017 - whichever error: it must not load
-        Job.fetch(job.id, connection=redis_conn, serializer=SERIALIZER).func_name  # noqa: B018
+        Job.fetch(job.id, connection=queue_conn, serializer=SERIALIZER).func_name  # noqa: B018
     assert not Boom.ran
     # A cached answer is JSON; a pickle planted under an answer's key is not loaded.
     answer = cache.CachedAnswer("hello", 1, 2, 3, extra={"tool_calls": []})
@@ -62,30 +64,30 @@ def test_jobs_and_cached_answers_are_stored_as_json_and_a_pickle_is_not_loaded(r
 
 
 def test_a_running_worker_fails_a_planted_job_without_running_it(
-    redis_conn, start_worker, tmp_path
+    queue_conn, start_worker, tmp_path
 ):
     planted = tmp_path / "owned"
     job = queue("interactive").create_job("os.system", args=(f"touch {planted}",))
     job.save()
-    redis_conn.rpush(queue("interactive").key, job.id)  # straight into the line
+    queue_conn.rpush(queue("interactive").key, job.id)  # straight into the line
     start_worker()
     wait_for(
         lambda: (
-            Job.fetch(job.id, connection=redis_conn, serializer=SERIALIZER).get_status() == "failed"
+            Job.fetch(job.id, connection=queue_conn, serializer=SERIALIZER).get_status() == "failed"
         ),
         timeout=20,
     )
     assert not planted.exists()
 
 
-def test_callbacks_a_job_record_names_are_never_called(redis_conn):
+def test_callbacks_a_job_record_names_are_never_called(queue_conn):
     """RQ calls a job's callbacks by the import path its record holds (in its clean-ups
     too): Barista's job class ignores them."""
     from apps.gateway.queues import BaristaJob
 
     job = queue("interactive").create_job(runs.PROCESS_REQUEST_JOB, args=("x",))
     job.save()
-    redis_conn.hset(
+    queue_conn.hset(
         f"rq:job:{job.id}",
         mapping={
             "success_callback_name": "os.system",
@@ -93,7 +95,7 @@ def test_callbacks_a_job_record_names_are_never_called(redis_conn):
             "stopped_callback_name": "os.system",
         },
     )
-    loaded = BaristaJob.fetch(job.id, connection=redis_conn, serializer=SERIALIZER)
+    loaded = BaristaJob.fetch(job.id, connection=queue_conn, serializer=SERIALIZER)
     assert (
         type(queue("interactive")).job_class is BaristaJob
         or queue("interactive").job_class is BaristaJob

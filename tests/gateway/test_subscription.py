@@ -13,10 +13,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from apps.core import clients
 from apps.gateway import delivery, subscription
 from apps.gateway.metrics import recorder, totals
 from apps.gateway.models import PromptRequest
-from apps.gateway.queues import connection
 from apps.gateway.subscription import Subscription
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,7 +68,7 @@ def row(owner, status="running", answer="", **fields) -> PromptRequest:
 
 def refused_so_far() -> float:
     recorder.flush()
-    return totals(connection()).get("refused", 0)
+    return totals(clients.sync_redis()).get("refused", 0)
 
 
 async def test_events_through_the_channel_layer_reach_the_owner_then_the_group_is_left(alice):

@@ -16,13 +16,13 @@ from apps.backends.forms import BackendForm
 from apps.backends.models import Backend
 from apps.console.decorators import staff_required
 from apps.console.services import audit
-from apps.gateway.queues import connection as redis_connection
+from apps.core import clients
 
 
 def _live_rows(backends: list[Backend]) -> tuple[list[dict[str, Any]], bool]:
     """Each backend with its live state; the flag says whether Redis answered."""
     try:
-        states = live.snapshot_sync(redis_connection(), [b.pk for b in backends])
+        states = live.snapshot_sync(clients.sync_redis(), [b.pk for b in backends])
         reachable = True
     except RedisError:
         states, reachable = {}, False

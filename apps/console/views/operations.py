@@ -17,6 +17,7 @@ from apps.backends.models import Backend
 from apps.console import selectors
 from apps.console.decorators import staff_required
 from apps.console.services import audit
+from apps.core import clients
 from apps.gateway import cache
 from apps.gateway import operations as gateway_operations
 from apps.gateway.models import PromptRequest
@@ -165,7 +166,7 @@ def worker_action(request: HttpRequest) -> HttpResponse:
 @staff_required
 def cache_overview(request: HttpRequest) -> HttpResponse:
     try:
-        connection = redis_connection()
+        connection = clients.sync_redis()
         counted: dict[str, float] | None = cache.counters(connection)
         stored: int | None = cache.size(connection)
     except RedisError:

