@@ -5,10 +5,11 @@ cluster per machine). It starts the cluster of docs/deploy.md (``cluster.harness
 
 * swaps its slow simulator (2.5 s an answer) for an instant one, 50 tokens an answer, and
   lifts the backend's concurrency cap, so CPU and Redis — what the model is about — bind;
-* gives the channel layer a Redis server of its own (``BARISTA_CHANNELS_REDIS_URLS``, a
-  second redis-server on the ``redis`` host) and restarts web and worker processes with it,
-  so the two Redis roles are counted apart: **main** (queues, cache, merging, live state)
-  and **channels** (pub/sub frames);
+* gives the queues and the channel layer Redis servers of their own
+  (``BARISTA_QUEUE_REDIS_URL``, ``BARISTA_CHANNELS_REDIS_URLS``: more redis-servers on the
+  ``redis`` host) and restarts web and worker processes with them, so the three Redis
+  roles are counted apart: **main** (cache, merging, live state, counters), **queues**
+  (RQ, the fair lane) and **channels** (pub/sub frames);
 * measures, in interleaved rounds of 1 and 2 web+worker pairs, prompts/s at a fixed number
   of clients through the load balancer (non-streamed and streamed, each prompt new: a
   cache miss), and per prompt: CPU-seconds of every process tree (daphne, workers,
@@ -72,6 +73,8 @@ IDLE_WINDOW = 5.0
 TOKENS = 50
 CHANNELS_PORT = 6380
 CHANNELS_KEY = "redis-channels"
+QUEUES_PORT = 6381
+QUEUES_KEY = "redis-queues"
 # For the model's table: cores of each host kind (an assumption, said in the doc).
 HOST_CORES = 4
 NETWORK_BYTES_PER_SECOND = 125_000_000  # 1 Gbit/s
@@ -90,6 +93,7 @@ KINDS = {
     "worker2": "worker",
     "db": "postgres",
     "redis": "redis-main",
+    QUEUES_KEY: "redis-queues",
     CHANNELS_KEY: "redis-channels",
     "lb": "haproxy",
     "sim": "simulator",
@@ -99,6 +103,7 @@ KIND_ORDER = [
     "worker",
     "postgres",
     "redis-main",
+    "redis-queues",
     "redis-channels",
     "haproxy",
     "simulator",
@@ -106,8 +111,8 @@ KIND_ORDER = [
     "kernel",
     "machine (all)",
 ]
-ROLES = ("main", "channels")
-ROLE_NAMES = {"main": "main Redis", "channels": "channel Redis"}
+ROLES = ("main", "queues", "channels")
+ROLE_NAMES = {"main": "main Redis", "queues": "queue Redis", "channels": "channel Redis"}
 
 # One of Barista's Lua scripts as it is: the kind of command the main Redis mostly runs,
 # for redis-benchmark's EVALSHA test.
@@ -432,11 +437,11 @@ async def load(
 # --- The cluster, as this benchmark needs it ----------------------------------------------
 
 
-def start_channels_redis(cluster: Cluster, password: str) -> str:
-    """A second redis-server on the ``redis`` host, for the channel layer alone. Listed with
-    the cluster's services: its PID goes to the state file `clean` reads, and the
+def start_role_redis(cluster: Cluster, key: str, port: int) -> str:
+    """Another redis-server on the ``redis`` host, for one role alone. Listed with the
+    cluster's services: its PID goes to the state file `clean` reads, and the
     namespace's removal ends it if this run does not."""
-    return cluster.start_redis_server(CHANNELS_KEY, CHANNELS_PORT, password)
+    return cluster.start_redis_server(key, port, secrets.token_urlsafe(24))
 
 
 def start_fast_simulator(cluster: Cluster) -> None:
@@ -444,41 +449,41 @@ def start_fast_simulator(cluster: Cluster) -> None:
     cluster.start_simulator(ttft=0, tps=0, tokens=TOKENS)
 
 
-def wait_worker(cluster: Cluster, host: str, main: redis.Redis) -> None:
-    """Until the worker on ``host`` has registered with RQ."""
+def wait_worker(cluster: Cluster, host: str, queues: redis.Redis) -> None:
+    """Until the worker on ``host`` has registered with RQ (on the queues' Redis)."""
     deadline = time.monotonic() + 90
-    while not main.sismember("rq:workers", f"rq:worker:gateway-{host}"):
+    while not queues.sismember("rq:workers", f"rq:worker:gateway-{host}"):
         cluster._check_alive(host)
         if time.monotonic() > deadline:
             raise RuntimeError(f"the worker on {host} did not register")
         time.sleep(0.2)
 
 
-def start_worker(cluster: Cluster, host: str, main: redis.Redis) -> None:
+def start_worker(cluster: Cluster, host: str, queues: redis.Redis) -> None:
     # RQ refuses a second worker of the same name while the first is still registered.
     deadline = time.monotonic() + 30
-    while main.sismember("rq:workers", f"rq:worker:gateway-{host}"):
+    while queues.sismember("rq:workers", f"rq:worker:gateway-{host}"):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the stopped worker on {host} is still registered")
         time.sleep(0.2)
     cluster.start_worker(host)
-    wait_worker(cluster, host, main)
+    wait_worker(cluster, host, queues)
 
 
-def restart_all(cluster: Cluster, extra: dict[str, str], main: redis.Redis) -> None:
+def restart_all(cluster: Cluster, extra: dict[str, str], queues: redis.Redis) -> None:
     """Web and worker processes again, with ``extra`` in their environment (and in that
     of any started later)."""
     cluster.env_overrides.update(extra)
     for host in ("web1", "web2", "worker1", "worker2"):
         cluster.kill(host, signal.SIGTERM)
     for host in ("worker1", "worker2"):
-        start_worker(cluster, host, main)
+        start_worker(cluster, host, queues)
     for host in ("web1", "web2"):
         cluster.start_web(host)  # waits until its /readyz says ready
     cluster.wait_all_web_up(timeout=60)
 
 
-def configure(cluster: Cluster, pairs: int, main: redis.Redis) -> None:
+def configure(cluster: Cluster, pairs: int, queues: redis.Redis) -> None:
     """1 pair: web2 drained at the load balancer, worker2 stopped. 2 pairs: both back."""
     if pairs == 1:
         cluster.lb_command("disable server web/web2")
@@ -487,7 +492,7 @@ def configure(cluster: Cluster, pairs: int, main: redis.Redis) -> None:
         assert state.startswith("MAINT"), f"web2 is {state}, not drained"
     else:
         if cluster.services["worker2"].process.poll() is not None:
-            start_worker(cluster, "worker2", main)
+            start_worker(cluster, "worker2", queues)
         cluster.lb_command("enable server web/web2")
         cluster.wait_all_web_up(timeout=60)
 
@@ -621,7 +626,7 @@ class Run:
 
 
 async def rounds(cluster: Cluster, clients: dict[str, redis.Redis], run: Run) -> None:
-    main = clients["main"]
+    queues = clients["queues"]
     say("• warm-up: both pairs, both kinds of request")
     for stream in (False, True):
         warm = await load(cluster, clients, pairs=2, stream=stream, ramp=3, window=1, measure=False)
@@ -634,7 +639,7 @@ async def rounds(cluster: Cluster, clients: dict[str, redis.Redis], run: Run) ->
     costs(before, after, 0, run.idle, per_second=True)
     for round_ in range(ROUNDS):
         for pairs in (1, 2):
-            configure(cluster, pairs, main)
+            configure(cluster, pairs, queues)
             for stream in (False, True):
                 window = await load(cluster, clients, pairs=pairs, stream=stream)
                 run.windows.append(window)
@@ -651,7 +656,8 @@ async def rounds(cluster: Cluster, clients: dict[str, redis.Redis], run: Run) ->
                     f"stolen {window.steal_cores:.2f}; "
                     f"CPU-ms per prompt: {split}, load generator "
                     f"{window.cpu_ms['load generator']:.1f}, kernel {window.cpu_ms['kernel']:.1f}"
-                    f"; main Redis {window.redis['main'].commands:.0f} commands; "
+                    f"; main Redis {window.redis['main'].commands:.0f} commands, queue Redis "
+                    f"{window.redis['queues'].commands:.0f}; "
                     f"answered by {window.by_web}"
                 )
 
@@ -662,15 +668,18 @@ def measure_cluster(run: Run) -> None:
     cluster.start()
     failed = True
     try:
-        say("• instant simulator, backend cap lifted, channel layer on its own Redis")
+        say("• instant simulator, backend cap lifted; queues and channel layer on Redis apart")
         start_fast_simulator(cluster)
         lift_backend_cap(cluster)
-        channels_url = start_channels_redis(cluster, secrets.token_urlsafe(24))
+        queues_url = start_role_redis(cluster, QUEUES_KEY, QUEUES_PORT)
+        channels_url = start_role_redis(cluster, CHANNELS_KEY, CHANNELS_PORT)
         clients = {
             "main": redis.Redis.from_url(cluster.redis_url),
+            "queues": redis.Redis.from_url(queues_url),
             "channels": redis.Redis.from_url(channels_url),
         }
-        restart_all(cluster, {"BARISTA_CHANNELS_REDIS_URLS": channels_url}, clients["main"])
+        env = {"BARISTA_QUEUE_REDIS_URL": queues_url, "BARISTA_CHANNELS_REDIS_URLS": channels_url}
+        restart_all(cluster, env, clients["queues"])
         asyncio.run(rounds(cluster, clients, run))
         publishes = sum(w.redis["channels"].publishes for w in run.windows if not w.stream)
         if publishes:
@@ -775,6 +784,7 @@ def box_prediction(c: Costs, pairs: int, cores: float) -> tuple[float, str]:
         f"{processes} web, 1 core each": pairs * 1000 / c.cpu["web"],
         f"{processes} worker, 1 core each": pairs * 1000 / c.cpu["worker"],
         "main Redis, 1 core": 1000 / c.cpu["redis-main"],
+        "queue Redis, 1 core": 1000 / c.cpu["redis-queues"],
         f"the {cores:.3f} cores left by others": cores * 1000 / c.cpu["machine (all)"],
     }
     binding = min(bounds, key=lambda k: bounds[k])
@@ -800,6 +810,43 @@ def report(run: Run) -> str:
         return f"| {label} | {cells} | {source} |"
 
     tree = "process tree"
+
+    def redis_rows(role: str, name: str, *, first: bool = False) -> list[str]:
+        def of(c: Costs) -> RoleCost:
+            return c.redis[role]
+
+        return [
+            row(
+                f"{name}: commands",
+                lambda c: of(c).commands,
+                1,
+                "INFO commandstats Δ calls (calls inside Lua scripts included)"
+                if first
+                else "as above",
+            ),
+            row(f"{name}: of which EVALSHA/EVAL", lambda c: of(c).scripts, 1, ""),
+            row(
+                f"{name}: µs in commands",
+                lambda c: of(c).usec,
+                0,
+                "Δ usec (a script's inner calls counted in it and again on their own)"
+                if first
+                else "",
+            ),
+            row(
+                f"{name}: bytes in",
+                lambda c: of(c).bytes_in,
+                0,
+                "INFO stats Δ total_net_input_bytes" if first else "",
+            ),
+            row(
+                f"{name}: bytes out",
+                lambda c: of(c).bytes_out,
+                0,
+                "INFO stats Δ total_net_output_bytes" if first else "",
+            ),
+        ]
+
     costs_table = [
         "| per prompt | " + " | ".join(n for n, _ in cols) + " | source |",
         "|---|" + "---|" * len(cols) + "---|",
@@ -810,7 +857,18 @@ def report(run: Run) -> str:
         row("worker CPU, ms", lambda c: c.cpu["worker"], 2, "worker1 + worker2"),
         row("PostgreSQL CPU, ms", lambda c: c.cpu["postgres"], 2, "postmaster and backends"),
         row("main Redis CPU, ms", lambda c: c.cpu["redis-main"], 2, "redis-server :6379"),
-        row("channel Redis CPU, ms", lambda c: c.cpu["redis-channels"], 2, "redis-server :6380"),
+        row(
+            "queue Redis CPU, ms",
+            lambda c: c.cpu["redis-queues"],
+            2,
+            f"redis-server :{QUEUES_PORT}",
+        ),
+        row(
+            "channel Redis CPU, ms",
+            lambda c: c.cpu["redis-channels"],
+            2,
+            f"redis-server :{CHANNELS_PORT}",
+        ),
         row("HAProxy CPU, ms", lambda c: c.cpu["haproxy"], 2, tree),
         row("simulator CPU, ms", lambda c: c.cpu["simulator"], 2, tree),
         row("load generator CPU, ms", lambda c: c.cpu["load generator"], 2, "this process"),
@@ -840,36 +898,8 @@ def report(run: Run) -> str:
             2,
             "/proc/stat steal: a virtual machine's neighbours",
         ),
-        row(
-            "main Redis: commands",
-            lambda c: c.redis["main"].commands,
-            1,
-            "INFO commandstats Δ calls (calls inside Lua scripts included)",
-        ),
-        row(
-            "main Redis: of which EVALSHA/EVAL",
-            lambda c: c.redis["main"].scripts,
-            1,
-            "the same",
-        ),
-        row(
-            "main Redis: µs in commands",
-            lambda c: c.redis["main"].usec,
-            0,
-            "Δ usec (a script's inner calls counted in it and again on their own)",
-        ),
-        row(
-            "main Redis: bytes in",
-            lambda c: c.redis["main"].bytes_in,
-            0,
-            "INFO stats Δ total_net_input_bytes",
-        ),
-        row(
-            "main Redis: bytes out",
-            lambda c: c.redis["main"].bytes_out,
-            0,
-            "INFO stats Δ total_net_output_bytes",
-        ),
+        *redis_rows("main", "main Redis", first=True),
+        *redis_rows("queues", "queue Redis"),
         row("channel Redis: commands", lambda c: c.redis["channels"].commands, 1, "as above"),
         row("channel Redis: of which PUBLISH", lambda c: c.redis["channels"].publishes, 1, ""),
         row("channel Redis: bytes in", lambda c: c.redis["channels"].bytes_in, 0, "as above"),
@@ -892,15 +922,18 @@ def report(run: Run) -> str:
     if run.idle is not None:
         idle = run.idle
         background = sum(idle.by_process_ms.values())
-        busy_commands = one.rps * one.redis["main"].commands
+        busy_main = one.rps * one.redis["main"].commands
+        busy_queues = one.rps * one.redis["queues"].commands
         idle_line = (
             f"With no prompts at all (2 pairs, {IDLE_WINDOW:.0f} s), the cluster's own "
             f"background — HAProxy's health checks, heartbeats, backend health checks — "
-            f"used {background:.0f} CPU-ms a second and "
-            f"{idle.redis['main'].commands:.0f} main-Redis commands a second: at 1 pair's "
+            f"used {background:.0f} CPU-ms a second, "
+            f"{idle.redis['main'].commands:.0f} main-Redis commands a second and "
+            f"{idle.redis['queues'].commands:.0f} queue-Redis commands: at 1 pair's "
             f"rate, {100 * background / (one.rps * one.cpu['machine (all)']):.0f} % of the "
-            f"CPU and {100 * idle.redis['main'].commands / busy_commands:.0f} % of "
-            "the main Redis's commands, left in the per-prompt figures."
+            f"CPU, {100 * idle.redis['main'].commands / busy_main:.0f} % of the main "
+            f"Redis's commands and {100 * idle.redis['queues'].commands / busy_queues:.0f} % "
+            "of the queue Redis's, left in the per-prompt figures."
         )
 
     ceiling_table = [
@@ -932,16 +965,18 @@ def report(run: Run) -> str:
     # --- The model: separate machines, from the 1-pair rounds' costs ---
     m, ms = one, one_s
     main_cpu, chan_cpu = m.cpu["redis-main"], m.cpu["redis-channels"]
-    main_cmds = m.redis["main"].commands
+    queue_cpu = m.cpu["redis-queues"]
+    main_cmds, queue_cmds = m.redis["main"].commands, m.redis["queues"].commands
     main_bytes = m.redis["main"].bytes_in + m.redis["main"].bytes_out
+    queue_bytes = m.redis["queues"].bytes_in + m.redis["queues"].bytes_out
     chan_bytes = m.redis["channels"].bytes_in + m.redis["channels"].bytes_out
     per_web_core = 1000 / m.cpu["web"]
     per_worker_core = 1000 / m.cpu["worker"]
     per_pg_core = 1000 / m.cpu["postgres"]
     main_cap = 1000 / main_cpu
+    queue_cap = 1000 / queue_cpu
     chan_cap = 1000 / chan_cpu
     lb_per_core = 1000 / m.cpu["haproxy"]
-    us_per_command = main_cpu * 1000 / main_cmds
     model_rows = [
         "| component | cost per prompt | predicted ceiling | formula (source) |",
         "|---|---|---|---|",
@@ -954,21 +989,36 @@ def report(run: Run) -> str:
         "core |",
         f"| PostgreSQL | {m.cpu['postgres']:.2f} CPU-ms | {fmt(per_pg_core)} prompts/s per "
         "core | 1 s ÷ postgres CPU per prompt (CPU only: the cluster runs fsync=off) |",
-        f"| **main Redis** | {main_cpu:.2f} CPU-ms, {main_cmds:.0f} commands, "
-        f"{fmt(main_bytes)} B | **{fmt(main_cap)} prompts/s for the whole deployment** | "
-        "1 core ÷ redis-server CPU per prompt: single-threaded, one server (Lua, RQ) |",
     ]
-    if simple_core:  # redis-benchmark ran
+    for name, cpu, cmds, nbytes, cap, why in (
+        ("main Redis", main_cpu, main_cmds, main_bytes, main_cap, "one server (Lua scripts)"),
+        ("queue Redis", queue_cpu, queue_cmds, queue_bytes, queue_cap, "one server (RQ)"),
+    ):
         model_rows.append(
-            f"| main Redis, by command count | {main_cmds:.0f} commands ({us_per_command:.1f} "
-            f"µs each) | {fmt(simple_core / main_cmds)} prompts/s | simple commands per Redis "
-            f"core ({fmt(simple_core)}/s, redis-benchmark) ÷ commands per prompt; Barista's "
-            f"average command cost {us_per_command:.1f} µs of Redis CPU, a simple one "
-            f"{simple_us:.1f} |"
+            f"| **{name}** | {cpu:.2f} CPU-ms, {cmds:.0f} commands, {fmt(nbytes)} B | "
+            f"**{fmt(cap)} prompts/s for the whole deployment** | 1 core ÷ redis-server CPU "
+            f"per prompt: single-threaded, {why} |"
         )
+        if simple_core:  # redis-benchmark ran
+            each = cpu * 1000 / cmds
+            model_rows.append(
+                f"| {name}, by command count | {cmds:.0f} commands ({each:.1f} µs each) | "
+                f"{fmt(simple_core / cmds)} prompts/s | simple commands per Redis core "
+                f"({fmt(simple_core)}/s, redis-benchmark) ÷ commands per prompt; here a "
+                f"command cost {each:.1f} µs of Redis CPU on average, a simple one "
+                f"{simple_us:.1f} |"
+            )
+        model_rows.append(
+            f"| {name}, network | {fmt(nbytes)} B in + out | "
+            f"{fmt(NETWORK_BYTES_PER_SECOND / nbytes)} prompts/s | 1 Gbit/s ÷ bytes |"
+        )
+    model_rows.append(
+        f"| main and queue Redis as one server (the default) | {main_cpu + queue_cpu:.2f} "
+        f"CPU-ms, {main_cmds + queue_cmds:.0f} commands | "
+        f"{fmt(1000 / (main_cpu + queue_cpu))} prompts/s for the whole deployment | 1 core ÷ "
+        "the two roles' CPU per prompt together |"
+    )
     model_rows += [
-        f"| main Redis, network | {fmt(main_bytes)} B in + out | "
-        f"{fmt(NETWORK_BYTES_PER_SECOND / main_bytes)} prompts/s | 1 Gbit/s ÷ bytes |",
         f"| channel Redis | {chan_cpu:.2f} CPU-ms (streamed {ms.cpu['redis-channels']:.2f}), "
         f"{m.redis['channels'].publishes:.1f} PUBLISH, {fmt(chan_bytes)} B | "
         f"{fmt(chan_cap)} prompts/s per shard | 1 core ÷ CPU per prompt, × shards "
@@ -977,27 +1027,38 @@ def report(run: Run) -> str:
         "1 s ÷ haproxy CPU per prompt |",
     ]
 
-    def deployment(n: int, shards: int) -> tuple[float, str]:
+    def deployment(n: int, shards: int, *, queues_apart: bool) -> tuple[float, str]:
         bounds = {
             "web hosts": n * HOST_CORES * per_web_core,
             "worker hosts": n * HOST_CORES * per_worker_core,
-            "main Redis": main_cap,
             "channel Redis": shards * chan_cap,
             "PostgreSQL": HOST_CORES * per_pg_core,
             "HAProxy": HOST_CORES * lb_per_core,
-            "main Redis's network": NETWORK_BYTES_PER_SECOND / main_bytes,
         }
+        if queues_apart:
+            bounds["main Redis"] = main_cap
+            bounds["queue Redis"] = queue_cap
+            bounds["main Redis's network"] = NETWORK_BYTES_PER_SECOND / main_bytes
+            bounds["queue Redis's network"] = NETWORK_BYTES_PER_SECOND / queue_bytes
+        else:  # the default: one Redis for both roles
+            bounds["main Redis"] = 1000 / (main_cpu + queue_cpu)
+            bounds["main Redis's network"] = NETWORK_BYTES_PER_SECOND / (main_bytes + queue_bytes)
         binding = min(bounds, key=lambda k: bounds[k])
         return bounds[binding], binding
 
     growth = [
         f"| web hosts + worker hosts ({HOST_CORES} cores each) | channel Redis shards | "
-        "predicted prompts/s | bound by |",
-        "|---|---|---|---|",
+        "predicted prompts/s, queues on a Redis of their own | bound by | "
+        "with the queues on the main Redis (the default) | bound by |",
+        "|---|---|---|---|---|---|",
     ]
-    for n, shards in ((1, 1), (2, 1), (3, 1), (4, 1), (8, 1), (8, 4)):
-        value, binding = deployment(n, shards)
-        growth.append(f"| {n} + {n} | {shards} | {fmt(value)} | {binding} |")
+    for n, shards in ((1, 1), (2, 1), (3, 1), (4, 1), (6, 1), (8, 1), (8, 4)):
+        apart, apart_bound = deployment(n, shards, queues_apart=True)
+        shared, shared_bound = deployment(n, shards, queues_apart=False)
+        growth.append(
+            f"| {n} + {n} | {shards} | {fmt(apart)} | {apart_bound} | {fmt(shared)} | "
+            f"{shared_bound} |"
+        )
 
     # --- This machine: predicted from the 1-pair costs, against what was measured ---
     box = [
@@ -1020,11 +1081,12 @@ def report(run: Run) -> str:
     return f"""## Capacity: per-prompt costs, one Redis's ceiling, 1 and 2 web+worker pairs
 
 `python -m bench capacity` (root; the namespace cluster of docs/deploy.md, with an instant
-simulator — {TOKENS} tokens, no delay — the backend's cap lifted, and the channel layer on a
-Redis server of its own). Every prompt new (a cache miss), {CLIENTS} clients through HAProxy;
-{ROUNDS} interleaved rounds of 1 pair (web2 drained at HAProxy, worker2 stopped) and 2 pairs,
-each a {WINDOW:.0f} s window of whole answers and one of streamed answers, after
-{RAMP:.0f} s of load. Medians of the rounds; {failed} prompt(s) failed.{MODEL_LINK}
+simulator — {TOKENS} tokens, no delay — the backend's cap lifted, and the queues and the
+channel layer each on a Redis server of its own). Every prompt new (a cache miss), {CLIENTS}
+clients through HAProxy; {ROUNDS} interleaved rounds of 1 pair (web2 drained at HAProxy,
+worker2 stopped) and 2 pairs, each a {WINDOW:.0f} s window of whole answers and one of
+streamed answers, after {RAMP:.0f} s of load. Medians of the rounds; {failed} prompt(s)
+failed.{MODEL_LINK}
 
 {nl.join(costs_table)}
 
@@ -1032,7 +1094,7 @@ CPU rows: the Δ CPU-seconds (utime + stime, psutil; reaped children included) o
 process tree over the window, ÷ prompts answered in it. Redis rows: Δ of `INFO
 commandstats` and `INFO stats` over the same window, ÷ the same prompts.
 
-Main Redis's and the channel Redis's commands per prompt, most frequent (1 pair, whole
+Each Redis role's commands per prompt, most frequent (1 pair, whole
 answers, medians of the rounds): {"; ".join(t.removeprefix("- ") for t in tops)}.
 
 How the work spread over the processes (CPU-ms of each process ÷ all prompts answered):
