@@ -204,7 +204,8 @@ CACHES = {
 # * the queues — RQ's jobs, registries and workers, the fair lane, pauses, the fleet's
 #   chores — on BARISTA_QUEUE_REDIS_URL (apps.gateway.queues.connection());
 # * the channel layer on BARISTA_CHANNELS_REDIS_URLS, sharded over several: its traffic
-#   (every token batch, to every socket) is the largest and needs no other key;
+#   (every token batch, to every socket) is the largest when answers stream at a real
+#   pace, and needs no other key;
 # * everything else on REDIS_URL: the answer cache with merging of identical requests
 #   (they must share a server: an answer is stored as its key closes to new followers, in
 #   one script), backends' live state, limits' counters, metrics, the sign-in throttle

@@ -31,4 +31,4 @@ if not os.environ.get("REDIS_URL"):
     # code that reads or writes queue state through live state's client, or the other
     # way round, finds nothing there and its test fails. (CI's second run, on the
     # machine's Redis, keeps both roles on one URL: the shared path.)
-    os.environ.setdefault("BARISTA_QUEUE_REDIS_URL", _server.url.removesuffix("/0") + "/1")
+    os.environ["BARISTA_QUEUE_REDIS_URL"] = _server.url.removesuffix("/0") + "/1"

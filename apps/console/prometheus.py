@@ -16,6 +16,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from redis.exceptions import RedisError
 from rq import Worker
 
 from apps.backends import live
@@ -105,11 +106,17 @@ class BaristaCollector:
             totals,
             "ttft",
         )
-        depth = GaugeMetricFamily("barista_queue_depth", "Prompts waiting.", labels=["queue"])
         lines = [queue(name) for name in settings.BARISTA_QUEUES]
-        for line, waiting in zip(lines, fairness.depths(queue_redis, lines), strict=True):
-            depth.add_metric([line.name], waiting)
-        yield depth
+        try:
+            depths: list[int] | None = fairness.depths(queue_redis, lines)
+            workers: int | None = Worker.count(connection=queue_redis)
+        except RedisError:  # the queues' Redis (another server) away: leave out its gauges
+            depths = workers = None
+        if depths is not None:
+            depth = GaugeMetricFamily("barista_queue_depth", "Prompts waiting.", labels=["queue"])
+            for line, waiting in zip(lines, depths, strict=True):
+                depth.add_metric([line.name], waiting)
+            yield depth
         backends = list(Backend.objects.exclude(state=Backend.State.DISABLED))
         states = live.snapshot_sync(redis, [b.pk for b in backends])
         inflight = GaugeMetricFamily(
@@ -118,9 +125,8 @@ class BaristaCollector:
         for backend in backends:
             inflight.add_metric([backend.name], states[backend.pk].in_flight)
         yield inflight
-        yield GaugeMetricFamily(
-            "barista_workers", "Gateway workers alive.", value=Worker.count(connection=queue_redis)
-        )
+        if workers is not None:
+            yield GaugeMetricFamily("barista_workers", "Gateway workers alive.", value=workers)
 
 
 def _allowed(request: HttpRequest) -> bool:

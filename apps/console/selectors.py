@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,14 +337,14 @@ def overview() -> dict[str, Any]:
     workers: list[WorkerRow] | None = None
     queues: list[QueueRow] = []
     counters: dict[str, float] = {}
-    try:
-        if queue_check.ok:
-            workers = worker_rows(queue_redis)
-            queues = queue_rows(queue_redis)
-        if redis_check.ok:
+    if queue_check.ok:
+        try:
+            workers, queues = worker_rows(queue_redis), queue_rows(queue_redis)
+        except RedisError:
+            workers, queues = None, []
+    if redis_check.ok:
+        with suppress(RedisError):
             counters = cache.counters(redis)
-    except RedisError:
-        pass
     checks = [*redis_checks, check_database(), check_workers(workers)]
     if redis_check.ok:
         checks.append(check_backends(redis))

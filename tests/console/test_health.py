@@ -45,3 +45,22 @@ def test_readyz_names_the_queues_redis_when_only_it_is_away(client, settings):
     assert body["missing"] == ["redis_queues", "workers"]
     assert body["checks"]["redis"] == "ok"
     assert body["checks"]["redis_queues"].startswith("unreachable")
+
+
+def test_with_the_queues_redis_away_the_rest_is_still_reported(staff, settings):
+    # Redis by role: the queues' server away leaves out only what lives there — the
+    # console's overview and /metrics still give what REDIS_URL holds.
+    from django.test import Client
+
+    settings.QUEUE_REDIS_URL = away = "redis://127.0.0.1:1/0"
+    settings.RQ_QUEUES = {name: {"URL": away} for name in settings.RQ_QUEUES}
+    boss = Client()
+    boss.force_login(staff)
+    page = boss.get("/console/").content.decode()
+    assert "Redis (queues)" in page and "unreachable" in page
+    assert 'data-check="backends"' in page  # live state, from the Redis that is there
+    metrics = boss.get("/metrics")
+    assert metrics.status_code == 200
+    text = metrics.content.decode()
+    assert "barista_requests_total" in text or "# TYPE barista_requests" in text
+    assert "barista_queue_depth" not in text and "barista_workers " not in text
