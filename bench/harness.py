@@ -61,7 +61,11 @@ def setup_django() -> dict[str, str]:
     }
     # Every Redis role on REDIS_URL (a target that changes it moves them all), whatever
     # the shell says.
-    for role in ("BARISTA_QUEUE_REDIS_URL", "BARISTA_CHANNELS_REDIS_URLS"):
+    for role in (
+        "BARISTA_QUEUE_REDIS_URL",
+        "BARISTA_LIVE_REDIS_URL",
+        "BARISTA_CHANNELS_REDIS_URLS",
+    ):
         os.environ.pop(role, None)
         os.environ.pop(f"{role}_FILE", None)
     os.environ.update(env)

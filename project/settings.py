@@ -206,11 +206,14 @@ CACHES = {
 # * the channel layer on BARISTA_CHANNELS_REDIS_URLS, sharded over several: its traffic
 #   (every token batch, to every socket) is the largest when answers stream at a real
 #   pace, and needs no other key;
+# * backends' live state — leases, latency averages, circuits, health checks, probes —
+#   on BARISTA_LIVE_REDIS_URL (apps.core.clients.live_redis() and live_sync_redis());
 # * everything else on REDIS_URL: the answer cache with merging of identical requests
 #   (they must share a server: an answer is stored as its key closes to new followers, in
-#   one script), backends' live state, limits' counters, metrics, the sign-in throttle
+#   one script), limits' counters, metrics, the sign-in throttle
 #   (apps.core.clients.redis() and sync_redis()).
 QUEUE_REDIS_URL: str = envstr("BARISTA_QUEUE_REDIS_URL") or REDIS_URL
+LIVE_REDIS_URL: str = envstr("BARISTA_LIVE_REDIS_URL") or REDIS_URL
 CHANNELS_REDIS_URLS = envlist("BARISTA_CHANNELS_REDIS_URLS", []) or [REDIS_URL]
 _CHANNEL_MAX_CONNECTIONS = envint("BARISTA_CHANNEL_MAX_CONNECTIONS", 1000, minimum=1)
 CHANNEL_LAYERS = {

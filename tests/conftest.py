@@ -38,7 +38,7 @@ OUTPUT_DIR = BASE_DIR / "test-output"
 @pytest.fixture(autouse=True)
 def _fast_and_clean(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    for url in {settings.REDIS_URL, settings.QUEUE_REDIS_URL}:
+    for url in {settings.REDIS_URL, settings.QUEUE_REDIS_URL, settings.LIVE_REDIS_URL}:
         redis.Redis.from_url(url).flushdb()
 
 
@@ -46,6 +46,12 @@ def _fast_and_clean(settings: Any) -> None:
 def redis_conn() -> redis.Redis:
     """Live state's Redis (REDIS_URL): the cache, merging, backends, counters, metrics."""
     return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture
+def live_conn() -> redis.Redis:
+    """Backends' live state's Redis (BARISTA_LIVE_REDIS_URL): leases, stats, circuits."""
+    return redis.Redis.from_url(settings.LIVE_REDIS_URL)
 
 
 @pytest.fixture

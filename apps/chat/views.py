@@ -41,7 +41,7 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
             {"id": str(r.id), "status": r.status}
             for r in selectors.request_list_pending(conversation=conversation)
         ]
-    models = alias_health(clients.sync_redis())
+    models = alias_health(clients.live_sync_redis())
     up = [str(m["alias"]) for m in models if m["up"]]
     selected = (
         conversation.model
@@ -85,7 +85,7 @@ def home(request: AuthenticatedHttpRequest, pk: int | None = None) -> HttpRespon
 @login_required
 def model_health(request: HttpRequest) -> JsonResponse:
     """The picker's health dots, polled by the chat page."""
-    return JsonResponse({"models": alias_health(clients.sync_redis())})
+    return JsonResponse({"models": alias_health(clients.live_sync_redis())})
 
 
 @require_POST

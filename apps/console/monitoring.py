@@ -5,10 +5,24 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
+from redis import Redis
 from rq import Worker
 
 from apps.core import clients
 from apps.gateway import queues
+
+
+def redis_servers() -> dict[str, Redis]:
+    """Each Redis role's client, by the name /readyz gives it — one entry per URL: the
+    roles on REDIS_URL's are all "redis"."""
+    servers = {"redis": clients.sync_redis()}
+    for name, client in (
+        ("redis_live", clients.live_sync_redis()),
+        ("redis_queues", queues.connection()),
+    ):
+        if all(client is not other for other in servers.values()):
+            servers[name] = client
+    return servers
 
 
 @never_cache
@@ -22,26 +36,25 @@ def readyz(request: HttpRequest) -> JsonResponse:
     are reachable."""
     checks: dict[str, object] = {}
     missing: list[str] = []
-    redis, queue_redis = clients.sync_redis(), queues.connection()
-    if queue_redis is not redis:
+    queue_redis = queues.connection()
+    for name, server in redis_servers().items():
         try:
-            redis.ping()
-            checks["redis"] = "ok"
+            server.ping()
+            checks[name] = "ok"
         except Exception as exc:  # any failure to talk to Redis means not ready
-            checks["redis"] = f"unreachable ({type(exc).__name__})"
-            missing.append("redis")
-    name = "redis" if queue_redis is redis else "redis_queues"
-    try:
-        queue_redis.ping()
-        checks[name] = "ok"
-        workers = Worker.count(connection=queue_redis)
-        checks["workers"] = workers
-        if workers < 1:
-            missing.append("workers")
-    except Exception as exc:  # any failure to talk to Redis means not ready
-        checks[name] = f"unreachable ({type(exc).__name__})"
-        checks["workers"] = "unknown"
-        missing += [name, "workers"]
+            checks[name] = f"unreachable ({type(exc).__name__})"
+            missing.append(name)
+            if server is queue_redis:
+                checks["workers"] = "unknown"
+                missing.append("workers")
+            continue
+        if server is queue_redis:
+            try:
+                checks["workers"] = workers = Worker.count(connection=queue_redis)
+            except Exception as exc:
+                checks["workers"], workers = f"unknown ({type(exc).__name__})", 0
+            if workers < 1:
+                missing.append("workers")
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

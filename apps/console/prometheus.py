@@ -118,7 +118,7 @@ class BaristaCollector:
                 depth.add_metric([line.name], waiting)
             yield depth
         backends = list(Backend.objects.exclude(state=Backend.State.DISABLED))
-        states = live.snapshot_sync(redis, [b.pk for b in backends])
+        states = live.snapshot_sync(clients.live_sync_redis(), [b.pk for b in backends])
         inflight = GaugeMetricFamily(
             "barista_inflight", "Calls in flight per backend.", labels=["backend"]
         )

@@ -21,6 +21,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegist
 from apps.backends import live
 from apps.backends.models import Backend
 from apps.console.models import AuditEntry
+from apps.console.monitoring import redis_servers
 from apps.core import clients
 from apps.gateway import cache, fairness, metrics
 from apps.gateway.models import PromptRequest
@@ -326,14 +327,25 @@ def worker_rows(redis: Redis) -> list[WorkerRow]:
     return sorted(rows, key=lambda row: row.name)
 
 
+CHECK_NAMES = {
+    "redis": "Redis",
+    "redis_live": "Redis (live state)",
+    "redis_queues": "Redis (queues)",
+}
+
+
 def overview() -> dict[str, Any]:
-    redis, queue_redis = clients.sync_redis(), connection()
-    redis_check = check_redis(redis)
-    redis_checks = [redis_check]
-    queue_check = redis_check
-    if queue_redis is not redis:
-        queue_check = check_redis(queue_redis, "Redis (queues)")
-        redis_checks.append(queue_check)
+    redis, live_redis, queue_redis = (
+        clients.sync_redis(),
+        clients.live_sync_redis(),
+        connection(),
+    )
+    by_server = {
+        id(server): check_redis(server, CHECK_NAMES[name])
+        for name, server in redis_servers().items()
+    }
+    redis_check, live_check = by_server[id(redis)], by_server[id(live_redis)]
+    queue_check = by_server[id(queue_redis)]
     workers: list[WorkerRow] | None = None
     queues: list[QueueRow] = []
     counters: dict[str, float] = {}
@@ -345,9 +357,9 @@ def overview() -> dict[str, Any]:
     if redis_check.ok:
         with suppress(RedisError):
             counters = cache.counters(redis)
-    checks = [*redis_checks, check_database(), check_workers(workers)]
-    if redis_check.ok:
-        checks.append(check_backends(redis))
+    checks = [*by_server.values(), check_database(), check_workers(workers)]
+    if live_check.ok:
+        checks.append(check_backends(live_redis))
     return {
         "checks": checks,
         "queues": queues,

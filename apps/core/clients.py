@@ -2,10 +2,13 @@
 
 * ``redis()`` — the asyncio Redis client every layer uses for live state, the cache,
   coalescing, metrics and per-key counters (REDIS_URL);
-* ``queue_redis()`` — the asyncio client for the queues' Redis, where it is another;
-* ``sync_redis()`` — live state's synchronous client, for code that runs in threads
+* ``queue_redis()`` and ``live_redis()`` — the asyncio clients for the queues' Redis and
+  for backends' live state (``apps.backends.live``, ``recovery``): ``redis()`` itself
+  unless that role has a URL of its own (settings: "Redis by role");
+* ``sync_redis()`` — REDIS_URL's synchronous client, for code that runs in threads
   (Django views, database work, the worker's bookkeeping); ``sync_redis(url)`` is the one
-  for another server, as the queues' (``apps.gateway.queues``);
+  for another server, as the queues' (``apps.gateway.queues``) and
+  ``live_sync_redis()``;
 * ``http()`` — the HTTP client for backends (health checks and prompts);
 * ``backend_http_client()`` — a new one, for a one-off call (the console's test button).
 
@@ -88,6 +91,7 @@ def _make_http() -> httpx.AsyncClient:
 
 redis = PerLoop(_make_redis)
 _queue_redis = PerLoop(lambda: _make_redis(settings.QUEUE_REDIS_URL))
+_live_redis = PerLoop(lambda: _make_redis(settings.LIVE_REDIS_URL))
 
 
 def queue_redis() -> aioredis.Redis:
@@ -97,6 +101,20 @@ def queue_redis() -> aioredis.Redis:
     if settings.QUEUE_REDIS_URL == settings.REDIS_URL:
         return redis()
     return _queue_redis()
+
+
+def live_redis() -> aioredis.Redis:
+    """The asyncio client for backends' live state (BARISTA_LIVE_REDIS_URL); ``redis()``
+    itself when live state shares REDIS_URL."""
+    if settings.LIVE_REDIS_URL == settings.REDIS_URL:
+        return redis()
+    return _live_redis()
+
+
+def live_sync_redis() -> Redis:
+    """The synchronous client for backends' live state: ``sync_redis()`` itself when live
+    state shares REDIS_URL."""
+    return sync_redis(settings.LIVE_REDIS_URL)
 
 
 http = PerLoop(_make_http)

@@ -243,7 +243,7 @@ def record_gauges(connection: Any, backends: list[tuple[int, str]], second: int)
             pipe.hget(Job.key_for(head), "enqueued_at") if head else pipe.echo("")
         enqueued = pipe.execute()
     redis = clients.sync_redis()
-    states = live.snapshot_sync(redis, [pk for pk, _ in backends])
+    states = live.snapshot_sync(clients.live_sync_redis(), [pk for pk, _ in backends])
     fields: dict[FieldT, EncodableT] = {"workers": int(replies[-1])}
     wall = time.time()
     for index, name in enumerate(names):

@@ -224,12 +224,12 @@ def test_a_client_that_hangs_up_cancels_its_request(api):
     assert api.simulator.stats()["in_flight"] == 0
 
 
-def open_circuit(redis_conn) -> int:
+def open_circuit(live_conn) -> int:
     """The backend's circuit as a run of failures leaves it: open, for a long cool-down."""
     from apps.backends.models import Backend
 
     backend = Backend.objects.get()
-    redis_conn.hset(
+    live_conn.hset(
         f"barista:backend:{backend.pk}:stats",
         mapping={"circuit": "open", "open_until": "99999999999"},
     )
@@ -237,10 +237,10 @@ def open_circuit(redis_conn) -> int:
 
 
 @pytest.mark.worker_env(BARISTA_BACKEND_RETURN_WAIT="1")
-def test_every_backend_down_past_the_wait_is_503_with_retry_after(api, redis_conn):
+def test_every_backend_down_past_the_wait_is_503_with_retry_after(api, live_conn):
     api.simulator.process.kill()
     api.simulator.process.wait()
-    open_circuit(redis_conn)
+    open_circuit(live_conn)
     response = post(api, {**HELLO, "messages": [{"role": "user", "content": "c"}]})
     error = error_of(response, 503)
     assert error["code"] == "unavailable" and "failing right now" in error["message"]
@@ -249,13 +249,13 @@ def test_every_backend_down_past_the_wait_is_503_with_retry_after(api, redis_con
 
 
 def test_a_client_that_asks_not_to_wait_is_refused_at_once_while_every_backend_is_down(
-    api, redis_conn
+    api, live_conn
 ):
     # Down for real: a periodic health check of a live backend would close the circuit
     # (it did, once, in CI, between these two lines and the request).
     api.simulator.process.kill()
     api.simulator.process.wait()
-    open_circuit(redis_conn)
+    open_circuit(live_conn)
     body = {**HELLO, "messages": [{"role": "user", "content": "now or never"}]}
     response = post(api, body, **{"X-Barista-Wait": "0"})
     error = error_of(response, 503)
@@ -264,11 +264,11 @@ def test_a_client_that_asks_not_to_wait_is_refused_at_once_while_every_backend_i
     assert not PromptRequest.objects.exists()  # nothing recorded, nothing queued
 
 
-def test_an_open_circuit_on_a_backend_that_answers_is_probed_at_once(api, redis_conn):
-    backend = open_circuit(redis_conn)
+def test_an_open_circuit_on_a_backend_that_answers_is_probed_at_once(api, live_conn):
+    backend = open_circuit(live_conn)
     response = post(api, {**HELLO, "messages": [{"role": "user", "content": "c"}]})
     assert response.status_code == 200  # no cool-down sat out: a probe found it well
-    assert live.snapshot_sync(redis_conn, [backend])[backend].circuit == "closed"
+    assert live.snapshot_sync(live_conn, [backend])[backend].circuit == "closed"
     assert api.simulator.stats()["requests_total"] == 1
 
 

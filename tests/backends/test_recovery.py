@@ -47,7 +47,7 @@ def test_a_backend_that_comes_back_is_used_at_once_and_the_prompts_that_waited_a
         )
 
     def circuit() -> str:
-        return live.snapshot_sync(clients.sync_redis(), [backend.pk])[backend.pk].circuit
+        return live.snapshot_sync(clients.live_sync_redis(), [backend.pk])[backend.pk].circuit
 
     assert ask("before").status_code == 200
     sim.process.kill()

@@ -11,7 +11,7 @@ from tests.conftest import OUTPUT_DIR, make_user
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_staff_watch_backends_live_and_drain_one(browser, start_simulator, start_web, redis_conn):
+def test_staff_watch_backends_live_and_drain_one(browser, start_simulator, start_web, live_conn):
     simulator = start_simulator()
     backend = simulator.register(name="gpu-east", max_concurrency=8)
     make_user("sam", staff=True)
@@ -24,7 +24,7 @@ def test_staff_watch_backends_live_and_drain_one(browser, start_simulator, start
     expect(row).to_contain_text("0 / 8")
 
     # Three prompts in flight, as workers' leases would show: the page catches up by itself.
-    redis_conn.zadd(f"barista:backend:{backend.pk}:leases", {f"lease-{i}": 9e12 for i in range(3)})
+    live_conn.zadd(f"barista:backend:{backend.pk}:leases", {f"lease-{i}": 9e12 for i in range(3)})
     expect(row.locator('[data-live="in_flight"]')).to_have_text("3 / 8", timeout=5_000)
 
     row.get_by_role("button", name="Drain").click()

@@ -43,6 +43,7 @@ class TcpProxy:
         return {
             "REDIS_URL": self.via(settings.REDIS_URL),
             "BARISTA_QUEUE_REDIS_URL": self.via(settings.QUEUE_REDIS_URL),
+            "BARISTA_LIVE_REDIS_URL": self.via(settings.LIVE_REDIS_URL),
         }
 
     def start(self) -> TcpProxy:

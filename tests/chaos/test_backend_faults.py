@@ -66,7 +66,7 @@ def test_misbehaving_backends_give_clean_errors_and_open_their_circuits(
                 assert error["message"] and error["type"]
                 assert "127.0.0.1" not in response.text  # no backend address
         assert worst[fault] < 12
-    circuits = live.snapshot_sync(clients.sync_redis(), [b.pk for b in backends.values()])
+    circuits = live.snapshot_sync(clients.live_sync_redis(), [b.pk for b in backends.values()])
     for fault, backend in backends.items():
         assert circuits[backend.pk].circuit in ("open", "half_open"), fault
         assert statuses[fault][503] >= 1, (fault, statuses[fault])  # refused fast once open

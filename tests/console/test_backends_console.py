@@ -215,11 +215,11 @@ def test_drain_disable_enable_take_effect_and_are_audited(staff, chat_backend):
     ]
 
 
-def test_the_list_shows_live_state(staff, start_simulator, redis_conn):
+def test_the_list_shows_live_state(staff, start_simulator, live_conn):
     simulator = start_simulator()
     backend = simulator.register(name="live-one", max_concurrency=8)
-    redis_conn.zadd(f"barista:backend:{backend.pk}:leases", {"lease-a": 9e12, "lease-b": 9e12})
-    redis_conn.hset(f"barista:backend:{backend.pk}:stats", mapping={"ttft": "0.25"})
+    live_conn.zadd(f"barista:backend:{backend.pk}:leases", {"lease-a": 9e12, "lease-b": 9e12})
+    live_conn.hset(f"barista:backend:{backend.pk}:stats", mapping={"ttft": "0.25"})
     client = signed_in(staff)
     page = client.get("/console/backends/").content.decode()
     assert "live-one" in page and "2 / 8" in page and "250 ms" in page

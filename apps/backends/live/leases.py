@@ -39,7 +39,7 @@ return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
 async def try_acquire(backend_id: int, *, cap: int, ttl: float) -> str | None:
     """Take a lease on the backend if fewer than ``cap`` are held; returns its id."""
     lease = uuid.uuid4().hex
-    got = await _ACQUIRE.run(clients.redis(), [lease_key(backend_id)], [cap, ttl, lease])
+    got = await _ACQUIRE.run(clients.live_redis(), [lease_key(backend_id)], [cap, ttl, lease])
     return lease if got else None
 
 
@@ -52,7 +52,7 @@ _waiters: dict[int, collections.deque[asyncio.Future[None]]] = collections.defau
 
 
 async def release(backend_id: int, lease: str) -> None:
-    await clients.redis().zrem(lease_key(backend_id), lease)
+    await clients.live_redis().zrem(lease_key(backend_id), lease)
     waiters = _waiters.get(backend_id)
     while waiters:
         waiter = waiters.popleft()
@@ -84,7 +84,7 @@ async def held(backend_id: int, lease: str, *, ttl: float) -> AsyncIterator[None
     async def renew() -> None:
         while True:
             await asyncio.sleep(ttl / 3)
-            await _RENEW.run(clients.redis(), [lease_key(backend_id)], [ttl, lease])
+            await _RENEW.run(clients.live_redis(), [lease_key(backend_id)], [ttl, lease])
 
     renewer = asyncio.create_task(renew())
     try:

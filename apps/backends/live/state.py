@@ -93,7 +93,7 @@ async def snapshot(backend_ids: list[int]) -> dict[int, BackendLive]:
     """Leases, EWMA, circuit and health of these backends, in one round trip."""
     if not backend_ids:
         return {}
-    reply = await _SNAPSHOT.run(clients.redis(), _keys(backend_ids))
+    reply = await _SNAPSHOT.run(clients.live_redis(), _keys(backend_ids))
     return _parse_snapshot(backend_ids, reply)
 
 
@@ -116,7 +116,7 @@ async def record_health(
 ) -> None:
     """Store one active health check's result for ``keep`` seconds."""
     key = health_key(backend_id)
-    async with clients.redis().pipeline(transaction=False) as pipe:
+    async with clients.live_redis().pipeline(transaction=False) as pipe:
         pipe.delete(key)
         pipe.hset(
             key,

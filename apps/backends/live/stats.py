@@ -79,7 +79,7 @@ async def record(
     """Feed one call's outcome to the backend's circuit breaker; returns its state. An
     ``overloaded`` answer (HTTP 429) only keeps the backend out for its Retry-After."""
     state = await _RECORD.run(
-        clients.redis(),
+        clients.live_redis(),
         [stats_key(backend_id)],
         [
             "2" if overloaded else "1" if ok else "0",
@@ -96,5 +96,5 @@ async def record(
 
 
 async def observe_ttft(backend_id: int, seconds: float) -> float:
-    value = await _OBSERVE.run(clients.redis(), [stats_key(backend_id)], [seconds, TAU])
+    value = await _OBSERVE.run(clients.live_redis(), [stats_key(backend_id)], [seconds, TAU])
     return float(value)

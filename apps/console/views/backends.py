@@ -22,7 +22,7 @@ from apps.core import clients
 def _live_rows(backends: list[Backend]) -> tuple[list[dict[str, Any]], bool]:
     """Each backend with its live state; the flag says whether Redis answered."""
     try:
-        states = live.snapshot_sync(clients.sync_redis(), [b.pk for b in backends])
+        states = live.snapshot_sync(clients.live_sync_redis(), [b.pk for b in backends])
         reachable = True
     except RedisError:
         states, reachable = {}, False
