@@ -160,7 +160,7 @@ def _admit(
     # Only the counters a limit needs: a key without a per-minute limit costs nothing here.
     per_minute = principal.api_limits
     redis, queue_redis = clients.sync_redis(), connection()
-    # One round trip when the queues share live state's Redis, else one to each.
+    # One round trip when the queues share REDIS_URL's Redis, else one to each.
     with redis.pipeline(transaction=False) as pipe:
         lane = pipe if queue_redis is redis else queue_redis.pipeline(transaction=False)
         for queue in lines:

@@ -67,8 +67,8 @@ def queues() -> list[Queue]:
 def connection() -> Redis:
     """The queues' Redis (BARISTA_QUEUE_REDIS_URL): RQ's jobs, registries and workers,
     the fair lane, pauses, throughput, the fleet's chores — nothing else. The cache,
-    merging, live state and counters are on ``apps.core.clients.sync_redis()``, the
-    same client when both roles share one Redis."""
+    merging and counters are on ``apps.core.clients.sync_redis()`` (the same client when
+    both roles share one Redis), backends' live state on ``live_sync_redis()``."""
     return queue(settings.BARISTA_QUEUES[0]).connection
 
 
