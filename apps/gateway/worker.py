@@ -30,10 +30,11 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, worker_registration
 from rq.command import parse_payload
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import clean_registries
 from rq.suspension import is_suspended
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
@@ -83,6 +84,17 @@ class GatewayWorker(BaseWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
+
+    def clean_registries(self) -> None:
+        """RQ's clean-up of every queue's registries, without RQ's lock. That lock lasts 15
+        minutes, and a worker killed while it held it (a SIGKILL lands anywhere) left every
+        other worker unable to re-run abandoned jobs for that long; the fleet's chores run
+        this under a lease that lapses with its holder's heartbeat instead
+        (``apps.gateway.chores``)."""
+        for queue in self.queues:
+            clean_registries(queue, self._exc_handlers)
+            worker_registration.clean_worker_registry(queue)
+            queue.intermediate_queue.cleanup(self, queue)
 
     def handle_payload(self, message: dict[str, Any]) -> None:
         """RQ commands arrive on a pub/sub thread; hand them to the loop."""
@@ -135,12 +147,14 @@ class GatewayWorker(BaseWorker):
             self._loop.add_signal_handler(signum, self._request_stop)
         housekeeping = asyncio.create_task(self._housekeeping())
         checks = asyncio.create_task(self.chores.health_checks())
+        maintenance = asyncio.create_task(self.chores.maintenance())
         try:
             await self._dispatch(burst)
             await self._drain()
         finally:
             housekeeping.cancel()
             checks.cancel()
+            maintenance.cancel()
             self._flush_finished()
             http = clients.http.current()
             if http is not None:
@@ -289,13 +303,14 @@ class GatewayWorker(BaseWorker):
 
     async def _housekeeping(self) -> None:
         """Heartbeats for the worker and every job in flight; finished-job flushes; the
-        fleet's chores."""
+        fleet's gauges. Nothing here may take long: a late heartbeat abandons every job in
+        flight."""
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 0.05 if self._finished else 0.5))
             try:
                 self._flush_finished()
                 self._heartbeat()
-                await self.chores.run_due()
+                await self.chores.record_gauges()
             except Exception as exc:  # Redis away, most likely: try again next round
                 self._redis_trouble(exc)
 

@@ -122,6 +122,28 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(
     assert set(PromptRequest.objects.values_list("attempts", flat=True)) == {2}
 
 
+def test_a_worker_killed_while_cleaning_the_registries_does_not_hold_up_recovery(
+    alice, start_simulator, start_worker
+):
+    # RQ's own clean-up lock lasts 15 minutes: a worker killed while it held it left every
+    # other worker unable to re-run abandoned jobs for that long (the chaos suite's kills
+    # landed in a clean now and then). Here a killed worker left that lock behind, and the
+    # jobs of a second killed worker are re-run all the same, within the heartbeat TTL.
+    sim = start_simulator("--ttft", "0.5", "--tps", "10", "--tokens", "40")
+    sim.register(alias="sim-chat")
+    submit(alice, 20, word="kiwi")
+    doomed = start_worker(**FAST_RECOVERY)
+    wait_for(lambda: sim.stats()["in_flight"] == 20, timeout=30, describe=lambda: state(sim))
+    queue().connection.set(queue().registry_cleaning_key, 1, ex=899)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    start_worker(**FAST_RECOVERY)
+
+    # Without the fix only the reconciler (BARISTA_JOB_TIMEOUT, 300 s) would find them.
+    wait_for(all_done(20), timeout=30, interval=0.2, describe=lambda: state(sim))
+    assert set(PromptRequest.objects.values_list("attempts", flat=True)) == {2}
+
+
 def test_a_job_that_runs_past_its_timeout_is_stopped_and_fails_clearly(
     alice, settings, start_simulator, start_worker
 ):
