@@ -18,13 +18,12 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def envstr(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
-    if value is None:
+    if not value:  # unset, or left empty (``.env.example`` lists every name): a file may say
         path = os.environ.get(f"{name}_FILE")
         if path:
             with open(path, encoding="utf-8") as fh:
                 return fh.read().strip()
-        return default
-    return value
+    return default if value is None else value
 
 
 def envbool(name: str, default: bool) -> bool:

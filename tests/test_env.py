@@ -40,6 +40,18 @@ def test_secrets_can_come_from_a_file(monkeypatch, tmp_path):
     assert envstr("TOKEN") == "s3cret"
 
 
+def test_an_empty_value_leaves_the_word_to_the_file(monkeypatch, tmp_path):
+    # .env.example lists every name with an empty value; a deployment that copies it and
+    # gives the secret as a file must get the file's value, not the empty string.
+    secret = tmp_path / "key"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("TOKEN", "")
+    monkeypatch.setenv("TOKEN_FILE", str(secret))
+    assert envstr("TOKEN") == "s3cret"
+    monkeypatch.delenv("TOKEN_FILE")
+    assert envstr("TOKEN", "default") == ""  # empty and no file: empty, as before
+
+
 def test_envlist_splits_and_trims(monkeypatch):
     monkeypatch.setenv("HOSTS", " a.example, b.example ,,")
     assert envlist("HOSTS", []) == ["a.example", "b.example"]
