@@ -354,15 +354,17 @@ def overview() -> dict[str, Any]:
             workers, queues = worker_rows(queue_redis), queue_rows(queue_redis)
         except RedisError:
             workers, queues = None, []
+    cache_known = False
     if redis_check.ok:
         with suppress(RedisError):
-            counters = cache.counters(redis)
+            counters, cache_known = cache.counters(redis), True
     checks = [*by_server.values(), check_database(), check_workers(workers)]
     if live_check.ok:
         checks.append(check_backends(live_redis))
     return {
         "checks": checks,
         "queues": queues,
+        "cache_known": cache_known,  # the cache's counters were read (they live on REDIS_URL)
         "cache_ratio": counters["hit_ratio"] if counters.get("asked") else None,
         "all_ok": all(check.ok for check in checks),
     }

@@ -59,6 +59,7 @@ def test_with_the_queues_redis_away_the_rest_is_still_reported(staff, settings):
     page = boss.get("/console/").content.decode()
     assert "Redis (queues)" in page and "unreachable" in page
     assert 'data-check="backends"' in page  # live state, from the Redis that is there
+    assert 'data-stat="cache-ratio"' in page  # the cache's counters too
     metrics = boss.get("/metrics")
     assert metrics.status_code == 200
     text = metrics.content.decode()
