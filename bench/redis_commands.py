@@ -3,12 +3,24 @@
 Starts Barista as ``bench.api_overhead`` does (embedded defaults, one worker per core,
 daphne), sends ``COUNT`` misses and then ``COUNT`` hits one after another, and prints the
 ``INFO commandstats`` difference per request for each. Run: ``python -m bench.redis_commands``.
+
+``python -m bench.redis_commands --by-key`` says where a miss's commands go instead: it
+watches Redis (MONITOR) during ``BENCH_COUNT`` misses and during as long a quiet spell,
+and prints the difference per miss by command and key family (a job id, a hash, a second
+folded into ``<id>``, ``<hash>``, ``<n>``), so each of Barista's parts (RQ's job records,
+the fairness lanes, backends' live state, the cache, merging, metrics, the channel layer)
+shows its share. Commands a script runs are listed as well as its EVALSHA.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import redis
@@ -35,6 +47,52 @@ def per_request(target: Target) -> Counter[str]:
     return Counter({k: v for k, v in (after - before).items() if v})
 
 
+def family(command: str) -> str:
+    """``HSET rq:job:<id>`` for ``HSET "rq:job:1f0c…" "status" "started"``."""
+    words = [word.strip('"') for word in command.split(" ")]
+    key = words[1] if len(words) > 1 else ""
+    key = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<id>", key)
+    key = re.sub(r"[0-9a-f]{32,}", "<hash>", key)
+    key = re.sub(r"\d{6,}", "<n>", key)
+    return f"{words[0].upper()} {key}".strip()
+
+
+def watched(url: str, seconds: float, during: Callable[[], None] | None = None) -> Counter[str]:
+    """Commands Redis ran in ``seconds`` (while ``during`` runs, if given), by family."""
+    found: Counter[str] = Counter()
+    ends = time.monotonic() + seconds
+    with redis.Redis.from_url(url).monitor() as monitor:
+        worker = threading.Thread(target=during or (lambda: None))
+        worker.start()
+        for event in monitor.listen():
+            found[family(event["command"])] += 1
+            if time.monotonic() > ends:
+                break
+        worker.join()
+    return found
+
+
+def by_key(target: Target) -> None:
+    assert target.redis_url is not None
+    window = max(10.0, COUNT * 0.5)
+    with httpx.Client(base_url=target.url, headers=target.headers, timeout=30) as client:
+
+        def misses() -> None:
+            for _ in range(COUNT):
+                client.post("/v1/chat/completions", json=target.body()).raise_for_status()
+
+        for _ in range(3):  # warm
+            client.post("/v1/chat/completions", json=target.body()).raise_for_status()
+        quiet = watched(target.redis_url, window)
+        busy = watched(target.redis_url, window, misses)
+    per_miss = {name: (busy[name] - quiet[name]) / COUNT for name in busy | quiet}
+    print(f"per miss ({COUNT} misses in {window:.0f} s, less a quiet {window:.0f} s):")
+    for name, count in sorted(per_miss.items(), key=lambda item: -item[1]):
+        if abs(count) >= 0.25:
+            print(f"{count:8.2f}  {name}")
+    print(f"{sum(per_miss.values()):8.2f}  total; quiet: {sum(quiet.values()) / window:.0f}/s")
+
+
 def main() -> None:
     from apps.gateway.localrun import free_port
 
@@ -42,6 +100,9 @@ def main() -> None:
     with fleet(env) as running:
         simulator = running.simulator(free_port(), "--ttft", "0", "--tps", "0", "--tokens", "20")
         miss = barista(running, {}, free_port(), simulator)
+        if "--by-key" in sys.argv:
+            by_key(miss)
+            return
         found = {"miss": per_request(miss), "hit": per_request(_as_hit(miss, "hit"))}
         assert miss.redis_url is not None
         # Every request left its channels: a leak would show here.
