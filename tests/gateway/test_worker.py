@@ -95,8 +95,10 @@ def test_one_worker_holds_a_hundred_prompts_in_flight_with_truthful_registries(
 def test_a_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(
     alice, start_simulator, start_worker
 ):
-    # Each answer streams for about 4 s after a 0.5 s wait for its first token.
-    sim = start_simulator("--ttft", "0.5", "--tps", "10", "--tokens", "40")
+    # Each answer streams for about 8 s after a 0.5 s wait for its first token: long
+    # enough that none has ended by the time the 200th has started (on PostgreSQL in CI
+    # the starts once took over 3.5 s, and 4 s streams had ended: "70 == 0").
+    sim = start_simulator("--ttft", "0.5", "--tps", "10", "--tokens", "80")
     sim.register(alias="sim-chat")
     ids = submit(alice, 200, word="kiwi")
     doomed = start_worker(**FAST_RECOVERY)
