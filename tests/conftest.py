@@ -20,6 +20,7 @@ from django.db import connection
 from django.test import Client
 
 from apps.backends.models import Backend
+from apps.core import clients
 from apps.gateway import fairness
 from apps.gateway import queues as rq_queues
 from apps.gateway.localrun import (
@@ -261,3 +262,11 @@ def wait_for(
         time.sleep(interval)
     state = f": {describe()}" if describe else ""
     raise AssertionError(f"condition not met within {timeout} s{state}")
+
+
+def fill_rate_windows(key_for: Callable[[int], str], count: int) -> None:
+    """Set a per-minute counter (``key_for(window)``) to ``count`` for this minute and the
+    next, so a limit's refusal does not depend on the minute not ending mid-test."""
+    window = int(time.time() // 60)
+    for each in (window, window + 1):
+        clients.sync_redis().set(key_for(each), count, ex=120)

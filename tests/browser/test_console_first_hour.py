@@ -7,7 +7,6 @@ docs/screenshots/ are written to test-output/screenshots/."""
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import httpx
@@ -16,11 +15,10 @@ from playwright.sync_api import Page, expect
 
 from apps.api.services import api_key_create
 from apps.chat.services import chat_prompt_submit
-from apps.core import clients
 from apps.gateway.admission import API_RATE_KEY
 from apps.gateway.models import PromptRequest
 from tests.browser.conftest import fill_sign_in
-from tests.conftest import OUTPUT_DIR, make_user, wait_for
+from tests.conftest import OUTPUT_DIR, fill_rate_windows, make_user, wait_for
 from tests.console.test_cancelled_jobs import hang_up_mid_answer
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -81,10 +79,9 @@ def test_the_console_in_its_first_hour(
     assert ask(limited, prompt) == 200
     # Its one request of the minute is used — in the next minute's count too, should the
     # minute end between these requests (the refusals must not depend on the clock).
-    window = int(time.time() // 60)
-    for each in (window, window + 1):
-        counter = API_RATE_KEY.format(scope="key", id=limited_key.pk, window=each)
-        clients.sync_redis().set(counter, 1, nx=True, ex=120)
+    fill_rate_windows(
+        lambda window: API_RATE_KEY.format(scope="key", id=limited_key.pk, window=window), 1
+    )
     assert [ask(limited, prompt) for _ in range(2)] == [429, 429]
     assert ask(key, {**prompt, "model": "gpt-4o"}) == 404
     assert ask(key, b"{oops") == 400

@@ -3,8 +3,6 @@ the whole deployment (a worker process's requests appear, read from Redis)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,7 +12,7 @@ from apps.core import clients
 from apps.gateway.admission import RATE_KEY, Rejection
 from apps.gateway.metrics import TOTAL_KEY, recorder
 from apps.gateway.models import PromptRequest
-from tests.conftest import wait_for
+from tests.conftest import fill_rate_windows, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,9 +57,7 @@ def test_counts_from_every_process_in_prometheus_format(
     wait_for(lambda: PromptRequest.objects.filter(status="done").count() == 2, timeout=20)
     settings.BARISTA_USER_RATE_PER_MINUTE = 1  # a limit staff set: she sent two already
     # (and still has, should this minute end just now: the next window's count too)
-    window = int(time.time() // 60)
-    for each in (window, window + 1):
-        clients.sync_redis().set(RATE_KEY.format(user_id=alice.pk, window=each), 2, ex=120)
+    fill_rate_windows(lambda window: RATE_KEY.format(user_id=alice.pk, window=window), 2)
     with pytest.raises(Rejection):
         chat_prompt_submit(user=alice, model="sim-chat", content="refused")
     recorder.flush()  # this process's counts (the refusal); the worker flushes every second
