@@ -6,10 +6,12 @@ dies more often than RQ's retries cover, rows can be left without the job or the
 that would answer them. Every ``BARISTA_RECONCILE_INTERVAL`` seconds one worker of the
 fleet looks for them:
 
-* a **queued** row older than ``BARISTA_RECONCILE_AFTER`` seconds whose job is gone,
-  ended (its retries ran out) or nowhere a worker will find it (popped by a worker that
-  died before starting it), or whose leader (the identical request it follows) has
-  already finished, is enqueued again as its own job;
+* a **queued** row older than ``BARISTA_RECONCILE_AFTER`` seconds whose job is gone or
+  ended (its retries ran out), or whose leader (the identical request it follows) has
+  already finished, is enqueued again as its own job — and so is one whose job is
+  nowhere a worker will find it (popped by a worker that died before starting it) on two
+  passes a heartbeat apart: a live worker's job is in that state too, for the moment
+  between its pop and its start, and enqueueing it again then would run it twice;
 * a **running** row that started longer ago than ``BARISTA_RECONCILE_AFTER`` and that no
   worker is answering — no live execution (RQ's per-run record, which a worker's
   heartbeat keeps alive and re-creates after Redis lost it) and no job RQ will run again
@@ -144,10 +146,11 @@ def _inspect(connection: Redis, ids: list[str]) -> dict[str, _Seen]:
 
 
 def _dead_on_two_passes(connection: Redis, dead: list[str]) -> list[str]:
-    """Of the running rows that look abandoned now, those that also did a heartbeat ago
-    (after Redis lost its data, a live worker's next heartbeat re-creates its executions;
-    until then its prompts only look abandoned). The suspects kept are exactly this
-    pass's: a row that came back to life is forgotten."""
+    """Of the rows that look abandoned now, those that also did a heartbeat ago (after
+    Redis lost its data, a live worker's next heartbeat re-creates its executions; a job
+    a live worker has just popped is started a moment later; until then their prompts
+    only look abandoned). The suspects kept are exactly this pass's: a row that came back
+    to life is forgotten."""
     now = time.time()
     earlier = connection.hmget(SUSPECTS_KEY, dead) if dead else []
     since: dict[Any, float] = {
@@ -206,6 +209,9 @@ def reconcile(connection: Redis) -> Reconciled:
     now = timezone.now()
     done = Reconciled()
     waited = now - datetime.timedelta(seconds=settings.BARISTA_RECONCILE_AFTER)
+    queued_rows: dict[str, _Row] = {}
+    queued_seen: dict[str, _Seen] = {}
+    popped: set[str] = set()  # jobs a worker took and has not started (yet, or ever)
     queued = list(
         PromptRequest.objects.filter(status=Status.QUEUED, queued_at__lt=waited)
         .exclude(kind=PromptRequest.Kind.EMBEDDINGS)  # answered by a web process, no job
@@ -214,7 +220,7 @@ def reconcile(connection: Redis) -> Reconciled:
     )
     if queued:
         ids = [str(row[0]) for row in queued]
-        seen = _inspect(connection, ids)
+        queued_seen = _inspect(connection, ids)
         leaders = {str(row[1]) for row in queued if row[1] is not None}
         finished_leaders = {
             str(leader_id)
@@ -223,19 +229,16 @@ def reconcile(connection: Redis) -> Reconciled:
             ).values_list("id", flat=True)
         }
         for row_id, leader, source, attempts, owner_id, api_key_id in queued:
-            row = _Row(owner_id, api_key_id, source, attempts)
             key = str(row_id)
+            job = queued_seen[key]
             if leader is not None:
                 if str(leader) not in finished_leaders:
                     continue  # its leader is still answering; the answer will reach it
-            elif seen[key].can_answer(finished_is_alive=True):
+            elif job.can_answer(finished_is_alive=True):
                 continue  # its job is waiting in a queue (or running)
-            updated = PromptRequest.objects.filter(id=row_id, status=Status.QUEUED).update(
-                coalesced_with=None, cache_outcome=PromptRequest.CacheOutcome.MISS
-            )
-            if updated:
-                _enqueue_again(connection, key, row, seen[key])
-                done.requeued += 1
+            elif job.status == JobStatus.QUEUED:
+                popped.add(key)
+            queued_rows[key] = _Row(owner_id, api_key_id, source, attempts)
     running = {
         str(row_id): _Row(owner_id, api_key_id, source, attempts)
         for row_id, attempts, source, owner_id, api_key_id in PromptRequest.objects.filter(
@@ -245,17 +248,28 @@ def reconcile(connection: Redis) -> Reconciled:
         .order_by("started_at")
         .values_list("id", "attempts", "source", "owner_id", "api_key_id")[:BATCH]
     }
-    if running:
-        seen = _inspect(connection, list(running))
-        dead = [
-            key
-            for key, job in seen.items()
-            if not job.answering and not job.can_answer(finished_is_alive=False)
-        ]
-        confirmed = _dead_on_two_passes(connection, dead)
-        _requeue_running(connection, {key: running[key] for key in confirmed}, seen, done)
-    else:
-        _dead_on_two_passes(connection, [])
+    running_seen = _inspect(connection, list(running)) if running else {}
+    dead = [
+        key
+        for key, job in running_seen.items()
+        if not job.answering and not job.can_answer(finished_is_alive=False)
+    ]
+    confirmed = set(_dead_on_two_passes(connection, [*popped, *dead]))
+    for key, row in queued_rows.items():
+        if key in popped and key not in confirmed:
+            continue
+        updated = PromptRequest.objects.filter(id=key, status=Status.QUEUED).update(
+            coalesced_with=None, cache_outcome=PromptRequest.CacheOutcome.MISS
+        )
+        if updated:
+            _enqueue_again(connection, key, row, queued_seen[key])
+            done.requeued += 1
+    _requeue_running(
+        connection,
+        {key: running[key] for key in dead if key in confirmed},
+        running_seen,
+        done,
+    )
     if done.requeued or done.failed:
         logger.warning(
             "reconciler: %d prompts had lost their jobs or workers and were queued again; "

@@ -55,13 +55,41 @@ def test_waiting_rows_whose_jobs_are_gone_or_ended_are_queued_again(alice, setti
         aged(request.id, seconds=settings.BARISTA_RECONCILE_AFTER + 5)
 
     done = reconciler.reconcile(redis)
-    assert done.requeued == 3 and done.failed == 0
-    assert sorted(queued_ids(redis)) == sorted(
-        [str(fine.id), str(lost.id), str(ended.id), str(popped.id)]
-    )
+    assert done.requeued == 2 and done.failed == 0
+    assert sorted(queued_ids(redis)) == sorted([str(fine.id), str(lost.id), str(ended.id)])
     assert str(young.id) not in queued_ids(redis)  # too young to judge
     assert redis.hget(f"rq:job:{ended.id}", "status") == b"queued"  # a fresh job
+    # A popped job is one a live worker is about to start, for a moment: it is only lost
+    # when it is still neither waiting nor started a heartbeat later.
+    assert reconciler.reconcile(redis).requeued == 0
+    age_suspects(redis, seconds=settings.BARISTA_WORKER_HEARTBEAT + 1)
+    assert reconciler.reconcile(redis).requeued == 1
+    assert str(popped.id) in queued_ids(redis)
     assert reconciler.reconcile(redis).requeued == 0  # and not twice
+    assert redis.hlen(reconciler.SUSPECTS_KEY) == 0
+
+
+def test_a_job_a_live_worker_popped_is_not_queued_again_when_it_starts(alice, settings):
+    """The moment between a worker's pop and its start: the reconciler must not give the
+    prompt a second job then (it would be answered twice, and counted as started twice)."""
+    redis = connection()
+    request = chat_prompt_submit(user=alice, model="sim-chat", content="just popped")
+    aged(request.id, seconds=settings.BARISTA_RECONCILE_AFTER + 5)
+    interactive = queue("interactive")
+    assert fairness.take(redis, interactive, 10) == [str(request.id)]  # a worker popped it
+
+    assert reconciler.reconcile(redis).requeued == 0  # neither waiting nor started yet
+    job = Job.fetch(str(request.id), connection=redis)
+    with redis.pipeline() as pipe:  # the worker starts it
+        running = runs.start(job, interactive, pipe=pipe, worker_name="w", ttl=20)
+        pipe.execute()
+    age_suspects(redis, seconds=settings.BARISTA_WORKER_HEARTBEAT + 1)
+
+    assert reconciler.reconcile(redis).requeued == 0
+    assert queued_ids(redis) == []
+    assert Job.fetch(str(request.id), connection=redis).get_status() == "started"
+    assert redis.exists(running.execution.key)
+    assert redis.hlen(reconciler.SUSPECTS_KEY) == 0
 
 
 def age_suspects(redis, *, seconds: float) -> None:
