@@ -34,16 +34,22 @@ RECOVERY = {
     "BARISTA_JOB_TIMEOUT": "180",
     "BARISTA_RECONCILE_AFTER": "5",
     "BARISTA_RECONCILE_INTERVAL": "1",
-    # A prompt may be caught in several kills; every process re-enqueueing it (the
-    # reconciler runs in the workers) must allow as many.
-    "BARISTA_JOB_RETRIES": "10",
+    # A prompt may be caught in many kills: a killed worker's prompts go back to the
+    # front of the queue together and its replacement takes most of them, so they share
+    # its fate at the next kill. On a slow machine a run lasts through more kills: with
+    # two CPU hogs on this 2-core machine one prompt was started 10 times in 36 kills
+    # (once in CI, 11 — the old limit). The limit guards against a prompt that kills its
+    # worker (tests/gateway/test_reconciler.py); here only lost prompts may fail the test.
+    # Every process re-enqueueing a prompt (the reconciler runs in the workers) must
+    # allow as many.
+    "BARISTA_JOB_RETRIES": "50",
 }
 
 
 @pytest.mark.timeout(420)
 def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start_worker, settings):
     settings.BARISTA_JOB_TIMEOUT = 180
-    settings.BARISTA_JOB_RETRIES = 10  # as RECOVERY: this process enqueues the first jobs
+    settings.BARISTA_JOB_RETRIES = 50  # as RECOVERY: this process enqueues the first jobs
     rng = random.Random(7)
     # About 1.5 s per answer, streamed: most kills land mid-stream.
     sim = start_simulator("--ttft", "0.3", "--tps", "20", "--tokens", "24")
@@ -84,7 +90,8 @@ def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start
     statuses = [row.status for row in rows.values()]
     assert len(rows) == PROMPTS
     failed = [row for row in rows.values() if row.status == "failed"]
-    assert not failed, [row.error for row in failed[:3]]
+    starts = sorted((row.attempts for row in rows.values()), reverse=True)
+    assert not failed, ([row.error for row in failed[:3]], f"most starts: {starts[:20]}", kills)
     for row in rows.values():
         if row.status == "done":
             quoted = row.messages[-1]["content"]
@@ -116,6 +123,7 @@ def test_sigkill_a_random_worker_every_few_seconds(alice, start_simulator, start
         lost=PROMPTS - statuses.count("done") - len(failed),
         recorded_twice=len(answers) - len(set(answers)),
         backend_calls=sim.stats()["requests_total"],
+        most_starts_of_one_prompt=starts[0],
         seconds=round(elapsed, 1),
         slowest_prompt_s=round(slowest, 1),
     )
