@@ -463,7 +463,13 @@ def _authorize(
                 raise backends_down(model, retry_after=down)
         return Authorized(key, request, shared=shared(model))
     hit = _submit(principal, request, request_id, bypass, cached=stored, kind=kind)
-    hit.backend  # noqa: B018 - loaded here, so the replay needs no second trip to this thread
+    # Loaded here (from the per-process list when it is still enabled), so the replay
+    # needs no second trip to this thread.
+    backend = enabled_backends.backend(hit.backend_id) if hit.backend_id else None
+    if backend is not None:
+        hit.backend = backend
+    else:
+        hit.backend  # noqa: B018
     return Authorized(key, request, hit, principal.quota, shared(model))
 
 

@@ -27,6 +27,7 @@ class EnabledBackends:
         # kind ("chat", "embeddings") -> alias -> its enabled backends
         self._by_kind: dict[str, dict[str, list[Backend]]] = {}
         self._shared: set[str] = set()  # aliases whose answers are shared between people
+        self._by_id: dict[int, Backend] = {}
         self._loaded_at = float("-inf")
 
     @property
@@ -38,6 +39,12 @@ class EnabledBackends:
         for backend in backend_list_enabled():
             by_kind[backend.kind][backend.alias].append(backend)
         self._by_kind = {kind: dict(aliases) for kind, aliases in by_kind.items()}
+        self._by_id = {
+            backend.pk: backend
+            for aliases in self._by_kind.values()
+            for backends in aliases.values()
+            for backend in backends
+        }
         # Shared only when every enabled backend of the alias says so.
         self._shared = {
             alias
@@ -57,6 +64,13 @@ class EnabledBackends:
         if self.stale:
             self.load()
         return self._by_kind.get(kind, {}).get(alias, [])
+
+    def backend(self, backend_id: int) -> Backend | None:
+        """The enabled backend with this id, or None (disabled or gone) — from a thread
+        that may reach the database."""
+        if self.stale:
+            self.load()
+        return self._by_id.get(backend_id)
 
     def aliases(self, kind: str = CHAT) -> list[str]:
         """The aliases that have an enabled backend of this kind, sorted (call from a

@@ -11,8 +11,15 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.api.models import ApiKey, PersonLimits
-from apps.api.services import api_key_authenticate, api_key_create, hash_key
+from apps.api.services import (
+    KEY_REUSE_SECONDS,
+    api_key_authenticate,
+    api_key_create,
+    hash_key,
+    person_limits_set,
+)
 from apps.console.models import AuditEntry
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,6 +58,36 @@ def test_a_person_makes_a_key_sees_it_once_and_revokes_it(alice, bob, chat_backe
     client.post(f"/settings/keys/{key.pk}/revoke/")
     assert api_key_authenticate(plain) is None
     assert Client().get("/settings/keys/").status_code == 302  # signed out: sign in first
+
+
+def test_a_key_is_read_once_a_second_and_a_change_is_seen_within_it(
+    alice, django_assert_num_queries
+):
+    key, plain = api_key_create(owner=alice, name="busy program")
+    assert api_key_authenticate(plain) == key
+    with django_assert_num_queries(0):  # a burst asks the database once
+        assert api_key_authenticate(plain) == key
+    # Revoked by another process (no signal reaches this one): refused within the second.
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    wait_for(lambda: api_key_authenticate(plain) is None, timeout=KEY_REUSE_SECONDS + 2)
+
+    # A change made here is seen at once: limits staff set, the owner's account.
+    key, plain = api_key_create(owner=alice, name="second")
+
+    def person_limit() -> int | None:
+        found = api_key_authenticate(plain)
+        assert found is not None
+        limits = found.principal().person
+        return limits.requests_per_minute if limits else None
+
+    assert person_limit() is None
+    person_limits_set(
+        owner=alice, requests_per_minute=5, tokens_per_minute=None, max_concurrent=None
+    )
+    assert person_limit() == 5
+    alice.is_active = False
+    alice.save()
+    assert api_key_authenticate(plain) is None
 
 
 def test_a_new_keys_plaintext_never_rests_in_the_session_table(alice, chat_backend):
