@@ -28,13 +28,14 @@ enter a queue.
 
 The worker takes prompts in queue priority order, front lane first (``take``, one
 script per queue); an idle worker blocks on the fair lanes (``wait_pop``). The keys: the
-lane ``barista:fair:{queue}``, the virtual time ``barista:fair:{queue}:clock``, each
-person's last tag ``barista:fair:{queue}:last:{person}`` and how many of their prompts
-wait (``...:waiting``, with each waiting job's person in ``...:owners``), and while
-something of theirs waits: their jobs by their sources' tags (``...:order:{person}``), by
-their turns (``...:mine:{person}``), and their sources' last tags (``...:sources:{person}``)
-— a person with nothing waiting has none of these, so what they sent or cancelled before
-does not count — and an arrival counter for ties.
+lane ``barista:fair:{queue}``, the virtual time ``barista:fair:{queue}:clock``, how many
+of each person's prompts wait (``...:waiting``, with each waiting job's person in
+``...:owners``), and while something of theirs waits: their jobs by their sources' tags
+(``...:order:{person}``), by their turns (``...:mine:{person}``), and a hash of their last
+tag, their sources' clock and last tags (``...:sources:{person}``) — a person with nothing
+waiting has none of these, so what they sent or cancelled before does not count — and an
+arrival counter for ties. Each script reads and writes a person's tags in one command
+each way, and a person's last prompt taken drops their keys without first emptying them.
 """
 
 from __future__ import annotations
@@ -61,25 +62,30 @@ ARRIVAL_SLOTS = 1 << 20
 _COMMON = """
 local prefix = ARGV[1]
 local lane, owners, waiting = prefix, prefix .. ':owners', prefix .. ':waiting'
+-- A person's keys while something of theirs waits: their jobs by their sources' tags, by
+-- their turns, and a hash of their last tag ('last'), their sources' clock ('clock') and
+-- each source's last tag ('s:' .. source).
 local function keys_of(person)
-  return prefix .. ':last:' .. person, prefix .. ':order:' .. person,
-         prefix .. ':mine:' .. person, prefix .. ':sources:' .. person
+  return prefix .. ':order:' .. person, prefix .. ':mine:' .. person,
+         prefix .. ':sources:' .. person
 end
 
 -- A job leaves the lane (taken or cancelled): its person has one fewer waiting, and with
 -- none left their keys go — a person with nothing waiting starts at the current turn,
--- whatever they sent or cancelled before.
-local function forget(id)
-  local person = redis.call('HGET', owners, id)
-  if not person then return end
+-- whatever they sent or cancelled before. Returns whether they still have some waiting.
+local function forget(id, person)
+  person = person or redis.call('HGET', owners, id)
+  if not person then return false end
   redis.call('HDEL', owners, id)
-  local last, order, mine, sources = keys_of(person)
-  redis.call('ZREM', order, id)
-  redis.call('ZREM', mine, id)
+  local order, mine, sources = keys_of(person)
   if redis.call('HINCRBY', waiting, person, -1) <= 0 then
     redis.call('HDEL', waiting, person)
-    redis.call('DEL', last, order, mine, sources)
+    redis.call('DEL', order, mine, sources)
+    return false
   end
+  redis.call('ZREM', order, id)
+  redis.call('ZREM', mine, id)
+  return true
 end
 
 -- The job that runs in the turn ``id`` holds (score ``score``, already out of the lane):
@@ -88,14 +94,13 @@ end
 local function runs_in_turn_of(id, score)
   local person = redis.call('HGET', owners, id)
   if not person then return id end
-  local last, order, mine, sources = keys_of(person)
+  local order, mine, sources = keys_of(person)
   local first = redis.call('ZRANGE', order, 0, 0, 'WITHSCORES')
   if #first == 0 then  -- their keys expired (a safety net): keep the counts right
-    forget(id)
+    forget(id, person)
     return id
   end
   local chosen = first[1]
-  redis.call('HSET', sources, 'clock', math.floor(tonumber(first[2])))
   if chosen ~= id then
     local later = redis.call('ZSCORE', lane, chosen)
     if later then
@@ -106,7 +111,9 @@ local function runs_in_turn_of(id, score)
       chosen = id
     end
   end
-  forget(chosen)
+  if forget(chosen, person) then  -- (else their keys are gone, the clock with them)
+    redis.call('HSET', sources, 'clock', math.floor(tonumber(first[2])))
+  end
   return chosen
 end
 
@@ -121,7 +128,7 @@ end
 local function effective(id)
   local person = redis.call('HGET', owners, id)
   if not person then return id end
-  local last, order, mine = keys_of(person)
+  local order, mine = keys_of(person)
   local rank = redis.call('ZRANK', mine, id)
   if not rank then return id end
   local at = redis.call('ZRANGE', order, rank, rank)
@@ -135,22 +142,21 @@ _PUSH = LuaScript(
     _COMMON
     + """
 local id, person, source, ttl = ARGV[2], ARGV[3], 's:' .. ARGV[4], ARGV[5]
-local last, order, mine, sources = keys_of(person)
+local order, mine, sources = keys_of(person)
 local clock = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tag = math.max(clock, tonumber(redis.call('GET', last) or '0')) + 1
+local own = redis.call('HMGET', sources, 'last', 'clock', source)
+local tag = math.max(clock, tonumber(own[1] or '0')) + 1
 local slots = tonumber(ARGV[6])
 local arrival = (redis.call('INCR', KEYS[2]) % slots) / slots
 if redis.call('ZADD', lane, 'NX', tag + arrival, id) == 0 then
   return 0  -- already waiting in this lane
 end
-redis.call('SET', last, tag, 'EX', ttl)
 redis.call('HSET', owners, id, person)
 redis.call('HINCRBY', waiting, person, 1)
 redis.call('ZADD', mine, tag + arrival, id)
 -- Within the person, their sources (API keys, the chat page) take turns the same way.
-local own_clock = tonumber(redis.call('HGET', sources, 'clock') or '0')
-local own_tag = math.max(own_clock, tonumber(redis.call('HGET', sources, source) or '0')) + 1
-redis.call('HSET', sources, source, own_tag)
+local own_tag = math.max(tonumber(own[2] or '0'), tonumber(own[3] or '0')) + 1
+redis.call('HSET', sources, 'last', tag, source, own_tag)
 redis.call('ZADD', order, own_tag + arrival, id)
 redis.call('EXPIRE', order, ttl)
 redis.call('EXPIRE', mine, ttl)
@@ -211,7 +217,7 @@ local in_front = redis.call('LPOS', KEYS[1], id)
 if in_front then return {front, in_front, fair, false} end
 local person = redis.call('HGET', owners, id)
 if not person then return {front, false, fair, false} end
-local last, order, mine = keys_of(person)
+local order, mine = keys_of(person)
 local rank = redis.call('ZRANK', order, id)
 if not rank then return {front, false, fair, false} end
 local turn = redis.call('ZRANGE', mine, rank, rank, 'WITHSCORES')

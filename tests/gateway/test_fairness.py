@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from rq import Queue
 
 from apps.core.fairlock import FairLock
@@ -138,3 +141,69 @@ def test_a_prompt_cancelled_between_the_blocking_pop_and_its_script_is_not_put_b
     assert fairness.waiting_for(redis_conn, [queue], 1) == 2
     assert take_all(redis_conn, queue) == ["k8-0", "k7-2"]
     assert fairness.waiting_for(redis_conn, [queue], 1) == 0
+
+
+# Random pushes (four people, each from the chat page or one of three keys), takes of a
+# few at a time, blocking pops and cancels; after each step the line is checked whole.
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(1, 4), st.sampled_from(["", 7, 8, 9])),
+        st.tuples(st.just("take"), st.integers(1, 3)),
+        st.tuples(st.just("pop")),
+        st.tuples(st.just("cancel"), st.integers(0, 1000)),
+    ),
+    max_size=60,
+)
+
+
+@hypothesis_settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=STEPS)
+def test_every_prompt_is_taken_once_in_the_order_shown(redis_conn, steps):
+    """Whatever people send, take and cancel: each prompt is taken once unless cancelled,
+    in the order the line shows, each shown at its place; the counts per person are
+    right; and when the line is empty nobody's bookkeeping is left behind."""
+    redis_conn.flushdb()
+    queue = lane(redis_conn)
+    waiting: dict[str, int] = {}  # job -> person
+    sent_by: dict[str, tuple[int, object]] = {}  # job -> (person, source)
+    taken: list[str] = []
+    for number, step in enumerate(steps):
+        shown = fairness.waiting_ids(redis_conn, queue, 1000)
+        assert sorted(shown) == sorted(waiting)
+        got: list[str] = []
+        if step[0] == "push":
+            job_id = f"j{number}"
+            push(redis_conn, job_id, person=step[1], source=step[2])
+            waiting[job_id] = step[1]
+            sent_by[job_id] = (step[1], step[2])
+        elif step[0] == "take":
+            got = fairness.take(redis_conn, queue, step[1])
+            assert got == shown[: step[1]]
+        elif step[0] == "pop":
+            popped = fairness.wait_pop(redis_conn, [queue], timeout=0.01)
+            got = [popped[1]] if popped else []
+            assert got == shown[:1]
+        elif waiting:
+            job_id = sorted(waiting)[step[1] % len(waiting)]
+            fairness.remove(redis_conn, queue, job_id)
+            del waiting[job_id]
+        for job_id in got:
+            del waiting[job_id]
+        taken += got
+        for person in range(1, 5):
+            mine = sum(1 for owner in waiting.values() if owner == person)
+            assert fairness.waiting_for(redis_conn, [queue], person) == mine
+    shown = fairness.waiting_ids(redis_conn, queue, 1000)
+    for place, job_id in enumerate(shown, start=1):
+        assert fairness.position(redis_conn, [queue], job_id) == place
+    assert fairness.take(redis_conn, queue, 1000) == shown
+    taken += shown
+    assert len(taken) == len(set(taken))
+    # One person's prompts from one source run in the order they were sent.
+    for sender in set(sent_by.values()):
+        theirs = [int(job_id[1:]) for job_id in taken if sent_by[job_id] == sender]
+        assert theirs == sorted(theirs)
+    left = {key.decode() for key in redis_conn.keys("barista:fair:interactive*")}
+    assert left <= {"barista:fair:interactive:clock"}
