@@ -3,6 +3,8 @@
 Starts Barista as ``bench.api_overhead`` does (embedded defaults, one worker per core,
 daphne), sends ``COUNT`` misses and then ``COUNT`` hits one after another, and prints the
 ``INFO commandstats`` difference per request for each. Run: ``python -m bench.redis_commands``.
+Beside them, the floor RQ itself sets: stock RQ enqueueing ``COUNT`` no-op jobs and its
+``SimpleWorker`` running them, on a Redis server of its own started for this run.
 
 ``python -m bench.redis_commands --by-key`` says where a miss's commands go instead: it
 watches Redis (MONITOR) during ``BENCH_COUNT`` misses and during as long a quiet spell,
@@ -29,6 +31,7 @@ from bench.api_overhead import Target, _as_hit, barista
 from bench.harness import command_calls, fleet, setup_django
 
 COUNT = int(os.environ.get("BENCH_COUNT", 200))
+WIDTHS = (("miss", 8), ("hit", 8), ("RQ no-op job", 14))  # the columns printed
 
 
 def calls(url: str) -> Counter[str]:
@@ -44,6 +47,35 @@ def per_request(target: Target) -> Counter[str]:
             client.post("/v1/chat/completions", json=target.body()).raise_for_status()
         after = calls(target.redis_url)
     after["info"] -= 1  # this function's own second INFO
+    return Counter({k: v for k, v in (after - before).items() if v})
+
+
+def rq_floor() -> Counter[str]:
+    """What stock RQ asks of Redis for ``COUNT`` no-op jobs, enqueued and run (JSON
+    serializer, as Barista's), on an embedded Redis of its own."""
+    import tempfile
+    from pathlib import Path
+
+    from rq import Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from apps.gateway.localrun import EmbeddedRedis, free_port
+
+    server = EmbeddedRedis(port=free_port(), data_dir=Path(tempfile.mkdtemp()), persist=False)
+    server.start()
+    try:
+        connection = redis.Redis.from_url(server.url)
+        queue = Queue("floor", connection=connection, serializer=JSONSerializer)
+        before = command_calls(connection)
+        for _ in range(COUNT):
+            queue.enqueue("builtins.len", [1, 2], result_ttl=60)
+        SimpleWorker([queue], connection=connection, serializer=JSONSerializer).work(
+            burst=True, logging_level="ERROR"
+        )
+        after = command_calls(connection)
+    finally:
+        server.stop()
+    after["info"] -= 1  # the second INFO
     return Counter({k: v for k, v in (after - before).items() if v})
 
 
@@ -107,12 +139,14 @@ def main() -> None:
         assert miss.redis_url is not None
         # Every request left its channels: a leak would show here.
         left = redis.Redis.from_url(miss.redis_url).pubsub_channels()
+    found["RQ no-op job"] = rq_floor()
     names = sorted(set().union(*found.values()), key=lambda n: -found["miss"][n])
-    print(f"{'command':<24}{'miss':>8}{'hit':>8}   (per request, {COUNT} requests each)")
+    header = "".join(f"{k:>{w}}" for k, w in WIDTHS)
+    print(f"{'command':<24}{header}   (per request or job, {COUNT} each)")
     for name in names:
-        print(f"{name:<24}{found['miss'][name] / COUNT:>8.2f}{found['hit'][name] / COUNT:>8.2f}")
+        print(f"{name:<24}" + "".join(f"{found[k][name] / COUNT:>{w}.2f}" for k, w in WIDTHS))
     totals = {k: sum(v.values()) / COUNT for k, v in found.items()}
-    print(f"{'total':<24}{totals['miss']:>8.2f}{totals['hit']:>8.2f}")
+    print(f"{'total':<24}" + "".join(f"{totals[k]:>{w}.2f}" for k, w in WIDTHS))
     print(f"pub/sub channels still subscribed afterwards: {len(left)} {left[:5]}")
 
 
