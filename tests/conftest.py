@@ -21,7 +21,7 @@ from django.test import Client
 
 from apps.backends.models import Backend
 from apps.core import clients
-from apps.gateway import fairness
+from apps.gateway import cache, fairness
 from apps.gateway import queues as rq_queues
 from apps.gateway.localrun import (
     free_port,
@@ -39,6 +39,7 @@ OUTPUT_DIR = BASE_DIR / "test-output"
 @pytest.fixture(autouse=True)
 def _fast_and_clean(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cache.counts.flush()  # an earlier test's counts land before the wipe, not after it
     for url in {settings.REDIS_URL, settings.QUEUE_REDIS_URL, settings.LIVE_REDIS_URL}:
         redis.Redis.from_url(url).flushdb()
 

@@ -8,7 +8,6 @@ import dataclasses
 import datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
@@ -68,7 +67,7 @@ async def record_answer(
             for follower in followers
         ]
         if followers:
-            await sync_to_async(cache.add_saved, thread_sensitive=False)(stored, len(followers))
+            cache.add_saved(stored, len(followers))
     recorded = await asyncio.gather(*(group_commit().complete(c) for c in completions))
     finished = timezone.now()
     for completion, was_recorded in zip(completions, recorded, strict=True):

@@ -96,7 +96,7 @@ def request_submit(
                 first_token_at=now,
                 finished_at=now,
             )
-            cache.count(clients.sync_redis(), "hit", saved=hit)
+            cache.count("hit", saved=hit)
             recorder.request(
                 outcome="hit",
                 model=model,
@@ -119,9 +119,9 @@ def request_submit(
                     PromptRequest.objects.filter(id=request.id).update(
                         coalesced_with=leader, cache_outcome=PromptRequest.CacheOutcome.COALESCED
                     )
-                    cache.count(connection, "coalesced")
+                    cache.count("coalesced")
                     return
-            cache.count(connection, "miss")
+            cache.count("miss")
             request_enqueue(
                 request_id=request.id,
                 owner_id=principal.user_id,
@@ -153,7 +153,7 @@ def _answer_from_cache(request: PromptRequest, key: str) -> bool:
             )
         ]
     )
-    cache.count(clients.sync_redis(), "hit", saved=hit)
+    cache.count("hit", saved=hit)
     recorder.request(outcome="hit", model=request.model, latency=0.0, ttft=0.0)
     if recorded.get(request_key(request.id)):
         row = PromptRequest.objects.select_related("backend").get(id=request.id)

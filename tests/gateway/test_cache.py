@@ -4,11 +4,13 @@ worker processes and a slow simulator whose /stats counts the backend calls."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from channels.db import database_sync_to_async
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ from apps.chat.selectors import conversation_history
 from apps.core import clients
 from apps.gateway import cache
 from apps.gateway.admission import Principal
+from apps.gateway.localrun import free_port
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
 from apps.gateway.services import request_submit
@@ -309,3 +312,37 @@ async def test_a_late_follower_on_the_chat_socket_gets_every_token_from_the_star
     assert stats["requests_total"] == 1
     await first.disconnect()
     await second.disconnect()
+
+
+def test_counts_from_many_threads_reach_redis_once_each_without_being_read(redis_conn):
+    """Counted in the process, added to the shared hash within a moment, whoever reads."""
+    saved = cache.CachedAnswer("an answer", None, 3, 4, cost="0.5")
+
+    def count_some() -> None:
+        for _ in range(50):
+            cache.count("hit", saved=saved)
+        cache.count("miss")
+
+    threads = [threading.Thread(target=count_some) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cache.add_saved(saved, 10)
+    wait_for(lambda: redis_conn.hget(cache.COUNTERS_KEY, "hit") == b"200", timeout=5)
+    wait_for(lambda: redis_conn.hget(cache.COUNTERS_KEY, "tokens_saved") == b"1470", timeout=5)
+    counted = cache.counters(redis_conn)
+    assert (counted["hit"], counted["miss"], counted["coalesced"]) == (200, 4, 0)
+    assert counted["cost_saved"] == pytest.approx(105.0)
+
+
+def test_counts_made_while_redis_is_away_are_added_when_it_is_back(redis_conn, monkeypatch):
+    away = redis.Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens there
+    monkeypatch.setattr(clients, "sync_redis", lambda url=None: away)
+    cache.count("miss")
+    cache.counts.flush()  # refused: kept
+    assert redis_conn.hget(cache.COUNTERS_KEY, "miss") is None
+    monkeypatch.undo()
+    cache.count("miss")
+    cache.counts.flush()
+    assert redis_conn.hget(cache.COUNTERS_KEY, "miss") == b"2"
