@@ -146,9 +146,11 @@ class JsonHttpConsumer(DirectDispatch, AsyncHttpConsumer):
             pass  # Redis away: the subscription went with the connection
 
     async def open_channel(self) -> str:
-        """This request's channel on the channel layer, opened on first use."""
+        """This request's channel on the channel layer, opened on first use. Only its
+        groups reach it, where the layer can make such a channel (apps.core.channel_layer)."""
         if not self._channel_open.is_set():
-            self.channel_name = await self.channel_layer.new_channel()
+            local = getattr(self.channel_layer, "new_local_channel", None)
+            self.channel_name = await (local() if local else self.channel_layer.new_channel())
             self._channel_open.set()
         return str(self.channel_name)
 

@@ -12,6 +12,11 @@ request subscribing during that sleep had its first frames — for a quick answe
 them — wait for the sleep to end: about 100 ms added to every request of a client asking
 one at a time (measured: a cache miss's API round trip 101 ms against 13 ms in the worker).
 ``_Shard`` wakes its loop when a subscription is made.
+
+``new_local_channel`` is a channel that only groups reach: a queue in this process with
+no Redis subscription of its own. An API request listens to its request's group and to
+nothing else, so its channel costs no SUBSCRIBE and UNSUBSCRIBE (about 0.25 ms of CPU and
+two commands a request).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 from channels_redis.pubsub import (
@@ -30,6 +36,7 @@ from channels_redis.pubsub import (
 logger = logging.getLogger(__name__)
 
 IDLE_LOOK = 0.1  # the library's: seconds between looks while nothing is subscribed
+LOCAL = "local."  # in the name of a channel only groups reach (new_local_channel)
 
 
 class _Shard(RedisSingleShardConnection):
@@ -71,8 +78,21 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
             layer._shards = [_Shard(shard.host, layer) for shard in layer._shards]
         return layer
 
-    async def delete_channel(self, channel: str) -> None:
-        """Stop listening to ``channel`` (a name from ``new_channel``); idempotent."""
+    async def new_local_channel(self) -> str:
+        """A channel for this process's own use that only its groups reach: messages
+        sent to the name itself go nowhere. For a consumer that listens to groups alone."""
         layer = self._get_layer()
-        if layer.channels.pop(channel, None) is not None:
+        channel = f"{layer.prefix}{LOCAL}{uuid.uuid4().hex}"
+        layer.channels[channel] = asyncio.Queue()
+        return channel
+
+    async def delete_channel(self, channel: str) -> None:
+        """Stop listening to ``channel`` (a name from ``new_channel`` or
+        ``new_local_channel``); idempotent."""
+        layer = self._get_layer()
+        if layer.channels.pop(channel, None) is not None and not _is_local(layer, channel):
             await layer._get_shard(channel).unsubscribe(channel)
+
+
+def _is_local(layer: RedisPubSubLoopLayer, channel: str) -> bool:
+    return channel.startswith(f"{layer.prefix}{LOCAL}")

@@ -208,3 +208,28 @@ async def test_leaving_while_redis_is_away_is_quiet(alice):
     finally:
         del door.layer.group_discard
     assert not sub.expecting
+
+
+async def test_a_local_channel_hears_its_groups_and_holds_no_subscription_of_its_own(alice):
+    """An API request's channel (apps.core.channel_layer.new_local_channel): its group's
+    events reach it; Redis subscribes to the group alone, and what is sent to the channel's
+    own name goes nowhere."""
+    layer = get_channel_layer()
+    door = Door(alice.pk)
+    door.channel = await layer.new_local_channel()
+    sub = Subscription(layer=layer, channel_name=door.channel, owner_id=alice.pk, send=door.send)
+    request_id = uuid.uuid4()
+    await sub.join(request_id)
+    redis = clients.redis()
+    subscribed = {n.decode() if isinstance(n, bytes) else n for n in await redis.pubsub_channels()}
+    assert door.channel not in subscribed
+    assert any(delivery.group_name(request_id) in name for name in subscribed)
+
+    await layer.send(door.channel, {"type": "request.event", "event": "tokens"})  # nowhere
+    await delivery.push(request_id=request_id, owner_id=alice.pk, event={"event": "done"})
+    await sub.receive(await door.next_from_layer())
+    assert door.kinds() == ["done"]  # the group's event, and nothing sent to the name
+
+    assert layer._get_layer().channels[door.channel].empty()
+    await layer.delete_channel(door.channel)
+    assert door.channel not in layer._get_layer().channels
