@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import Redis
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import NoScriptError
 
 
 class LuaScript:
@@ -38,6 +39,24 @@ class LuaScript:
         """Queue a run into ``pipe``, a pipeline of the synchronous ``client``."""
         script: Script = self._on(client)
         script(keys=keys, args=args, client=pipe)
+
+    def evalsha_into(
+        self, pipe: Any, client: Redis, keys: Sequence[Any], args: Sequence[Any]
+    ) -> None:
+        """Queue a plain ``EVALSHA`` into ``pipe``: no ``SCRIPT EXISTS`` round trip, which
+        redis-py's pipelines make first for the scripts ``into`` queues. Run the pipeline
+        with ``raise_on_error=False`` and hand this command's reply to ``settle``."""
+        script: Script = self._on(client)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def settle(self, client: Redis, reply: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """The reply of an ``evalsha_into``: when Redis did not know the script (restarted,
+        ``SCRIPT FLUSH``) it ran nothing, so it is run again here, which loads it."""
+        if isinstance(reply, NoScriptError):
+            return self(client, keys, args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def run(
         self, client: aioredis.Redis, keys: Sequence[Any], args: Sequence[Any] = ()

@@ -40,7 +40,7 @@ each way, and a person's last prompt taken drops their keys without first emptyi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import Redis
@@ -247,13 +247,31 @@ def push(
     """Put a job in its queue's fair lane, in the person's next turn; within the person,
     ``source`` (an API key's id; "" for the chat page) takes turns with their other
     sources. Returns the turn (0 if it was already waiting there)."""
-    return int(
-        _PUSH(
-            connection,
-            keys=[CLOCK.format(queue=queue_name), ARRIVALS],
-            args=[lane(queue_name), job_id, person, source, LAST_TTL, ARRIVAL_SLOTS],
-        )
-    )
+    keys, args = _push_parts(queue_name, job_id, person, source)
+    return int(_PUSH(connection, keys=keys, args=args))
+
+
+def push_into(
+    pipe: Any,
+    connection: Redis,
+    *,
+    queue_name: str,
+    job_id: str,
+    person: int | str,
+    source: int | str = "",
+) -> Callable[[Any], int]:
+    """``push``, queued into ``pipe`` (a pipeline of ``connection`` to be run with
+    ``raise_on_error=False``). Returns what turns the push's reply into the turn."""
+    keys, args = _push_parts(queue_name, job_id, person, source)
+    _PUSH.evalsha_into(pipe, connection, keys, args)
+    return lambda reply: int(_PUSH.settle(connection, reply, keys, args))
+
+
+def _push_parts(
+    queue_name: str, job_id: str, person: int | str, source: int | str
+) -> tuple[list[str], list[Any]]:
+    keys = [CLOCK.format(queue=queue_name), ARRIVALS]
+    return keys, [lane(queue_name), job_id, person, source, LAST_TTL, ARRIVAL_SLOTS]
 
 
 def take(connection: Redis, queue: Queue, count: int) -> list[str]:

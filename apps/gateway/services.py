@@ -189,19 +189,25 @@ def request_enqueue(
         # backend failures itself and never raises for them.
         retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
     )
-    # As RQ enqueues a job, but into the fair lane rather than the queue's list.
+    # As RQ enqueues a job, but into the fair lane rather than the queue's list: its
+    # records and its place in line in one transaction, one round trip.
     job.origin, job.enqueued_at = queue.name, now()
     with queue.connection.pipeline() as pipe:
         job.set_status(JobStatus.QUEUED, pipeline=pipe)
         job.save(pipeline=pipe)
-        pipe.execute()
-    fairness.push(
-        queue.connection,
-        queue_name=queue.name,
-        job_id=job.id,
-        person=owner_id,
-        source=api_key_id or "",
-    )
+        pushed = fairness.push_into(
+            pipe,
+            queue.connection,
+            queue_name=queue.name,
+            job_id=job.id,
+            person=owner_id,
+            source=api_key_id or "",
+        )
+        replies = pipe.execute(raise_on_error=False)
+    for reply in replies[:-1]:
+        if isinstance(reply, Exception):
+            raise reply
+    pushed(replies[-1])  # (a script Redis had forgotten is loaded and run again here)
 
 
 def request_hand_over(*, leader_id: uuid.UUID | str, cache_key: str) -> str | None:

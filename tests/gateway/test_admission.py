@@ -14,6 +14,7 @@ from apps.chat.services import chat_prompt_submit
 from apps.gateway.admission import Rejection
 from apps.gateway.models import PromptRequest
 from apps.gateway.operations import request_cancel
+from apps.gateway.queues import connection as queue_connection
 from apps.gateway.selectors import queue_position
 from apps.gateway.services import request_submit
 from tests.conftest import queued_jobs
@@ -93,6 +94,17 @@ def test_one_persons_thousand_prompts_are_all_queued_and_anothers_one_goes_next(
     assert [queue_position(request_id=str(r.id)) for r in flood[:3]] == [1, 4, 5]
     assert queue_position(request_id=str(flood[-1].id)) == 1002
     assert queued_jobs() == 1002
+
+
+def test_a_prompt_is_queued_when_redis_has_forgotten_the_scripts(alice, bob, chat_backend):
+    """Enqueueing runs the fair lane's script by its SHA in the job's own transaction; a
+    Redis restarted or flushed since knows no scripts, and the prompt is queued all the
+    same, in its turn."""
+    first = submit(alice, "before")
+    queue_connection().script_flush()
+    second, bobs = submit(alice, "after"), submit(bob, "bob's")
+    assert [queue_position(request_id=str(r.id)) for r in (first, bobs, second)] == [1, 2, 3]
+    assert queued_jobs() == 3
 
 
 def test_prompts_a_person_cancelled_do_not_push_their_next_one_back(alice, bob, chat_backend):
