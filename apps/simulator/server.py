@@ -77,6 +77,9 @@ class SimulatorStats:
     waiting: int = 0
     model_lists_total: int = 0  # GET /v1/models: health checks
     embedding_inputs_total: int = 0  # texts embedded, over all /v1/embeddings requests
+    # Connections (client address and port) first seen on a /v1/ POST route since the
+    # start: a client that keeps its connections alive opens few.
+    connections_total: int = 0
 
 
 class Simulator:
@@ -86,6 +89,7 @@ class Simulator:
         self._rng = random.Random(config.seed)
         self._batch = asyncio.Condition()
         self.last_request: dict[str, Any] = {}  # the last body a /v1/ POST sent (tests)
+        self._connections: set[tuple[Any, ...]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -105,6 +109,10 @@ class Simulator:
                 await _json(send, 401, _error("Invalid API key.", "invalid_api_key"))
                 return
         if method == "POST" and path in ROUTES:
+            peer = tuple(scope.get("client") or ())
+            if peer not in self._connections:
+                self._connections.add(peer)
+                self.stats.connections_total += 1
             await self._completions(receive, send, ROUTES[path])
         elif method == "GET" and path == "/last-request":
             await _json(send, 200, self.last_request)

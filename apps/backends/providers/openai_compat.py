@@ -3,6 +3,8 @@ TGI, and Barista's simulator)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -55,6 +57,10 @@ class Usage:
 
 StreamEvent = Delta | Usage
 
+# How long the rest of a stream after ``[DONE]`` (normally just the end of its chunked
+# body) is read for, so that its connection goes back to the pool.
+DRAIN_SECONDS = 0.5
+
 
 async def stream_chat(
     client: httpx.AsyncClient,
@@ -92,7 +98,8 @@ async def stream_chat(
                 await response.aread()
                 raise _http_error(backend, response)
             finished = False
-            async for line in response.aiter_lines():
+            lines = response.aiter_lines()
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -127,9 +134,22 @@ async def stream_chat(
                     raise BackendError(f"backend {backend.name} sent a malformed stream") from None
             if not finished and finish_reason is None:
                 raise BackendError(f"backend {backend.name} ended its answer early")
+            if finished:
+                await _drain(lines)
     except (httpx.TimeoutException, httpx.TransportError) as exc:
         raise _transport_error(backend, exc, answered=answered) from None
     yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the stream to its end after ``[DONE]``. A response left unread is closed with
+    its connection: every prompt then opened a new one to its backend (for a remote
+    backend, a TCP and TLS handshake each). A backend that keeps the body open past
+    ``[DONE]`` is not waited for beyond ``DRAIN_SECONDS``; its connection is closed."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in lines:
+                pass
 
 
 async def embed(
