@@ -57,18 +57,47 @@ def own_time(collapsed: Path, top: int = 25) -> list[tuple[str, float]]:
     return [(name, count / max(total, 1)) for name, count in ranked]
 
 
-def by_area(collapsed: Path, areas: dict[str, str]) -> dict[str, float]:
-    """Share of samples whose stack passes through each area (first match wins)."""
-    shares = dict.fromkeys(areas, 0)
-    total = 0
+# Where a busy sample is counted: the first area, in this order, whose marks its stack
+# passes through (the channel layer's Redis calls are the channel layer's, a transaction's
+# on-commit hook is what it calls). py-spy names a library's frames by its path within
+# site-packages.
+AREAS: dict[str, tuple[str, ...]] = {
+    "database connect/close": (
+        "BaseDatabaseWrapper.connect ",
+        "BaseDatabaseWrapper.close ",
+        "close_old_connections ",
+    ),
+    "RQ: enqueue / job bookkeeping": ("(rq/",),
+    "database queries": ("(django/db/models/", "(django/db/backends/"),
+    "channel layer (channels-redis)": ("(channels_redis/",),
+    "Redis (admission, cache, live state, scripts)": ("(redis/", "(django_redis/"),
+    "backend HTTP call (httpx)": ("(httpx/", "(httpcore/"),
+    "thread hand-offs (asgiref, executor)": ("(asgiref/", "(concurrent/futures/"),
+}
+OTHER = "everything else (HTTP, JSON, asyncio, Barista's own code)"
+IDLE = ("select (selectors.py", "bzpopmin ", "_worker (concurrent/futures/thread.py")
+# Frames that only pass work on: on_commit runs its hook at once outside a transaction.
+TRANSPARENT = ("BaseDatabaseWrapper.on_commit ",)
+
+
+def by_area(collapsed: Path) -> tuple[dict[str, float], int]:
+    """Share of busy samples in each area (``AREAS``, first match wins) and how many busy
+    samples there were. Idle ones — waiting in ``select``, in the worker's blocking pop,
+    an executor thread waiting for work — are left out."""
+    shares = dict.fromkeys([*AREAS, OTHER], 0)
+    busy = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        total += int(count)
-        for name, needle in areas.items():
-            if needle in stack:
-                shares[name] += int(count)
-                break
-    return {name: value / max(total, 1) for name, value in shares.items()}
+        leaf = stack.rsplit(";", 1)[-1]
+        if any(mark in leaf for mark in IDLE) or "bzpopmin " in stack:
+            continue
+        busy += int(count)
+        stack = ";".join(f for f in stack.split(";") if not f.startswith(TRANSPARENT))
+        area = next(
+            (name for name, marks in AREAS.items() if any(mark in stack for mark in marks)), OTHER
+        )
+        shares[area] += int(count)
+    return {name: value / max(busy, 1) for name, value in shares.items()}, busy
 
 
 def main(label: str, kind: str) -> None:
@@ -93,6 +122,12 @@ def main(label: str, kind: str) -> None:
         print(f"\n== {label} {role}: own time ==")
         for name, share in own_time(STACKS / f"{label}-{role}.txt"):
             print(f"{share * 100:5.1f} %  {name}")
+    print(f"\n| where the busy samples fell | {label}-web | {label}-worker |\n|---|---|---|")
+    web_shares, web_busy = by_area(STACKS / f"{label}-web.txt")
+    work_shares, work_busy = by_area(STACKS / f"{label}-worker.txt")
+    for name, share in web_shares.items():
+        print(f"| {name} | {share * 100:.0f} % | {work_shares[name] * 100:.0f} % |")
+    print(f"| busy samples (100 Hz, {SECONDS} s) | {web_busy} | {work_busy} |")
     print(f"wrote {OUT}/{label}-web.svg and {label}-worker.svg; stacks in {STACKS}")
 
 
