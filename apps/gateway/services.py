@@ -361,7 +361,7 @@ def _record_answers(recorded: list[tuple[str, Completion]], finished_at: datetim
     quote = connection.ops.quote_name
     columns = ", ".join(f"{quote(str(f.column))} = %s" for f in fields)
     # Identifiers from the model, quoted; every value a parameter.
-    sql = f"UPDATE {quote(meta.db_table)} SET {columns} WHERE {quote(str(pk.column))} = %s"  # noqa: S608
+    sql = f"UPDATE {quote(meta.db_table)} SET {columns} WHERE {quote(str(pk.column))} = %s"  # noqa: S608  # nosec B608
     rows = []
     for key, c in recorded:
         values = (
