@@ -17,7 +17,8 @@ hash of the normalized request (DESIGN.md, decision 5).
 * Only complete answers are stored: a failed, cancelled or truncated (``length``) answer
   never is.
 * **Counters** — hits, misses, coalesced followers, tokens and money saved, in one Redis
-  hash shared by every process.
+  hash shared by every process; each process adds its counts every quarter second
+  (``Counts``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from apps.backends.enabled import enabled_backends
 from apps.core import clients
 
 logger = logging.getLogger(__name__)
+
 # Parameters that do not change the answer: left out of the key.
 IGNORED_PARAMS = frozenset(
     {"stream", "stream_options", "user", "metadata", "store", "service_tier"}
