@@ -182,10 +182,7 @@ class Counts:
                 tokens = (saved.prompt_tokens or 0) + (saved.completion_tokens or 0)
                 self._counts["tokens_saved"] += tokens * times
                 self._cost += float(saved.cost) * times
-            if self._timer is None:
-                self._timer = threading.Timer(COUNTS_DELAY, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+            self._schedule(COUNTS_DELAY)
 
     def flush(self) -> None:
         """Add what this process counted to the shared hash now. Redis away: kept for the
@@ -208,10 +205,14 @@ class Counts:
             with self._lock:
                 self._counts.update(counts)
                 self._cost += cost
-                if self._timer is None:
-                    self._timer = threading.Timer(1.0, self.flush)
-                    self._timer.daemon = True
-                    self._timer.start()
+                self._schedule(1.0)
+
+    def _schedule(self, delay: float) -> None:
+        """A flush ``delay`` seconds from now, unless one is due already (lock held)."""
+        if self._timer is None:
+            self._timer = threading.Timer(delay, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
 
 
 counts = Counts()
